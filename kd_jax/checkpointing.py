@@ -1,0 +1,97 @@
+"""Orbax checkpoints under RUN/checkpoints/ and the run's config as RUN/config.json.
+
+Each checkpoint step holds three items so that readers take only what they need:
+  params     the model parameters (all that distillation and evaluation restore),
+  train      step, optimizer state and the run's base PRNG key (what resuming needs),
+  meta       JSON: epoch and the test metrics at that point.
+Restoring builds an abstract target on the current devices, so a checkpoint written on 8 devices
+restores on 1 and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from kd_jax.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  from kd_jax.reporting import write_json  # pylint: disable=g-import-not-at-top
+  write_json(pathlib.Path(workdir) / CONFIG_FILE, json.loads(config.to_json_best_effort()))
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise CheckpointError(f"{path} does not exist: {workdir} is not a kd_jax run directory "
+                          "(train one with `python -m kd_jax.train --workdir ...`).")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+
+
+def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
+  if read_only and not directory.is_dir():
+    raise CheckpointError(f"{directory} does not exist: no checkpoint was written in {workdir}.")
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                         read_only=read_only, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, params: Any, train: Any,
+         meta: dict[str, Any]) -> None:
+  """Starts an asynchronous save; call `manager.wait_until_finished()` before exiting."""
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
+      meta=ocp.args.JsonSave(meta)))
+
+
+def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def latest_step(manager: ocp.CheckpointManager, workdir: str | pathlib.Path) -> int:
+  step = manager.latest_step()
+  if step is None:
+    raise CheckpointError(f"No checkpoint found under {pathlib.Path(workdir) / CHECKPOINT_DIR}.")
+  return step
+
+
+def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
+            sharding: jax.sharding.Sharding, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Restores the named items of `step`; `items` maps name -> example pytree (or None for meta).
+
+  Array items are placed with `sharding` on this process's devices, whatever layout wrote them.
+  """
+  if step not in manager.all_steps():
+    raise CheckpointError(f"Checkpoint step {step} does not exist in {workdir}; available: "
+                          f"{list(manager.all_steps())}.")
+  args = {}
+  for name, example in items.items():
+    if name == "meta":
+      args[name] = ocp.args.JsonRestore()
+    else:
+      args[name] = ocp.args.StandardRestore(_abstract(example, sharding))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
+    logging.exception("Restoring checkpoint step %d from %s failed", step, workdir)
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise CheckpointError(
+        f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR} could not be "
+        f"restored: it is corrupted or does not match the run's config.json "
+        f"({type(e).__name__}: {first_line[:300]}).") from None
+  return {name: restored[name] for name in items}

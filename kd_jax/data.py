@@ -1,0 +1,218 @@
+"""MNIST on the host (IDX files or TFDS) and the input pipeline that runs on the device.
+
+The host side reads the whole dataset once as uint8 numpy arrays. Everything per-epoch —
+shuffling, batching, jitter and normalisation — is a pure JAX function of a PRNG key so it can be
+traced into the compiled epoch (see `kd_jax.training`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax.errors import DataError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+MNIST_DIR_ENV = "KD_JAX_MNIST_DIR"
+
+# name -> (file stem, IDX magic number, number of records)
+_IDX_FILES = {
+    "train_images": ("train-images-idx3-ubyte", 2051, 60_000),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, 60_000),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, 10_000),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10_000),
+}
+_HOW_TO_GET = (
+    f"Point {MNIST_DIR_ENV} (or config.data.mnist_dir) at a folder holding the four LeCun IDX "
+    "files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+    "t10k-labels-idx1-ubyte[.gz]), or leave both unset to download MNIST with tensorflow-datasets."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistSplits:
+  """Host copies of MNIST as uint8 images [N, 28, 28] and int32 labels [N]."""
+
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  validation_images: np.ndarray
+  validation_labels: np.ndarray
+  source: str
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def read_idx(path: pathlib.Path, expected_magic: int, expected_count: int | None) -> np.ndarray:
+  """Reads one (optionally gzipped) IDX file, checking its magic number, count and size."""
+  try:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f"Cannot read MNIST file {path}: {e}. {_HOW_TO_GET}") from None
+  if len(raw) < 8:
+    raise DataError(f"MNIST file {path} is truncated ({len(raw)} bytes).")
+  magic = int.from_bytes(raw[0:4], "big")
+  if magic != expected_magic:
+    raise DataError(f"MNIST file {path} has magic number {magic}, expected {expected_magic}: "
+                    "it is not an IDX file of the right kind.")
+  ndim = magic & 0xFF
+  header_size = 4 + 4 * ndim
+  dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  if expected_count is not None and dims[0] != expected_count:
+    raise DataError(f"MNIST file {path} holds {dims[0]} records, expected {expected_count}.")
+  if ndim == 3 and tuple(dims[1:]) != IMAGE_SHAPE:
+    raise DataError(f"MNIST file {path} holds images of shape {tuple(dims[1:])}, expected "
+                    f"{IMAGE_SHAPE}.")
+  expected_bytes = header_size + int(np.prod(dims))
+  if len(raw) != expected_bytes:
+    raise DataError(f"MNIST file {path} is truncated or padded: {len(raw)} bytes, expected "
+                    f"{expected_bytes}.")
+  return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+
+
+def _find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
+  for candidate in (folder / f"{stem}.gz", folder / stem):
+    if candidate.exists():
+      return candidate
+  raise DataError(f"MNIST file {stem}[.gz] is missing from {folder}. {_HOW_TO_GET}")
+
+
+def load_idx_folder(folder: str | os.PathLike, check_counts: bool = True) -> dict[str, np.ndarray]:
+  """Reads the four LeCun files from `folder`; `check_counts=False` accepts small test folders."""
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise DataError(f"MNIST folder {folder} does not exist. {_HOW_TO_GET}")
+  arrays = {}
+  for name, (stem, magic, count) in _IDX_FILES.items():
+    arrays[name] = read_idx(_find_idx_file(folder, stem), magic, count if check_counts else None)
+  for split in ("train", "test"):
+    if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+      raise DataError(f"MNIST {split} images and labels in {folder} differ in count "
+                      f"({len(arrays[f'{split}_images'])} vs {len(arrays[f'{split}_labels'])}).")
+    if arrays[f"{split}_labels"].max(initial=0) >= NUM_CLASSES:
+      raise DataError(f"MNIST {split} labels in {folder} hold values above 9.")
+  return arrays
+
+
+def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Loads MNIST through tensorflow-datasets (imported here so the IDX path never needs it)."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from None
+  try:
+    splits = tfds.as_numpy(tfds.load("mnist", split=["train", "test"], batch_size=-1,
+                                     data_dir=data_dir))
+  except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds offline.
+    raise DataError(f"tensorflow-datasets could not load MNIST ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}). {_HOW_TO_GET}") from None
+  arrays = {}
+  for split, examples in zip(("train", "test"), splits):
+    arrays[f"{split}_images"] = examples["image"][..., 0].astype(np.uint8)
+    arrays[f"{split}_labels"] = examples["label"]
+  return arrays
+
+
+def resolve_mnist_dir(config_dir: str | None) -> str | None:
+  """The IDX folder to read: the config field wins over the environment variable."""
+  return config_dir or os.environ.get(MNIST_DIR_ENV) or None
+
+
+def load_mnist(mnist_dir: str | None, validation_size: int = 0,
+               tfds_data_dir: str | None = None, check_counts: bool = True) -> MnistSplits:
+  """Loads MNIST and carves the last `validation_size` training examples off as validation."""
+  if mnist_dir:
+    arrays, source = load_idx_folder(mnist_dir, check_counts), f"idx:{mnist_dir}"
+  else:
+    arrays, source = load_tfds(tfds_data_dir), "tfds"
+  train_images, train_labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
+  if not 0 <= validation_size < len(train_images):
+    raise DataError(f"data.validation_size={validation_size} must lie in [0, "
+                    f"{len(train_images)}) for this dataset.")
+  cut = len(train_images) - validation_size
+  return MnistSplits(
+      train_images=train_images[:cut], train_labels=train_labels[:cut],
+      validation_images=train_images[cut:], validation_labels=train_labels[cut:],
+      test_images=arrays["test_images"], test_labels=arrays["test_labels"].astype(np.int32),
+      source=source)
+
+
+def write_idx_folder(folder: str | os.PathLike, arrays: dict[str, np.ndarray],
+                     compress: bool = True) -> None:
+  """Writes arrays as LeCun IDX files (used by tests to make tiny MNIST-shaped folders)."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, (stem, magic, _) in _IDX_FILES.items():
+    data = np.ascontiguousarray(arrays[name], dtype=np.uint8)
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in data.shape)
+    path = folder / (stem + (".gz" if compress else ""))
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as tmp:
+      tmp.write(gzip.compress(header + data.tobytes()) if compress else header + data.tobytes())
+    os.replace(tmp.name, path)
+
+
+# ----------------------------------------------------------------------------- device side
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """uint8 [B, 28, 28] -> float32 [B, 784] with MNIST's mean and std."""
+  flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
+  return (flat - MNIST_MEAN) / MNIST_STD
+
+
+def jitter(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
+  """Shifts each image by up to `max_shift` pixels in each direction (pad with 0, random crop).
+
+  This is torchvision's RandomCrop(28, padding=max_shift), as in the reference notebook. Offsets
+  are drawn for the whole batch from one key, so the result does not depend on how the batch is
+  sharded across devices.
+  """
+  chex.assert_rank(images, 3)
+  if max_shift == 0:
+    return images
+  height, width = images.shape[1:]
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+  offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * max_shift + 1)
+  crop = lambda image, offset: jax.lax.dynamic_slice(image, offset, (height, width))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """A fresh permutation cut into [num_steps, batch_size]; the incomplete last batch is dropped.
+
+  Every epoch draws a new permutation, so each example is dropped in only some epochs.
+  """
+  num_steps = num_examples // batch_size
+  if num_steps == 0:
+    raise DataError(f"batch_size={batch_size} is larger than the {num_examples} training "
+                    "examples.")
+  permutation = jax.random.permutation(key, num_examples)
+  return permutation[:num_steps * batch_size].reshape(num_steps, batch_size)
+
+
+def pad_for_eval(images: np.ndarray, labels: np.ndarray,
+                 multiple: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Pads a split to a multiple of the eval batch; the mask marks real examples.
+
+  Evaluation then counts every example exactly once, whatever the batch size or device count.
+  """
+  num_pad = -len(images) % multiple
+  mask = np.concatenate([np.ones(len(images), bool), np.zeros(num_pad, bool)])
+  images = np.concatenate([images, np.zeros((num_pad,) + images.shape[1:], images.dtype)])
+  labels = np.concatenate([labels, np.zeros(num_pad, labels.dtype)])
+  return images, labels, mask

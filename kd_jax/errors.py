@@ -1,0 +1,35 @@
+"""User-facing errors: one exception family, each with its own exit code.
+
+Commands catch `KdJaxError` at the top (see `kd_jax.cli`) and print its message in one or two
+lines instead of a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class KdJaxError(Exception):
+  """A problem the user can fix (bad config, missing data, broken checkpoint)."""
+
+  exit_code = 2
+
+
+class ConfigError(KdJaxError):
+  """A configuration value is missing, out of range or of the wrong type."""
+
+  exit_code = 2
+
+
+class DataError(KdJaxError):
+  """MNIST could not be found or read, or its files are malformed."""
+
+  exit_code = 3
+
+
+class CheckpointError(KdJaxError):
+  """A workdir or checkpoint is missing, corrupted or does not match its config."""
+
+  exit_code = 4
+
+
+class TrainingDivergedError(KdJaxError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+  exit_code = 5

@@ -1,0 +1,77 @@
+"""Where results go: metrics.jsonl, TensorBoard events, a progress bar and one-line summaries.
+
+Only process 0 writes or prints, so a multi-process run logs once.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+from absl import logging
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def _to_python(value: Any) -> Any:
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  return value
+
+
+class MetricsWriter:
+  """Appends one JSON object per epoch to RUN/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self._path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._tb = None
+    if not is_main_process():
+      return
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+    except ImportError:
+      logging.info("tensorboardX is not installed: no TensorBoard events are written.")
+      print("Note: tensorboardX is not installed, so no TensorBoard events are written.")
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not is_main_process():
+      return
+    record = {k: _to_python(v) for k, v in record.items()}
+    with self._path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and key != "epoch":
+          self._tb.add_scalar(key, value, record["epoch"])
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:
+  """Writes JSON atomically (temp file then rename), so a kill never leaves half a file."""
+  if not is_main_process():
+    return
+  path = pathlib.Path(path)
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(json.dumps({k: _to_python(v) for k, v in payload.items()}, indent=2) + "\n")
+  tmp.replace(path)
+
+
+def progress_bar(total: int, initial: int, description: str):
+  """A tqdm bar over epochs on process 0; a no-op elsewhere."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, desc=description, unit="epoch",
+              disable=not is_main_process(), dynamic_ncols=True)
+
+
+def say(message: str) -> None:
+  if is_main_process():
+    print(message, flush=True)

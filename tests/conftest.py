@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny learnable MNIST-shaped IDX folder and helpers to run the commands."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kd_jax import data
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = ["--config.data.check_counts=False", "--config.batch_size=32",
+                  "--config.eval_batch_size=40", "--config.num_epochs=2"]
+
+
+def make_tiny_mnist(num_train: int = 480, num_test: int = 200, seed: int = 0) -> dict:
+  """Ten fixed random 'digit' prototypes plus noise: learnable in a few steps, like MNIST in form."""
+  rng = np.random.default_rng(seed)
+  prototypes = rng.integers(0, 256, size=(10, 28, 28))
+  arrays = {}
+  for split, n in (("train", num_train), ("test", num_test)):
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    noise = rng.normal(0, 60, size=(n, 28, 28))
+    arrays[f"{split}_images"] = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    arrays[f"{split}_labels"] = labels.astype(np.uint8)
+  return arrays
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_dir(tmp_path_factory) -> pathlib.Path:
+  folder = tmp_path_factory.mktemp("tiny_mnist")
+  data.write_idx_folder(folder, make_tiny_mnist())
+  return folder
+
+
+def run_command(module: str, *args: str, mnist_dir: pathlib.Path | str | None = None,
+                devices: int = 1, timeout: float = 300, check: bool = True,
+                extra_env: dict | None = None) -> subprocess.CompletedProcess:
+  """Runs `python -m kd_jax.<module> args` as a user would, on `devices` host CPU devices."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  if mnist_dir is not None:
+    env[data.MNIST_DIR_ENV] = str(mnist_dir)
+  env.update(extra_env or {})
+  result = subprocess.run([sys.executable, "-m", f"kd_jax.{module}", *args], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f"kd_jax.{module} exited {result.returncode}\nstdout:\n"
+                         f"{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}")
+  return result

@@ -1,0 +1,57 @@
+"""The MLP and its max-norm constraint."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd_jax import config_lib, models
+
+
+def test_teacher_shapes_follow_config():
+  config = config_lib.base_config()
+  config.model.hidden_sizes = (1200, 1200)
+  model = models.model_from_config(config.model)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)), train=False)["params"]
+  assert params["hidden_0"]["kernel"].shape == (784, 1200)
+  assert params["hidden_1"]["kernel"].shape == (1200, 1200)
+  assert params["output"]["kernel"].shape == (1200, 10)
+  assert model.apply({"params": params}, jnp.zeros((5, 28, 28)), train=False).shape == (5, 10)
+
+
+def test_dropout_only_in_training_mode():
+  model = models.MLP((64,), input_dropout=0.2, hidden_dropout=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 784))
+  params = model.init(jax.random.PRNGKey(0), x, train=False)["params"]
+  eval_a = model.apply({"params": params}, x, train=False)
+  eval_b = model.apply({"params": params}, x, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  train_b = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(train_a, train_b)
+
+
+def test_max_norm_caps_hidden_incoming_vectors_only():
+  model = models.MLP((32, 16))
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)), train=False)["params"]
+  params = jax.tree.map(lambda p: p * 10.0, params)
+  constrained = models.apply_max_norm(params, 2.0)
+  for layer in ("hidden_0", "hidden_1"):
+    norms = jnp.linalg.norm(constrained[layer]["kernel"], axis=0)
+    np.testing.assert_array_less(norms, 2.0 + 1e-5)
+    # Direction is kept: each column is a positive multiple of the original.
+    cos = jnp.sum(constrained[layer]["kernel"] * params[layer]["kernel"], 0) / (
+        norms * jnp.linalg.norm(params[layer]["kernel"], axis=0))
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(constrained["output"]["kernel"], params["output"]["kernel"])
+  np.testing.assert_array_equal(constrained["hidden_0"]["bias"], params["hidden_0"]["bias"])
+  # Small vectors are untouched and 0 disables the constraint.
+  small = models.apply_max_norm(params, 1e6)
+  np.testing.assert_allclose(small["hidden_0"]["kernel"], params["hidden_0"]["kernel"])
+  assert models.apply_max_norm(params, 0.0) is params
+
+
+def test_describe_names_the_architecture():
+  config = config_lib.base_config()
+  config.model.hidden_sizes = (1200, 1200)
+  config.model.input_dropout, config.model.hidden_dropout, config.model.max_norm = 0.2, 0.5, 4.0
+  assert models.describe(config.model) == "MLP 784-1200-1200-10, dropout 0.2/0.5, max-norm 4"

@@ -1,0 +1,140 @@
+"""The train step is pure: it learns, ignores the teacher's dropout, and composes with vmap/scan."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from kd_jax import data, models, parallelism, training
+from conftest import make_tiny_mnist
+
+TX = optax.adam(1e-3)
+
+
+@pytest.fixture(scope="module")
+def batch():
+  arrays = make_tiny_mnist(64, 10)
+  return {"image": data.normalize(jnp.asarray(arrays["train_images"])),
+          "label": jnp.asarray(arrays["train_labels"], jnp.int32)}
+
+
+def _state(model, seed=0):
+  return training.create_train_state(jax.random.PRNGKey(seed), model, TX)
+
+
+def _assert_trees_close(a, b, **kwargs):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **kwargs), a, b)
+
+
+def test_train_step_learns(batch):
+  model = models.MLP((32,))
+  step = jax.jit(functools.partial(training.train_step, model=model, tx=TX))
+  state = _state(model)
+  losses = []
+  for i in range(20):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
+  assert int(state.step) == 20
+
+
+def test_teacher_targets_do_not_depend_on_the_dropout_key(batch):
+  """The teacher has heavy dropout; if its targets used the step's key, these would differ."""
+  teacher = models.MLP((48,), input_dropout=0.2, hidden_dropout=0.5)
+  teacher_params = _state(teacher, seed=1).params
+  student = models.MLP((16,))  # No dropout: the key could only reach the teacher.
+  step = jax.jit(functools.partial(training.train_step, model=student, tx=TX, teacher=teacher,
+                                   temperature=4.0, alpha=0.9))
+  state = _state(student)
+  a, _ = step(state, batch, jax.random.PRNGKey(1), teacher_params)
+  b, _ = step(state, batch, jax.random.PRNGKey(2), teacher_params)
+  _assert_trees_close(a.params, b.params, rtol=0, atol=0)
+  np.testing.assert_array_equal(
+      training.soft_targets(teacher, teacher_params, batch["image"]),
+      teacher.apply({"params": teacher_params}, batch["image"], train=False))
+
+
+def test_no_gradient_reaches_the_teacher(batch):
+  teacher = models.MLP((48,))
+  teacher_params = _state(teacher, seed=1).params
+  student_logits = jnp.zeros((64, 10))
+
+  def loss(params):
+    targets = training.soft_targets(teacher, params, batch["image"])
+    return optax.softmax_cross_entropy(student_logits, jax.nn.softmax(targets / 4.0)).mean()
+
+  grads = jax.grad(loss)(teacher_params)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_max_norm_is_applied_after_every_update(batch):
+  model = models.MLP((32,))
+  step = jax.jit(functools.partial(training.train_step, model=model, tx=optax.adam(0.5),
+                                   max_norm=0.5))
+  state, _ = step(_state(model), batch, jax.random.PRNGKey(0))
+  norms = jnp.linalg.norm(state.params["hidden_0"]["kernel"], axis=0)
+  assert float(norms.max()) <= 0.5 + 1e-5
+
+
+def test_step_vmaps_over_a_stack_of_states(batch):
+  model = models.MLP((16,), hidden_dropout=0.3)
+  step = functools.partial(training.train_step, model=model, tx=TX)
+  states = [_state(model, seed) for seed in range(3)]
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  vmapped, metrics = jax.jit(jax.vmap(step, in_axes=(0, None, 0)))(stacked, batch, keys)
+  assert metrics["loss"].shape == (3,)
+  for i, state in enumerate(states):
+    single, _ = step(state, batch, keys[i])
+    _assert_trees_close(jax.tree.map(lambda x: x[i], vmapped.params), single.params,
+                        rtol=1e-5, atol=1e-6)
+
+
+def test_step_runs_inside_scan_like_a_python_loop(batch):
+  model = models.MLP((16,))
+  step = functools.partial(training.train_step, model=model, tx=TX)
+  keys = jax.random.split(jax.random.PRNGKey(3), 4)
+  scanned, _ = jax.jit(lambda s: jax.lax.scan(lambda s, k: step(s, batch, k), s, keys))(
+      _state(model))
+  looped = _state(model)
+  for key in keys:
+    looped, _ = step(looped, batch, key)
+  _assert_trees_close(scanned.params, looped.params, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_epoch_is_deterministic_and_depends_on_epoch():
+  arrays = make_tiny_mnist(96, 10)
+  mesh = parallelism.make_mesh(jax.devices()[:1])
+  model = models.MLP((16,), hidden_dropout=0.2)
+  step_fn = functools.partial(training.train_step, model=model, tx=TX)
+  epoch_fn = jax.jit(functools.partial(training.train_epoch, step_fn=step_fn, batch_size=32,
+                                       max_shift=2, batch_sharding=parallelism.batch_sharded(mesh)))
+  images = jnp.asarray(arrays["train_images"])
+  labels = jnp.asarray(arrays["train_labels"], jnp.int32)
+  run = lambda epoch: epoch_fn(_state(model), images, labels, None, jnp.int32(epoch))
+  (a, metrics), (b, _), (c, _) = run(0), run(0), run(1)
+  assert int(a.step) == 3 and np.isfinite(metrics["loss"])
+  _assert_trees_close(a.params, b.params, rtol=0, atol=0)
+  assert not np.allclose(a.params["hidden_0"]["kernel"], c.params["hidden_0"]["kernel"])
+
+
+def test_evaluation_counts_every_example_once():
+  arrays = make_tiny_mnist(10, 37)
+  mesh = parallelism.make_mesh(jax.devices()[:1])
+  model = models.MLP((16,))
+  params = _state(model).params
+  split = training.put_eval_split(arrays["test_images"], arrays["test_labels"].astype(np.int32),
+                                  10, mesh)
+  result = training.make_evaluator(model, 10, mesh)(params, split)
+  logits = model.apply({"params": params}, data.normalize(jnp.asarray(arrays["test_images"])),
+                       train=False)
+  wrong = np.asarray(jnp.argmax(logits, -1)) != arrays["test_labels"]
+  assert result["errors"] == int(wrong.sum())
+  assert result["per_class_errors"] == np.bincount(arrays["test_labels"][wrong],
+                                                   minlength=10).tolist()
+  expected_loss = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.asarray(arrays["test_labels"], jnp.int32)).mean()
+  np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
