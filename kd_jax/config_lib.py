@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.mnist_dir = ""  # Empty: $KD_JAX_MNIST_DIR, else tensorflow-datasets.
-  config.data.tfds_data_dir = ""
+  config.data.tfds_data_dir = ""  # Empty: TFDS's default (~/tensorflow_datasets).
+  config.data.tfds_manual_dir = ""  # The four original .gz files, for TFDS to prepare offline.
   config.data.validation_size = 0
   config.data.jitter = 0  # Max shift in pixels (the paper's teacher uses 2).
   config.data.check_counts = True  # False accepts IDX folders smaller than MNIST (tests).

@@ -109,18 +109,24 @@ def load_idx_folder(folder: str | os.PathLike, check_counts: bool = True) -> dic
   return arrays
 
 
-def load_tfds(data_dir: str | None = None) -> dict[str, np.ndarray]:
-  """Loads MNIST through tensorflow-datasets (imported here so the IDX path never needs it)."""
+def load_tfds(data_dir: str | None = None, manual_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Loads MNIST through tensorflow-datasets (imported here so the IDX path never needs it).
+
+  With `manual_dir` (a folder of the four original .gz files) TFDS prepares offline.
+  """
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from None
   try:
-    splits = tfds.as_numpy(tfds.load("mnist", split=["train", "test"], batch_size=-1,
-                                     data_dir=data_dir))
+    builder = tfds.builder("mnist", data_dir=data_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=download_config)
+    splits = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
   except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds offline.
+    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise DataError(f"tensorflow-datasets could not load MNIST ({type(e).__name__}: "
-                    f"{str(e).splitlines()[0] if str(e) else ''}). {_HOW_TO_GET}") from None
+                    f"{message[:300]}). {_HOW_TO_GET}") from None
   arrays = {}
   for split, examples in zip(("train", "test"), splits):
     arrays[f"{split}_images"] = examples["image"][..., 0].astype(np.uint8)
@@ -133,13 +139,13 @@ def resolve_mnist_dir(config_dir: str | None) -> str | None:
   return config_dir or os.environ.get(MNIST_DIR_ENV) or None
 
 
-def load_mnist(mnist_dir: str | None, validation_size: int = 0,
-               tfds_data_dir: str | None = None, check_counts: bool = True) -> MnistSplits:
+def load_mnist(mnist_dir: str | None, validation_size: int = 0, tfds_data_dir: str | None = None,
+               tfds_manual_dir: str | None = None, check_counts: bool = True) -> MnistSplits:
   """Loads MNIST and carves the last `validation_size` training examples off as validation."""
   if mnist_dir:
     arrays, source = load_idx_folder(mnist_dir, check_counts), f"idx:{mnist_dir}"
   else:
-    arrays, source = load_tfds(tfds_data_dir), "tfds"
+    arrays, source = load_tfds(tfds_data_dir, tfds_manual_dir), "tfds"
   train_images, train_labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
   if not 0 <= validation_size < len(train_images):
     raise DataError(f"data.validation_size={validation_size} must lie in [0, "
@@ -150,6 +156,13 @@ def load_mnist(mnist_dir: str | None, validation_size: int = 0,
       validation_images=train_images[cut:], validation_labels=train_labels[cut:],
       test_images=arrays["test_images"], test_labels=arrays["test_labels"].astype(np.int32),
       source=source)
+
+
+def load_mnist_from_config(data_config, mnist_dir: str | None = None) -> MnistSplits:
+  """`load_mnist` with the fields of config.data; `mnist_dir` overrides the configured folder."""
+  return load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
+                    data_config.validation_size, data_config.tfds_data_dir or None,
+                    data_config.tfds_manual_dir or None, data_config.check_counts)
 
 
 def write_idx_folder(folder: str | os.PathLike, arrays: dict[str, np.ndarray],

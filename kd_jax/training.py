@@ -203,9 +203,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   params, run_config, step = restore_params(workdir, mesh, step)
   batch_size = run_config.eval_batch_size
   parallelism.check_batch_divides(batch_size, mesh, "eval_batch_size")
-  splits = data.load_mnist(mnist_dir or data.resolve_mnist_dir(run_config.data.mnist_dir),
-                           tfds_data_dir=run_config.data.tfds_data_dir or None,
-                           check_counts=run_config.data.check_counts)
+  splits = data.load_mnist_from_config(run_config.data, mnist_dir)
   test = put_eval_split(splits.test_images, splits.test_labels, batch_size, mesh)
   evaluator = make_evaluator(models.model_from_config(run_config.model), batch_size, mesh)
   result = evaluator(params, test)
@@ -231,9 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallelism.check_batch_divides(config.eval_batch_size, mesh, "eval_batch_size")
   replicated = parallelism.replicated(mesh)
 
-  splits = data.load_mnist(data.resolve_mnist_dir(config.data.mnist_dir),
-                           config.data.validation_size, config.data.tfds_data_dir or None,
-                           check_counts=config.data.check_counts)
+  splits = data.load_mnist_from_config(config.data)
   train_images = parallelism.put_replicated(splits.train_images, mesh)
   train_labels = parallelism.put_replicated(splits.train_labels, mesh)
   eval_splits = {"test": put_eval_split(splits.test_images, splits.test_labels,
