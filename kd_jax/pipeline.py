@@ -37,8 +37,8 @@ def plot_test_errors(root: pathlib.Path, runs: list[str]) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   for run in runs:
     records = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
-    ax.plot([r["epoch"] for r in records], [r["test_errors"] for r in records], marker="o",
-            label=run)
+    ax.plot([r["epoch"] for r in records], [r["test_errors"] for r in records],
+            marker="o" if len(records) <= 40 else None, label=run)
   ax.set(xlabel="epoch", ylabel="test errors (of 10,000)", yscale="log",
          title="MNIST test errors")
   ax.grid(True, which="both", alpha=0.3)

@@ -70,3 +70,15 @@ def test_evaluate_an_earlier_step(teacher_run, tiny_mnist_dir):
   first = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
   assert report["step"] == 15 and report["test_errors"] == first["test_errors"]
   assert "step 15" in result.stdout
+
+
+def test_pipeline_runs_teacher_student_baseline_and_evaluation(tiny_mnist_dir, tmp_path):
+  overrides = [f"--{which}_config.{o[len('--config.'):]}" for which in ("teacher", "student")
+               for o in TINY_OVERRIDES + ["--config.model.hidden_sizes=(32,)"]]
+  result = run_command("pipeline", f"--workdir={tmp_path}", *overrides, mnist_dir=tiny_mnist_dir)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert set(summary) == {"teacher", "distilled", "baseline"}
+  assert summary["distilled"]["distilled_from"] == str(tmp_path / "teacher")
+  assert summary["baseline"]["distilled_from"] is None
+  assert (tmp_path / "test_errors.png").stat().st_size > 1000
+  assert "Test errors: teacher" in result.stdout
