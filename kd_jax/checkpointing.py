@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -23,6 +24,12 @@ from kd_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json")
+RUN_DIRS = (CHECKPOINT_DIR, "tensorboard")
+# Fields that say where data lives or how often to save: they may change when a run resumes.
+RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
+                     "checkpoint.every_epochs", "checkpoint.max_to_keep")
+TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -38,7 +45,64 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path} is not valid JSON ({e}).") from None
+    raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(saved: ml_collections.ConfigDict,
+                       current: ml_collections.ConfigDict) -> list[str]:
+  """Dotted names of fields that differ (ignoring RESUMABLE_CHANGES)."""
+  old = _flatten(json.loads(saved.to_json_best_effort()))
+  new = _flatten(json.loads(current.to_json_best_effort()))
+  return sorted(k for k in old.keys() | new.keys()
+                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+
+
+def prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                    overwrite: bool) -> None:
+  """Checks that `workdir` is new or holds this same run; with `overwrite`, clears the old run.
+
+  Runs before anything is written, so a refused command leaves every file as it was.
+  """
+  if not (workdir / CONFIG_FILE).exists():
+    return
+  if overwrite:
+    for name in RUN_FILES:
+      (workdir / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+      shutil.rmtree(workdir / name, ignore_errors=True)
+    logging.warning("Removed the previous run in %s (--overwrite).", workdir)
+    return
+  differences = config_differences(load_config(workdir), config)
+  if differences:
+    shown = ", ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
+    raise CheckpointError(
+        f"{workdir} already holds a run with a different config ({shown}). Use another "
+        "--workdir, or pass --overwrite to delete that run and start afresh.")
+
+
+def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """Removes checkpoint directories a kill left half-written (orbax's *.orbax-checkpoint-tmp*).
+
+  Orbax writes each step into a temporary directory and renames it when complete, so such a
+  directory never holds a usable checkpoint; the previous complete step is used instead.
+  """
+  directory = workdir / CHECKPOINT_DIR
+  partial = sorted(directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
+  for path in partial:
+    logging.warning("Ignoring the half-written checkpoint %s (left by an interrupted save).", path)
+    print(f"Warning: ignoring the half-written checkpoint {path} (left by an interrupted save).")
+    shutil.rmtree(path, ignore_errors=True)
+  return partial
 
 
 def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
@@ -88,10 +152,9 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
-    logging.exception("Restoring checkpoint step %d from %s failed", step, workdir)
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise CheckpointError(
         f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR} could not be "
         f"restored: it is corrupted or does not match the run's config.json "
-        f"({type(e).__name__}: {first_line[:300]}).") from None
+        f"({type(e).__name__}: {first_line[:300]}).") from e
   return {name: restored[name] for name in items}

@@ -11,6 +11,9 @@ from absl import app, flags, logging
 from kd_jax.errors import KdJaxError
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
+OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Training commands: delete a previous run with a different config in "
+    "--workdir and start afresh (without it such a workdir is refused).")
 FLAGS = flags.FLAGS
 
 
@@ -25,7 +28,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     except KdJaxError as e:
       if FLAGS.debug:
         traceback.print_exc()
-      print(f"kd_jax: error: {e}", file=sys.stderr, flush=True)
+      print(f"kd_jax: {e.label}: {e}", file=sys.stderr, flush=True)
       sys.exit(e.exit_code)
 
   app.run(main_with_clear_errors)

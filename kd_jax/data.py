@@ -63,7 +63,7 @@ def read_idx(path: pathlib.Path, expected_magic: int, expected_count: int | None
     with opener(path, "rb") as f:
       raw = f.read()
   except (OSError, EOFError) as e:
-    raise DataError(f"Cannot read MNIST file {path}: {e}. {_HOW_TO_GET}") from None
+    raise DataError(f"Cannot read MNIST file {path}: {e}. {_HOW_TO_GET}") from e
   if len(raw) < 8:
     raise DataError(f"MNIST file {path} is truncated ({len(raw)} bytes).")
   magic = int.from_bytes(raw[0:4], "big")
@@ -117,7 +117,7 @@ def load_tfds(data_dir: str | None = None, manual_dir: str | None = None) -> dic
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from None
+    raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from e
   try:
     builder = tfds.builder("mnist", data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -126,7 +126,7 @@ def load_tfds(data_dir: str | None = None, manual_dir: str | None = None) -> dic
   except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds offline.
     message = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise DataError(f"tensorflow-datasets could not load MNIST ({type(e).__name__}: "
-                    f"{message[:300]}). {_HOW_TO_GET}") from None
+                    f"{message[:300]}). {_HOW_TO_GET}") from e
   arrays = {}
   for split, examples in zip(("train", "test"), splits):
     arrays[f"{split}_images"] = examples["image"][..., 0].astype(np.uint8)
@@ -211,9 +211,6 @@ def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> j
   Every epoch draws a new permutation, so each example is dropped in only some epochs.
   """
   num_steps = num_examples // batch_size
-  if num_steps == 0:
-    raise DataError(f"batch_size={batch_size} is larger than the {num_examples} training "
-                    "examples.")
   permutation = jax.random.permutation(key, num_examples)
   return permutation[:num_steps * batch_size].reshape(num_steps, batch_size)
 

@@ -17,7 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the student.",
 def main(argv):
   del argv
   config_lib.validate(_CONFIG.value, distill=True)
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cli.OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ class KdJaxError(Exception):
   """A problem the user can fix (bad config, missing data, broken checkpoint)."""
 
   exit_code = 2
+  label = "error"  # Printed before the message: "kd_jax: error: ...".
 
 
 class ConfigError(KdJaxError):

@@ -57,15 +57,15 @@ def main(argv):
   config_lib.validate(student_config, distill=True)
 
   reporting.say("== 1/3 teacher ==")
-  training.train_and_evaluate(teacher_config, root / "teacher")
+  training.train_and_evaluate(teacher_config, root / "teacher", cli.OVERWRITE.value)
   reporting.say("== 2/3 distilled student ==")
-  training.train_and_evaluate(student_config, root / "distilled")
+  training.train_and_evaluate(student_config, root / "distilled", cli.OVERWRITE.value)
   runs = ["teacher", "distilled"]
   if _BASELINE.value:
     reporting.say("== baseline: the same student on hard labels alone ==")
     baseline_config = student_config.copy_and_resolve_references()
     baseline_config.teacher_workdir = ""
-    training.train_and_evaluate(baseline_config, root / "baseline")
+    training.train_and_evaluate(baseline_config, root / "baseline", cli.OVERWRITE.value)
     runs.append("baseline")
   reporting.say("== 3/3 evaluation ==")
   summary = {run: training.evaluate_checkpoint(root / run) for run in runs}

@@ -26,11 +26,24 @@ def _to_python(value: Any) -> Any:
 class MetricsWriter:
   """Appends one JSON object per epoch to RUN/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str | pathlib.Path):
+  def __init__(self, workdir: str | pathlib.Path, keep_epochs_up_to: int = 0):
+    """Opens RUN/metrics.jsonl, dropping records past `keep_epochs_up_to` (the resumed epoch).
+
+    A run killed after logging an epoch but before checkpointing it redoes that epoch; dropping
+    the stale record keeps exactly one line per epoch.
+    """
     self._path = pathlib.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if not is_main_process():
       return
+    if self._path.exists():
+      lines = self._path.read_text().splitlines()
+      kept = [line for line in lines
+              if line.strip() and json.loads(line)["epoch"] <= keep_epochs_up_to]
+      if kept != lines:
+        tmp = self._path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self._path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from kd_jax import checkpointing, data, losses, models, parallelism, reporting
-from kd_jax.errors import CheckpointError, TrainingDivergedError
+from kd_jax import checkpointing, data, losses, models, parallelism, preemption, reporting
+from kd_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -124,7 +124,11 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array, teacher
 
   steps = jnp.arange(batch_indices.shape[0])
   state, metrics = jax.lax.scan(body, state, (steps, batch_indices))
-  return state, jax.tree.map(jnp.mean, metrics)
+  finite = jnp.isfinite(metrics["loss"])
+  epoch_metrics = jax.tree.map(jnp.mean, metrics)
+  # In-epoch index of the first non-finite loss, -1 if none: the host stops before saving.
+  epoch_metrics["first_nonfinite_step"] = jnp.where(finite.all(), -1, jnp.argmin(finite))
+  return state, epoch_metrics
 
 
 def evaluate(params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array, *,
@@ -220,30 +224,53 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   return report
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (with a teacher when config.teacher_workdir is set) and checkpoints into `workdir`."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = parallelism.make_mesh()
-  parallelism.check_batch_divides(config.batch_size, mesh, "batch_size")
-  parallelism.check_batch_divides(config.eval_batch_size, mesh, "eval_batch_size")
-  replicated = parallelism.replicated(mesh)
+@flax.struct.dataclass
+class RunSetup:
+  """Everything a run needs on device, built once before the first epoch."""
 
+  mesh: jax.sharding.Mesh = flax.struct.field(pytree_node=False)
+  train_images: jax.Array
+  train_labels: jax.Array
+  eval_splits: dict[str, DeviceSplit]
+  source: str = flax.struct.field(pytree_node=False)
+
+
+def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
   splits = data.load_mnist_from_config(config.data)
-  train_images = parallelism.put_replicated(splits.train_images, mesh)
-  train_labels = parallelism.put_replicated(splits.train_labels, mesh)
   eval_splits = {"test": put_eval_split(splits.test_images, splits.test_labels,
                                         config.eval_batch_size, mesh)}
   if config.data.validation_size:
     eval_splits["validation"] = put_eval_split(splits.validation_images, splits.validation_labels,
                                                config.eval_batch_size, mesh)
+  return RunSetup(mesh=mesh, train_images=parallelism.put_replicated(splits.train_images, mesh),
+                  train_labels=parallelism.put_replicated(splits.train_labels, mesh),
+                  eval_splits=eval_splits, source=splits.source)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains (with a teacher when config.teacher_workdir is set) and checkpoints into `workdir`.
+
+  A workdir holding the same run resumes from its latest checkpoint; a finished one is reported,
+  not retrained. SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
+  `preemption.Preempted`; a non-finite loss raises TrainingDivergedError before anything is saved.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = parallelism.make_mesh()
+  parallelism.check_batch_divides(config.batch_size, mesh, "batch_size")
+  parallelism.check_batch_divides(config.eval_batch_size, mesh, "eval_batch_size")
+  replicated = parallelism.replicated(mesh)
+  checkpointing.prepare_workdir(workdir, config, overwrite)
+  setup = put_data(config, mesh)
 
   model = models.model_from_config(config.model)
-  steps_per_epoch = len(splits.train_images) // config.batch_size
+  steps_per_epoch = setup.train_images.shape[0] // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
+                      f"{setup.train_images.shape[0]} training examples.")
   tx = make_optimizer(config, steps_per_epoch)
-  distilling = bool(config.get("teacher_workdir"))
   teacher, teacher_params, step_kwargs = None, None, {}
-  if distilling:
+  if config.get("teacher_workdir"):
     teacher_params, teacher_config, teacher_step = restore_params(config.teacher_workdir, mesh)
     teacher = models.model_from_config(teacher_config.model)
     step_kwargs = dict(teacher=teacher, temperature=config.temperature, alpha=config.alpha,
@@ -251,50 +278,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     reporting.say(f"Teacher: {models.describe(teacher_config.model)} from "
                   f"{config.teacher_workdir} (step {teacher_step}).")
 
-  step_fn = functools.partial(train_step, model=model, tx=tx, max_norm=config.model.max_norm,
-                              **step_kwargs)
-  epoch_fn = jax.jit(
-      functools.partial(train_epoch, step_fn=step_fn, batch_size=config.batch_size,
-                        max_shift=config.data.jitter, batch_sharding=parallelism.batch_sharded(mesh)),
-      out_shardings=replicated, donate_argnums=(0,))
-  evaluator = make_evaluator(model, config.eval_batch_size, mesh)
-
   state = jax.jit(functools.partial(create_train_state, model=model, tx=tx),
                   out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointing.discard_partial_checkpoints(workdir)
   manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
   start_epoch = 0
   if manager.latest_step() is not None:
     state, start_epoch = _resume(manager, state, replicated, workdir)
+  evaluator = make_evaluator(model, config.eval_batch_size, mesh)
+  if start_epoch >= config.num_epochs:
+    reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
+                  f"(checkpoint step {int(state.step)}); nothing to train.")
   else:
     checkpointing.save_config(workdir, config)
+    writer = reporting.MetricsWriter(workdir, keep_epochs_up_to=start_epoch)
+    reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
+                  f"({setup.train_images.shape[0]} examples, {mesh.size} device(s), "
+                  f"{steps_per_epoch} steps/epoch){' by distillation' if teacher else ''}"
+                  f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
+    step_fn = functools.partial(train_step, model=model, tx=tx, max_norm=config.model.max_norm,
+                                **step_kwargs)
+    epoch_fn = jax.jit(
+        functools.partial(train_epoch, step_fn=step_fn, batch_size=config.batch_size,
+                          max_shift=config.data.jitter,
+                          batch_sharding=parallelism.batch_sharded(mesh)),
+        out_shardings=replicated, donate_argnums=(0,))
+    try:
+      state = _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluator,
+                          manager, writer, start_epoch)
+    finally:
+      writer.close()
+  manager.wait_until_finished()
+  manager.close()
 
-  reporting.say(f"Training {models.describe(config.model)} on {splits.source} "
-                f"({len(splits.train_images)} examples, {mesh.size} device(s), "
-                f"{steps_per_epoch} steps/epoch){' by distillation' if distilling else ''}.")
+  test = evaluator(state.params, setup.eval_splits["test"])
+  summary = {"test_errors": test["errors"], "test_accuracy": test["accuracy"],
+             "step": int(state.step),
+             "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(int(state.step)))
+                               .absolute())}
+  reporting.say(f"Done: {summary['test_errors']} test errors "
+                f"({100 * summary['test_accuracy']:.2f}% accuracy) after {config.num_epochs} "
+                f"epochs. Checkpoint: {summary['checkpoint']}")
+  return summary
+
+
+def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluator, manager,
+                writer, start_epoch) -> TrainState:
+  """The epoch loop: train, evaluate, log, checkpoint; stops cleanly on a signal."""
   compile_start = time.perf_counter()
-  compiled_epoch = epoch_fn.lower(state, train_images, train_labels, teacher_params,
+  compiled_epoch = epoch_fn.lower(state, setup.train_images, setup.train_labels, teacher_params,
                                   jnp.int32(0)).compile()
   reporting.say(f"Compiled the epoch in {time.perf_counter() - compile_start:.1f}s.")
-
-  writer = reporting.MetricsWriter(workdir)
-  run_start = time.perf_counter()
   train_time = 0.0
-  results = {}
-  with reporting.progress_bar(config.num_epochs, start_epoch, workdir.name) as bar:
+  with preemption.PreemptionGuard() as guard, \
+      reporting.progress_bar(config.num_epochs, start_epoch, workdir.name) as bar:
     for epoch in range(start_epoch, config.num_epochs):
+      if guard.requested() and epoch == start_epoch:
+        raise preemption.Preempted(f"{guard.signal_name or 'a signal'} before the first epoch; "
+                                   "nothing new to save. Rerun the same command to resume.")
       epoch_start = time.perf_counter()
-      state, train_metrics = compiled_epoch(state, train_images, train_labels, teacher_params,
-                                            jnp.int32(epoch))
+      step_before = int(state.step)
+      state, train_metrics = compiled_epoch(state, setup.train_images, setup.train_labels,
+                                            teacher_params, jnp.int32(epoch))
       train_metrics = jax.device_get(train_metrics)
       epoch_time = time.perf_counter() - epoch_start
       train_time += epoch_time
-      if not np.isfinite(train_metrics["loss"]):
+      first_bad = int(train_metrics.pop("first_nonfinite_step"))
+      if first_bad >= 0:
         manager.wait_until_finished()
+        last_good = manager.latest_step()
+        kept = ("no checkpoint was written yet" if last_good is None
+                else f"the last good checkpoint is step {last_good}")
         raise TrainingDivergedError(
-            f"The training loss became {train_metrics['loss']} in epoch {epoch + 1} (steps up "
-            f"to {int(state.step)}); the last good checkpoint is step {manager.latest_step()}. "
-            "Lower the learning rate or check the config.")
-      results = {name: evaluator(state.params, split) for name, split in eval_splits.items()}
+            f"The training loss became non-finite at step {step_before + first_bad + 1} (epoch "
+            f"{epoch + 1}); stopped without saving: {kept}. Lower the learning rate or check the "
+            "config.")
+      results = {name: evaluator(state.params, split)
+                 for name, split in setup.eval_splits.items()}
       record = {"epoch": epoch + 1, "step": int(state.step), "epoch_time_s": epoch_time,
                 **{f"train_{k}": float(v) for k, v in train_metrics.items()},
                 **{f"{name}_{k}": v for name, r in results.items() for k, v in r.items()
@@ -306,26 +367,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar.write(f"epoch {epoch + 1:3d}  train_loss {record['train_loss']:.4f}  test_loss "
                   f"{record['test_loss']:.4f}  test_errors {record['test_errors']}  "
                   f"time {epoch_time:.1f}s")
-      last = epoch + 1 == config.num_epochs
-      if last or (epoch + 1) % config.checkpoint.every_epochs == 0:
+      stopping = guard.requested()
+      if (stopping or epoch + 1 == config.num_epochs
+          or (epoch + 1) % config.checkpoint.every_epochs == 0):
         checkpointing.save(manager, int(state.step), state.params,
                            {"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
                            {"epoch": epoch + 1, "test_errors": record["test_errors"]})
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
-
-  if not results:  # Nothing left to train: report the restored state.
-    results = {name: evaluator(state.params, split) for name, split in eval_splits.items()}
-  summary = {"test_errors": results["test"]["errors"],
-             "test_accuracy": results["test"]["accuracy"], "train_time_s": train_time,
-             "wall_time_s": time.perf_counter() - run_start, "step": int(state.step),
-             "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(int(state.step)))
-                               .absolute())}
-  reporting.say(f"Done: {summary['test_errors']} test errors "
-                f"({100 * summary['test_accuracy']:.2f}% accuracy) after {config.num_epochs} "
-                f"epochs, {train_time:.1f}s of training. Checkpoint: {summary['checkpoint']}")
-  return summary
+      if stopping and epoch + 1 < config.num_epochs:
+        manager.wait_until_finished()
+        raise preemption.Preempted(
+            f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
+            f"{int(state.step)} (epoch {epoch + 1} of {config.num_epochs}) in {workdir}. Rerun "
+            "the same command to resume.")
+  reporting.say(f"Trained {config.num_epochs - start_epoch} epochs in {train_time:.1f}s "
+                f"({train_time / (config.num_epochs - start_epoch):.2f}s per epoch).")
+  return state
 
 
 def _resume(manager, state: TrainState, sharding, workdir) -> tuple[TrainState, int]:
@@ -341,5 +397,5 @@ def _resume(manager, state: TrainState, sharding, workdir) -> tuple[TrainState, 
   if int(state.step) != step:
     raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step)}.")
   epoch = int(restored["meta"]["epoch"])
-  reporting.say(f"Resuming from checkpoint step {step} (epoch {epoch}).")
+  reporting.say(f"Resuming {workdir} from checkpoint step {step} (epoch {epoch}).")
   return state, epoch
