@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
-from absl import logging
 
+from kd_jax import reporting
 from kd_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -33,8 +33,7 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  from kd_jax.reporting import write_json  # pylint: disable=g-import-not-at-top
-  write_json(pathlib.Path(workdir) / CONFIG_FILE, json.loads(config.to_json_best_effort()))
+  reporting.write_json(pathlib.Path(workdir) / CONFIG_FILE, json.loads(config.to_json_best_effort()))
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -80,7 +79,7 @@ def prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
       (workdir / name).unlink(missing_ok=True)
     for name in RUN_DIRS:
       shutil.rmtree(workdir / name, ignore_errors=True)
-    logging.warning("Removed the previous run in %s (--overwrite).", workdir)
+    reporting.say(f"Removed the previous run in {workdir} (--overwrite).")
     return
   differences = config_differences(load_config(workdir), config)
   if differences:
@@ -99,8 +98,7 @@ def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
   directory = workdir / CHECKPOINT_DIR
   partial = sorted(directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
   for path in partial:
-    logging.warning("Ignoring the half-written checkpoint %s (left by an interrupted save).", path)
-    print(f"Warning: ignoring the half-written checkpoint {path} (left by an interrupted save).")
+    reporting.say(f"Warning: ignoring the half-written checkpoint {path} (left by an interrupted save).")
     shutil.rmtree(path, ignore_errors=True)
   return partial
 
@@ -112,7 +110,9 @@ def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
     raise CheckpointError(f"{directory} does not exist: no checkpoint was written in {workdir}.")
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(directory, options=options)
+  handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, params: Any, train: Any,
@@ -134,6 +134,45 @@ def latest_step(manager: ocp.CheckpointManager, workdir: str | pathlib.Path) -> 
   return step
 
 
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Leaf shapes by path, with dict keys, attributes and indices all written alike ('a/0/mu').
+
+  orbax stores named tuples (optax states) as dicts, so paths must not depend on container type.
+  """
+
+  def name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _check_against_metadata(manager: ocp.CheckpointManager, step: int, name: str, example: Any,
+                            where: str) -> None:
+  """Compares what the config expects with what the checkpoint holds, before reading arrays.
+
+  A mismatch is reported by name and shape; a failed restore inside orbax would instead leave
+  half-finished I/O behind and print tracebacks at exit.
+  """
+  try:
+    stored = _shapes(manager.item_metadata(step)[name])
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
+    raise CheckpointError(f"{where} could not be read: it is corrupted or incomplete "
+                          f"({type(e).__name__}: {str(e).strip()[:200]}).") from e
+  expected = _shapes(example)
+  if stored != expected:
+    differing = sorted(k for k in stored.keys() | expected.keys()
+                       if stored.get(k) != expected.get(k))
+    key = differing[0]
+    raise CheckpointError(
+        f"{where} does not match the run's config.json: {name}/{key} has shape "
+        f"{stored.get(key, 'absent')} in the checkpoint but {expected.get(key, 'absent')} from "
+        f"the config ({len(differing)} entries differ).")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
             sharding: jax.sharding.Sharding, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Restores the named items of `step`; `items` maps name -> example pytree (or None for meta).
@@ -143,18 +182,18 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   if step not in manager.all_steps():
     raise CheckpointError(f"Checkpoint step {step} does not exist in {workdir}; available: "
                           f"{list(manager.all_steps())}.")
+  where = f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR}"
   args = {}
   for name, example in items.items():
     if name == "meta":
       args[name] = ocp.args.JsonRestore()
     else:
+      _check_against_metadata(manager, step, name, example, where)
       args[name] = ocp.args.StandardRestore(_abstract(example, sharding))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise CheckpointError(
-        f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR} could not be "
-        f"restored: it is corrupted or does not match the run's config.json "
-        f"({type(e).__name__}: {first_line[:300]}).") from e
+    raise CheckpointError(f"{where} could not be restored: it is corrupted "
+                          f"({type(e).__name__}: {first_line[:300]}).") from e
   return {name: restored[name] for name in items}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
-from kd_jax.errors import KdJaxError
+from kd_jax.errors import ConfigError, KdJaxError
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
 OVERWRITE = flags.DEFINE_bool(
@@ -17,18 +17,45 @@ OVERWRITE = flags.DEFINE_bool(
 FLAGS = flags.FLAGS
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+def _fail(error: KdJaxError) -> None:
+  if "--debug" in sys.argv or (FLAGS.is_parsed() and FLAGS.debug):
+    traceback.print_exc()
+  print(f"kd_jax: {error.label}: {error}", file=sys.stderr, flush=True)
+  sys.exit(error.exit_code)
+
+
+def _flags_parser(config_flags: Sequence[flags.FlagHolder]) -> Callable[[list[str]], list[str]]:
+  """Parses flags and loads the config files now, so a typo is one line, not a traceback."""
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      remaining = FLAGS(argv)
+      for holder in config_flags:
+        holder.value.keys()  # Raises here if the file failed to load.
+      return remaining
+    except flags.Error as e:
+      _fail(ConfigError(f"{str(e).rstrip('.')}. See --helpshort."))
+    except (AttributeError, KeyError, OSError, SyntaxError, TypeError, ValueError) as e:
+      detail = str(e).strip().strip("\"'").splitlines()
+      _fail(ConfigError(f"bad config file or override: {type(e).__name__}: "
+                        f"{' '.join(line.strip() for line in detail)[:400]}. Config fields are "
+                        "those of the file's get_config(); see --helpfull."))
+    return []
+
+  return parse
+
+
+def run(main: Callable[[list[str]], None],
+        config_flags: Sequence[flags.FlagHolder] = ()) -> None:
   """absl's app.run, with KdJaxError printed as one line and its own exit code."""
 
   def main_with_clear_errors(argv):
     if not FLAGS.debug and not FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
+      # orbax logs every file it writes at INFO and notices at WARNING; ours are printed.
+      logging.set_verbosity(logging.ERROR)
     try:
       main(argv)
     except KdJaxError as e:
-      if FLAGS.debug:
-        traceback.print_exc()
-      print(f"kd_jax: {e.label}: {e}", file=sys.stderr, flush=True)
-      sys.exit(e.exit_code)
+      _fail(e)
 
-  app.run(main_with_clear_errors)
+  app.run(main_with_clear_errors, flags_parser=_flags_parser(config_flags))

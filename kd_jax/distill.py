@@ -22,4 +22,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  cli.run(main)
+  cli.run(main, [_CONFIG])

@@ -76,4 +76,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, [_TEACHER, _STUDENT])
