@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kd_jax import reporting
+from kd_jax import parallelism, reporting
 from kd_jax.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -75,10 +75,12 @@ def prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   if not (workdir / CONFIG_FILE).exists():
     return
   if overwrite:
-    for name in RUN_FILES:
-      (workdir / name).unlink(missing_ok=True)
-    for name in RUN_DIRS:
-      shutil.rmtree(workdir / name, ignore_errors=True)
+    if reporting.is_main_process():
+      for name in RUN_FILES:
+        (workdir / name).unlink(missing_ok=True)
+      for name in RUN_DIRS:
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    parallelism.sync_processes("kd_jax_overwrite")
     reporting.say(f"Removed the previous run in {workdir} (--overwrite).")
     return
   differences = config_differences(load_config(workdir), config)
@@ -98,8 +100,11 @@ def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
   directory = workdir / CHECKPOINT_DIR
   partial = sorted(directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
   for path in partial:
-    reporting.say(f"Warning: ignoring the half-written checkpoint {path} (left by an interrupted save).")
-    shutil.rmtree(path, ignore_errors=True)
+    reporting.say(f"Warning: ignoring the half-written checkpoint {path} (left by an "
+                  "interrupted save).")
+    if reporting.is_main_process():
+      shutil.rmtree(path, ignore_errors=True)
+  parallelism.sync_processes("kd_jax_discard_partial_checkpoints")
   return partial
 
 

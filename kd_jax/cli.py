@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from kd_jax import parallelism
 from kd_jax.errors import ConfigError, KdJaxError
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
 OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Training commands: delete a previous run with a different config in "
     "--workdir and start afresh (without it such a workdir is refused).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", os.environ.get("KD_JAX_DISTRIBUTED", "") not in ("", "0"),
+    "Join a multi-process run with jax.distributed.initialize() (default from "
+    "$KD_JAX_DISTRIBUTED). Without the flags below JAX detects SLURM, TPU pods, MPI itself.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +63,9 @@ def run(main: Callable[[list[str]], None],
     if not FLAGS.debug and not FLAGS["verbosity"].present:
       # orbax logs every file it writes at INFO and notices at WARNING; ours are printed.
       logging.set_verbosity(logging.ERROR)
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+      parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                         _PROCESS_ID.value)
     try:
       main(argv)
     except KdJaxError as e:
