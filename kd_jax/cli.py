@@ -28,9 +28,15 @@ FLAGS = flags.FLAGS
 
 
 def _fail(error: KdJaxError) -> None:
-  if "--debug" in sys.argv or (FLAGS.is_parsed() and FLAGS.debug):
+  """Prints the error as one line and exits with its code; --debug adds the traceback."""
+  debug = "--debug" in sys.argv or (FLAGS.is_parsed() and FLAGS.debug)
+  if debug:
     traceback.print_exc()
   print(f"kd_jax: {error.label}: {error}", file=sys.stderr, flush=True)
+  if not debug:
+    # A failed orbax restore can leave tensorstore callbacks that print tracebacks while the
+    # interpreter shuts down; the message above is the whole story, so nothing more is shown.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
   sys.exit(error.exit_code)
 
 

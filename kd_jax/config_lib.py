@@ -45,6 +45,18 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def paper_teacher() -> ml_collections.ConfigDict:
+  """The paper's teacher: 784-1200-1200-10, dropout 0.2 (input) / 0.5 (hidden), max-norm, jitter."""
+  config = base_config()
+  config.num_epochs = 60
+  config.model.hidden_sizes = (1200, 1200)
+  config.model.input_dropout = 0.2
+  config.model.hidden_dropout = 0.5
+  config.model.max_norm = 4.0
+  config.data.jitter = 2
+  return config
+
+
 def add_distillation(config: ml_collections.ConfigDict, temperature: float = 20.0,
                      alpha: float = 0.9) -> ml_collections.ConfigDict:
   """Adds the distillation fields; alpha weights the soft term, (1 - alpha) the hard term."""

@@ -58,3 +58,21 @@ def run_command(module: str, *args: str, mnist_dir: pathlib.Path | str | None = 
     raise AssertionError(f"kd_jax.{module} exited {result.returncode}\nstdout:\n"
                          f"{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}")
   return result
+
+
+def signal_after_epoch(command: list[str], env: dict, epoch: int,
+                       signum: int) -> tuple[int, str, str]:
+  """Starts `command`, sends `signum` once it has logged `epoch`, and returns (code, out, err)."""
+  process = subprocess.Popen(command, cwd=REPO_ROOT, env=dict(env, PYTHONUNBUFFERED="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in process.stdout:
+      if line.startswith(f"epoch {epoch:3d}"):
+        process.send_signal(signum)
+        break
+    stdout, stderr = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  return process.returncode, stdout, stderr

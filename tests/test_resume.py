@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kd_jax import checkpointing, parallelism, preemption, training
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command
+from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch
 
 NUM_EPOCHS = 8
 RUN_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epochs={NUM_EPOCHS}",
@@ -48,21 +48,9 @@ def uninterrupted(tiny_mnist_dir, tmp_path_factory):
 def _start_and_signal_after_epoch(workdir, mnist_dir, signum, after_epoch=3):
   """Starts training, and sends `signum` as soon as it has logged epoch `after_epoch`."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(mnist_dir), PYTHONUNBUFFERED="1")
-  process = subprocess.Popen([sys.executable, "-m", "kd_jax.train", f"--workdir={workdir}",
-                              *RUN_ARGS], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-  try:
-    for line in process.stdout:
-      if line.startswith(f"epoch {after_epoch:3d}"):
-        process.send_signal(signum)
-        break
-    stdout, stderr = process.communicate(timeout=120)
-  finally:
-    if process.poll() is None:
-      process.kill()
-      process.wait()
-  return process.returncode, stdout, stderr
+             JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(mnist_dir))
+  return signal_after_epoch([sys.executable, "-m", "kd_jax.train", f"--workdir={workdir}",
+                             *RUN_ARGS], env, after_epoch, signum)
 
 
 def test_sigkill_mid_run_then_resume_gives_the_same_parameters(uninterrupted, tiny_mnist_dir,
