@@ -24,6 +24,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (implies --distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", True, "Deterministic GPU kernels (XLA's --xla_gpu_deterministic_ops), so "
+    "the same config and seed give the same numbers and a resumed run matches an uninterrupted "
+    "one. CPU runs are deterministic either way; --nodeterministic may be faster on GPUs.")
 FLAGS = flags.FLAGS
 
 
@@ -69,6 +73,9 @@ def run(main: Callable[[list[str]], None],
     if not FLAGS.debug and not FLAGS["verbosity"].present:
       # orbax logs every file it writes at INFO and notices at WARNING; ours are printed.
       logging.set_verbosity(logging.ERROR)
+    if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
+      os.environ["XLA_FLAGS"] = " ".join(
+          [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
     if _DISTRIBUTED.value or _COORDINATOR.value:
       parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                          _PROCESS_ID.value)
