@@ -1,4 +1,4 @@
-"""The paper's teacher for a laptop CPU in about two minutes: lighter dropout and jitter, 10 epochs."""
+"""The paper's teacher for a laptop CPU in 1.5 minutes: lighter dropout, 1px jitter, 10 epochs."""
 
 from kd_jax import config_lib
 

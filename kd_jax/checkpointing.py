@@ -33,7 +33,8 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  reporting.write_json(pathlib.Path(workdir) / CONFIG_FILE, json.loads(config.to_json_best_effort()))
+  reporting.write_json(pathlib.Path(workdir) / CONFIG_FILE,
+                       json.loads(config.to_json_best_effort()))
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -97,7 +97,8 @@ def validate(config: ml_collections.ConfigDict, distill: bool = False) -> None:
   check("model.hidden_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
   check("model.max_norm", lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)")
   check("data.validation_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-  check("data.jitter", lambda v: is_int(v) and 0 <= v < 14, "an integer number of pixels in [0, 14)")
+  check("data.jitter", lambda v: is_int(v) and 0 <= v < 14,
+        "an integer number of pixels in [0, 14)")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
   check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
   if distill:

@@ -35,7 +35,8 @@ _IDX_FILES = {
 }
 _HOW_TO_GET = (
     f"Point {MNIST_DIR_ENV} (or config.data.mnist_dir) at a folder holding the four LeCun IDX "
-    "files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+    "files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+    "t10k-images-idx3-ubyte[.gz], "
     "t10k-labels-idx1-ubyte[.gz]), or leave both unset to download MNIST with tensorflow-datasets."
 )
 

@@ -201,7 +201,7 @@ def restore_params(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
 
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
-                     mnist_dir: str | None = None) -> dict[str, Any]:
+                        mnist_dir: str | None = None) -> dict[str, Any]:
   """Scores a checkpoint on the test set; writes and returns RUN/eval.json's content."""
   mesh = parallelism.make_mesh()
   params, run_config, step = restore_params(workdir, mesh, step)
@@ -228,7 +228,6 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
 class RunSetup:
   """Everything a run needs on device, built once before the first epoch."""
 
-  mesh: jax.sharding.Mesh = flax.struct.field(pytree_node=False)
   train_images: jax.Array
   train_labels: jax.Array
   eval_splits: dict[str, DeviceSplit]
@@ -242,7 +241,7 @@ def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunS
   if config.data.validation_size:
     eval_splits["validation"] = put_eval_split(splits.validation_images, splits.validation_labels,
                                                config.eval_batch_size, mesh)
-  return RunSetup(mesh=mesh, train_images=parallelism.put_replicated(splits.train_images, mesh),
+  return RunSetup(train_images=parallelism.put_replicated(splits.train_images, mesh),
                   train_labels=parallelism.put_replicated(splits.train_labels, mesh),
                   eval_splits=eval_splits, source=splits.source)
 
@@ -334,7 +333,7 @@ def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluat
   with preemption.PreemptionGuard() as guard, \
       reporting.progress_bar(config.num_epochs, start_epoch, workdir.name) as bar:
     for epoch in range(start_epoch, config.num_epochs):
-      if guard.requested() and epoch == start_epoch:
+      if epoch == start_epoch and guard.requested():
         raise preemption.Preempted(f"{guard.signal_name or 'a signal'} before the first epoch; "
                                    "nothing new to save. Rerun the same command to resume.")
       epoch_start = time.perf_counter()
@@ -370,8 +369,7 @@ def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluat
       stopping = guard.requested()
       if (stopping or epoch + 1 == config.num_epochs
           or (epoch + 1) % config.checkpoint.every_epochs == 0):
-        checkpointing.save(manager, int(state.step), state.params,
-                           {"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
+        checkpointing.save(manager, int(state.step), state.params, _resume_item(state),
                            {"epoch": epoch + 1, "test_errors": record["test_errors"]})
       if stopping and epoch + 1 < config.num_epochs:
         manager.wait_until_finished()
@@ -384,13 +382,16 @@ def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluat
   return state
 
 
+def _resume_item(state: TrainState) -> dict[str, Any]:
+  """What a checkpoint's `train` item holds beside the params: all that resuming needs."""
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+
+
 def _resume(manager, state: TrainState, sharding, workdir) -> tuple[TrainState, int]:
   step = manager.latest_step()
   restored = checkpointing.restore(
-      manager, step,
-      {"params": state.params,
-       "train": {"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
-       "meta": None}, sharding, workdir)
+      manager, step, {"params": state.params, "train": _resume_item(state), "meta": None},
+      sharding, workdir)
   train = restored["train"]
   state = TrainState(step=train["step"], params=restored["params"],
                      opt_state=train["opt_state"], rng=train["rng"])

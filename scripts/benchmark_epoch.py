@@ -45,7 +45,8 @@ def bare_matmul_epoch(layer_sizes: list[int], batch_size: int, num_steps: int):
       activations.append(activations[-1] @ w)
     grad = activations[-1]
     new_weights = []
-    for i in reversed(range(len(weights))):  # Backward: dW for every layer, dx for all but the first.
+    # Backward: dW for every layer, dx for all but the first.
+    for i in reversed(range(len(weights))):
       new_weights.append(weights[i] - 1e-6 * (activations[i].T @ grad))
       if i:
         grad = grad @ weights[i].T

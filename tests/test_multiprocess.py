@@ -1,4 +1,4 @@
-"""Two processes (2 CPU devices each) under jax.distributed train like one process with 4 devices."""
+"""Two processes with 2 CPU devices each, under jax.distributed, train like 1 process with 4."""
 
 import json
 import os

@@ -32,7 +32,8 @@ def _assert_same_run(workdir, reference):
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
     np.testing.assert_array_equal(a, b)  # Bitwise: the resumed run is the same run.
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  ref_records = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+  ref_records = [json.loads(line)
+                 for line in (reference / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == list(range(1, NUM_EPOCHS + 1))
   assert [r["test_errors"] for r in records] == [r["test_errors"] for r in ref_records]
   assert [r["train_loss"] for r in records] == [r["train_loss"] for r in ref_records]
