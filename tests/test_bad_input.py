@@ -5,6 +5,7 @@ field or file, no traceback, and no file of an existing run modified.
 """
 
 import gzip
+import importlib.util
 import json
 import shutil
 
@@ -12,7 +13,7 @@ import pytest
 
 from kd_jax import config_lib
 from kd_jax.errors import ConfigError
-from conftest import TINY_OVERRIDES, run_command
+from conftest import REPO_ROOT, TINY_OVERRIDES, run_command
 
 STUDENT = ["--config=configs/student.py", *TINY_OVERRIDES, "--config.model.hidden_sizes=(16,)"]
 
@@ -67,8 +68,16 @@ def test_out_of_range_values_name_the_field(field, value, distill):
     config_lib.validate(config, distill=distill)
 
 
-def test_paper_configs_are_valid():
-  config_lib.validate(config_lib.base_config())
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  distill = "teacher_workdir" in config
+  if distill:
+    config.teacher_workdir = "runs/teacher"
+  config_lib.validate(config, distill=distill)
 
 
 def test_bad_value_through_the_command(finished_run, tiny_mnist_dir):
