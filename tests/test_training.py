@@ -138,3 +138,23 @@ def test_evaluation_counts_every_example_once():
   expected_loss = optax.softmax_cross_entropy_with_integer_labels(
       logits, jnp.asarray(arrays["test_labels"], jnp.int32)).mean()
   np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("soft_loss", ["soft_cross_entropy", "logit_matching", "softmax_mse"])
+def test_every_soft_loss_pulls_the_student_towards_the_teacher(batch, soft_loss):
+  teacher = models.MLP((48,))
+  teacher_params = _state(teacher, seed=1).params
+  student = models.MLP((16,))
+  step = jax.jit(functools.partial(training.train_step, model=student, tx=optax.adam(3e-3),
+                                   teacher=teacher, temperature=3.0, alpha=1.0,
+                                   soft_loss=soft_loss))
+  targets = training.soft_targets(teacher, teacher_params, batch["image"])
+  gap = lambda s: float(jnp.abs(jax.nn.softmax(student.apply({"params": s.params},
+                                                             batch["image"], train=False))
+                                - jax.nn.softmax(targets)).mean())
+  state = _state(student)
+  before = gap(state)
+  for i in range(30):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i), teacher_params)
+  assert gap(state) < 0.5 * before
+  assert np.isfinite(metrics["soft_loss"]) and np.isfinite(metrics["hard_loss"])
