@@ -20,7 +20,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from kd_jax import parallelism, reporting
-from kd_jax.errors import CheckpointError
+from kd_jax.errors import CheckpointError, one_line
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -167,7 +167,7 @@ def _check_against_metadata(manager: ocp.CheckpointManager, step: int, name: str
     stored = _shapes(manager.item_metadata(step)[name])
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
     raise CheckpointError(f"{where} could not be read: it is corrupted or incomplete "
-                          f"({type(e).__name__}: {str(e).strip()[:200]}).") from e
+                          f"({one_line(e)}).") from e
   expected = _shapes(example)
   if stored != expected:
     differing = sorted(k for k in stored.keys() | expected.keys()
@@ -199,7 +199,5 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise CheckpointError(f"{where} could not be restored: it is corrupted "
-                          f"({type(e).__name__}: {first_line[:300]}).") from e
+    raise CheckpointError(f"{where} could not be restored: it is corrupted ({one_line(e)}).") from e
   return {name: restored[name] for name in items}

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax.errors import DataError
+from kd_jax.errors import DataError, one_line
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -36,8 +36,8 @@ _IDX_FILES = {
 _HOW_TO_GET = (
     f"Point {MNIST_DIR_ENV} (or config.data.mnist_dir) at a folder holding the four LeCun IDX "
     "files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-    "t10k-images-idx3-ubyte[.gz], "
-    "t10k-labels-idx1-ubyte[.gz]), or leave both unset to download MNIST with tensorflow-datasets."
+    "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]), or leave both unset to download "
+    "MNIST with tensorflow-datasets."
 )
 
 
@@ -125,9 +125,8 @@ def load_tfds(data_dir: str | None = None, manual_dir: str | None = None) -> dic
     builder.download_and_prepare(download_config=download_config)
     splits = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
   except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds offline.
-    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    raise DataError(f"tensorflow-datasets could not load MNIST ({type(e).__name__}: "
-                    f"{message[:300]}). {_HOW_TO_GET}") from e
+    raise DataError(f"tensorflow-datasets could not load MNIST ({one_line(e)}). "
+                    f"{_HOW_TO_GET}") from e
   arrays = {}
   for split, examples in zip(("train", "test"), splits):
     arrays[f"{split}_images"] = examples["image"][..., 0].astype(np.uint8)

@@ -12,6 +12,12 @@ class KdJaxError(Exception):
   label = "error"  # Printed before the message: "kd_jax: error: ...".
 
 
+def one_line(error: BaseException, max_chars: int = 300) -> str:
+  """'TypeName: first line of the message', for quoting a library's error inside ours."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:max_chars] if lines else ''}"
+
+
 class ConfigError(KdJaxError):
   """A configuration value is missing, out of range or of the wrong type."""
 

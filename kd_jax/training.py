@@ -289,6 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if start_epoch >= config.num_epochs:
     reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
                   f"(checkpoint step {int(state.step)}); nothing to train.")
+    test = evaluator(state.params, setup.eval_splits["test"])
   else:
     checkpointing.save_config(workdir, config)
     writer = reporting.MetricsWriter(workdir, keep_epochs_up_to=start_epoch)
@@ -304,14 +305,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           batch_sharding=parallelism.batch_sharded(mesh)),
         out_shardings=replicated, donate_argnums=(0,))
     try:
-      state = _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluator,
-                          manager, writer, start_epoch)
+      state, test = _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn,
+                                evaluator, manager, writer, start_epoch)
     finally:
       writer.close()
   manager.wait_until_finished()
   manager.close()
 
-  test = evaluator(state.params, setup.eval_splits["test"])
   summary = {"test_errors": test["errors"], "test_accuracy": test["accuracy"],
              "step": int(state.step),
              "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(int(state.step)))
@@ -323,8 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluator, manager,
-                writer, start_epoch) -> TrainState:
-  """The epoch loop: train, evaluate, log, checkpoint; stops cleanly on a signal."""
+                writer, start_epoch) -> tuple[TrainState, dict[str, Any]]:
+  """The epoch loop: train, evaluate, log, checkpoint; stops cleanly on a signal.
+
+  Returns the final state and its test-set evaluation.
+  """
   compile_start = time.perf_counter()
   compiled_epoch = epoch_fn.lower(state, setup.train_images, setup.train_labels, teacher_params,
                                   jnp.int32(0)).compile()
@@ -379,7 +382,7 @@ def _run_epochs(config, workdir, setup, state, teacher_params, epoch_fn, evaluat
             "the same command to resume.")
   reporting.say(f"Trained {config.num_epochs - start_epoch} epochs in {train_time:.1f}s "
                 f"({train_time / (config.num_epochs - start_epoch):.2f}s per epoch).")
-  return state
+  return state, results["test"]
 
 
 def _resume_item(state: TrainState) -> dict[str, Any]:

@@ -42,6 +42,11 @@ def tiny_mnist_dir(tmp_path_factory) -> pathlib.Path:
   return folder
 
 
+def snapshot(folder: pathlib.Path) -> dict:
+  """(mtime, size) of every file below `folder`: equal snapshots mean nothing was rewritten."""
+  return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
 def run_command(module: str, *args: str, mnist_dir: pathlib.Path | str | None = None,
                 devices: int = 1, timeout: float = 300, check: bool = True,
                 extra_env: dict | None = None) -> subprocess.CompletedProcess:

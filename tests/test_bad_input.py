@@ -13,7 +13,7 @@ import pytest
 
 from kd_jax import config_lib
 from kd_jax.errors import ConfigError
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command
+from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, snapshot
 
 STUDENT = ["--config=configs/student.py", *TINY_OVERRIDES, "--config.model.hidden_sizes=(16,)"]
 
@@ -25,12 +25,8 @@ def finished_run(tiny_mnist_dir, tmp_path_factory):
   return workdir
 
 
-def _snapshot(folder):
-  return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
-
-
 def expect_failure(module, *args, match, code=None, untouched=None, **kwargs):
-  before = _snapshot(untouched) if untouched else None
+  before = snapshot(untouched) if untouched else None
   result = run_command(module, *args, check=False, **kwargs)
   message = result.stderr.strip().splitlines()
   assert result.returncode != 0, result.stdout[-2000:]
@@ -40,7 +36,7 @@ def expect_failure(module, *args, match, code=None, untouched=None, **kwargs):
   assert message and message[-1].startswith("kd_jax: error:"), result.stderr[-2000:]
   assert match in message[-1], message[-1]
   if untouched:
-    assert _snapshot(untouched) == before
+    assert snapshot(untouched) == before
   return message[-1]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kd_jax import checkpointing, parallelism, preemption, training
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch
+from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch, snapshot
 
 NUM_EPOCHS = 8
 RUN_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epochs={NUM_EPOCHS}",
@@ -107,11 +107,10 @@ def test_half_written_checkpoint_is_ignored_with_a_warning(uninterrupted, tiny_m
 def test_finished_run_is_not_retrained(uninterrupted, tiny_mnist_dir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(uninterrupted, workdir)
-  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  before = snapshot(workdir)
   result = run_command("train", f"--workdir={workdir}", *RUN_ARGS, mnist_dir=tiny_mnist_dir)
   assert "already finished" in result.stdout and "Compiled" not in result.stdout
-  for path, mtime in before.items():
-    assert path.stat().st_mtime_ns == mtime, path
+  assert snapshot(workdir) == before
 
 
 def test_checkpoint_cadence_and_max_to_keep(tiny_mnist_dir, tmp_path):
