@@ -1,8 +1,10 @@
-"""Orbax checkpoints under RUN/checkpoints/ and the run's config as RUN/config.json.
+"""Run directories: RUN/config.json, RUN/population.json and orbax checkpoints in RUN/checkpoints/.
 
-Each checkpoint step holds three items so that readers take only what they need:
-  params     the model parameters (all that distillation and evaluation restore),
-  train      step, optimizer state and the run's base PRNG key (what resuming needs),
+Everything that reads or prepares a run directory lives here. Each checkpoint step holds three
+items so that readers take only what they need:
+  params     the members' parameters, stacked on a leading member axis [P, ...] (all that
+             distillation and evaluation restore; P = 1 for a single model),
+  train      step, optimizer state and each member's base PRNG key (what resuming needs),
   meta       JSON: epoch and the test metrics at that point.
 Restoring builds an abstract target on the current devices, so a checkpoint written on 8 devices
 restores on 1 and the other way round.
@@ -16,25 +18,31 @@ import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kd_jax import parallelism, reporting
+from kd_jax import config_lib, models, parallelism, reporting
 from kd_jax.errors import CheckpointError, one_line
 
 CONFIG_FILE = "config.json"
+POPULATION_FILE = "population.json"
 CHECKPOINT_DIR = "checkpoints"
-RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "eval.json")
+RUN_FILES = (CONFIG_FILE, POPULATION_FILE, "metrics.jsonl", "eval.json")
 RUN_DIRS = (CHECKPOINT_DIR, "tensorboard")
 # Fields that say where data lives or how often to save: they may change when a run resumes.
+# How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
-                     "checkpoint.every_epochs", "checkpoint.max_to_keep")
+                     "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
 def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Writes RUN/config.json and RUN/population.json (the members and their settings)."""
   reporting.write_json(pathlib.Path(workdir) / CONFIG_FILE,
                        json.loads(config.to_json_best_effort()))
+  reporting.write_json(pathlib.Path(workdir) / POPULATION_FILE,
+                       {"members": config_lib.population_members(config)})
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -201,3 +209,35 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
     raise CheckpointError(f"{where} could not be restored: it is corrupted ({one_line(e)}).") from e
   return {name: restored[name] for name in items}
+
+
+def abstract_member_params(model_config: ml_collections.ConfigDict, num_members: int) -> Any:
+  """Shapes and dtypes of `num_members` stacked parameter sets of the configured model."""
+  model = models.model_from_config(model_config)
+  init = lambda key: model.init(key, jnp.zeros((1, 784)), train=False)["params"]
+  return jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.PRNGKey(0), num_members))
+
+
+def restore_params(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh, step: int | None = None,
+                   members: tuple[int, ...] | None = None
+                   ) -> tuple[Any, ml_collections.ConfigDict, int]:
+  """Stacked params [M, ...] of a run (latest or `step`), built from that run's own config.
+
+  `members` selects member indices (default: all); a single model comes back with M = 1.
+  """
+  run_config = load_config(workdir)
+  num_members = len(config_lib.population_members(run_config))
+  if members and max(members) >= num_members:
+    raise CheckpointError(f"{workdir} has {num_members} member(s) (indices 0 to "
+                          f"{num_members - 1}); member {max(members)} was asked for.")
+  example = abstract_member_params(run_config.model, num_members)
+  manager = open_manager(workdir, read_only=True)
+  try:
+    step = latest_step(manager, workdir) if step is None else step
+    params = restore(manager, step, {"params": example}, parallelism.replicated(mesh),
+                     workdir)["params"]
+  finally:
+    manager.close()
+  if members:
+    params = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], params)
+  return params, run_config, step

@@ -2,10 +2,18 @@
 
 Every training config has num_epochs, batch_size (global, across all devices), learning_rate and
 seed at the top level; distillation configs add temperature, alpha, soft_loss and
-teacher_workdir. `validate` turns every bad value into a ConfigError naming the field.
+teacher_workdir. A config with a non-empty teacher_workdir is a distillation run, whichever
+command runs it. `validate` turns every bad value into a ConfigError naming the field.
+
+A run is a population: `members` seeds (seed, seed + 1, ...) for each point of the grid spanned by
+the non-empty tuples of `sweep` (temperature, alpha, learning_rate); `population_members` lists
+them. The default, one member and no sweep, is a single model.
 """
 
 from __future__ import annotations
+
+import itertools
+from typing import Any
 
 import ml_collections
 
@@ -13,6 +21,7 @@ from kd_jax import losses
 from kd_jax.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
+SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,6 +33,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
   config.eval_batch_size = 1000
+
+  config.members = 1  # Seeds per setting: seed, seed + 1, ...
+  config.sweep = ml_collections.ConfigDict()
+  for name in SWEEPABLE:  # Empty: not swept, the top-level value is used.
+    config.sweep[name] = ()
+  config.member_batch = 0  # Members vmapped together: 0 = auto (1 on CPU, all on accelerators).
 
   config.model = ml_collections.ConfigDict()
   config.model.hidden_sizes = (800, 800)
@@ -64,11 +79,40 @@ def add_distillation(config: ml_collections.ConfigDict, temperature: float = 20.
   config.temperature = temperature
   config.alpha = alpha
   config.soft_loss = "soft_cross_entropy"
+  config.teacher_members = ()  # Indices into a population teacher; empty: all its members.
+  config.teacher_ensemble = "arithmetic"  # How members' tempered probabilities are combined.
+  config.cache_teacher_logits = True  # Without jitter, compute teacher logits once per run.
   return config
 
 
-def validate(config: ml_collections.ConfigDict, distill: bool = False) -> None:
-  """Raises ConfigError for the first value that is missing, mistyped or out of range."""
+def is_distillation(config: ml_collections.ConfigDict) -> bool:
+  """The config alone decides: a teacher workdir makes it a distillation run."""
+  return bool(config.get("teacher_workdir"))
+
+
+def population_members(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """The members of the run, in order: every sweep point (temperature, alpha, learning_rate, in
+  that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]}.
+
+  Reads saved configs of older runs too (no `members` or `sweep`: one member).
+  """
+  names = SWEEPABLE if is_distillation(config) else ("learning_rate",)
+  sweep = config.get("sweep") or {}
+  grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
+  members = []
+  for point in itertools.product(*grids):
+    for offset in range(config.get("members", 1)):
+      members.append({"index": len(members), "seed": config.seed + offset,
+                      **{name: float(value) for name, value in zip(names, point)}})
+  return members
+
+
+def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -> None:
+  """Raises ConfigError for the first value that is missing, mistyped or out of range.
+
+  Distillation fields are checked whenever the config names a teacher; `require_teacher` (the
+  distill command) also insists that it does.
+  """
 
   def check(field, ok, expected):
     value = config
@@ -101,9 +145,28 @@ def validate(config: ml_collections.ConfigDict, distill: bool = False) -> None:
         "an integer number of pixels in [0, 14)")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
   check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
-  if distill:
+  check("members", lambda v: is_int(v) and v > 0, "a positive integer")
+  check("member_batch", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: auto)")
+  is_tuple_of = lambda ok: lambda v: isinstance(v, tuple) and all(ok(x) for x in v)
+  check("sweep.learning_rate", is_tuple_of(lambda x: is_num(x) and x > 0),
+        "a tuple of positive numbers (empty: not swept)")
+  if require_teacher or is_distillation(config):
+    check("teacher_workdir", lambda v: isinstance(v, str) and v,
+          "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)")
     check("temperature", lambda v: is_num(v) and v > 0, "a number > 0")
     check("alpha", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]")
     check("soft_loss", lambda v: v in losses.DISTILL_LOSSES, f"one of {losses.DISTILL_LOSSES}")
-    check("teacher_workdir", lambda v: isinstance(v, str) and v,
-          "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)")
+    check("teacher_members", is_tuple_of(lambda x: is_int(x) and x >= 0),
+          "a tuple of member indices of the teacher run (empty: all)")
+    check("teacher_ensemble", lambda v: v in losses.ENSEMBLE_MEANS,
+          f"one of {losses.ENSEMBLE_MEANS}")
+    check("cache_teacher_logits", lambda v: isinstance(v, bool), "True or False")
+    check("sweep.temperature", is_tuple_of(lambda x: is_num(x) and x > 0),
+          "a tuple of numbers > 0 (empty: not swept)")
+    check("sweep.alpha", is_tuple_of(lambda x: is_num(x) and 0 <= x <= 1),
+          "a tuple of numbers in [0, 1] (empty: not swept)")
+  else:
+    for name in ("temperature", "alpha"):
+      check(f"sweep.{name}", lambda v: not v,
+            "an empty tuple: only a distillation run (one with config.teacher_workdir) has a "
+            f"{name} to sweep")

@@ -2,7 +2,7 @@
 
 The host side reads the whole dataset once as uint8 numpy arrays. Everything per-epoch —
 shuffling, batching, jitter and normalisation — is a pure JAX function of a PRNG key so it can be
-traced into the compiled epoch (see `kd_jax.training`).
+traced into the compiled epoch (see `kd_jax.steps`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 from absl import flags
 from ml_collections import config_flags
 
-from kd_jax import cli, config_lib, training
+from kd_jax import cli, config_lib, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.",
                                           lock_config=True)
@@ -16,8 +16,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the student.",
 
 def main(argv):
   del argv
-  config_lib.validate(_CONFIG.value, distill=True)
-  training.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cli.OVERWRITE.value)
+  config_lib.validate(_CONFIG.value, require_teacher=True)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cli.OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,19 @@
 All losses average over the batch. The soft-target cross-entropy is multiplied by T^2 so that its
 gradients keep the same scale as the temperature changes (the paper's section 2 remark); logit
 matching is its high-temperature limit, scaled to match: its gradient is (z_i - v_i) / N.
+
+Teacher outputs arrive as logits [B, M, C] from M teachers (M = 1 for a single teacher): the soft
+targets are the ensemble's tempered probabilities, their arithmetic mean by default or their
+normalised geometric mean (which is the softmax of the mean logit, at any temperature).
+
+The train step takes its loss as a function `loss_fn(logits, batch, targets, hparams) -> (loss,
+parts)`: `hard_label_loss`, or one built by `make_distillation_loss`. `hparams` holds the member's
+(possibly swept) `temperature` and `alpha` as traced scalars.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import chex
 import jax
@@ -15,10 +23,21 @@ import jax.numpy as jnp
 import optax
 
 DISTILL_LOSSES = ("soft_cross_entropy", "logit_matching", "softmax_mse")
+ENSEMBLE_MEANS = ("arithmetic", "geometric")
+LossFn = Callable[[jax.Array, dict, Any, dict], tuple[jax.Array, dict]]
 
 
-def tempered_softmax(logits: jax.Array, temperature: float) -> jax.Array:
+def tempered_softmax(logits: jax.Array, temperature: float | jax.Array) -> jax.Array:
   return jax.nn.softmax(logits / temperature, axis=-1)
+
+
+def ensemble_probabilities(member_logits: jax.Array, temperature: float | jax.Array = 1.0,
+                           mean: str = "arithmetic") -> jax.Array:
+  """[B, M, C] logits of M models -> [B, C] probabilities of their ensemble at `temperature`."""
+  chex.assert_rank(member_logits, 3)
+  if mean == "geometric":  # exp(mean log p) renormalised = softmax(mean logit / T).
+    return tempered_softmax(member_logits.mean(axis=1), temperature)
+  return tempered_softmax(member_logits, temperature).mean(axis=1)
 
 
 def hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -27,44 +46,62 @@ def hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def soft_cross_entropy(student_logits: jax.Array, teacher_logits: jax.Array,
-                       temperature: float) -> jax.Array:
-  """T^2 * CE(softmax(teacher / T), softmax(student / T))."""
-  chex.assert_equal_shape([student_logits, teacher_logits])
-  soft_targets = tempered_softmax(teacher_logits, temperature)
+def soft_cross_entropy(student_logits: jax.Array, soft_targets: jax.Array,
+                       temperature: float | jax.Array) -> jax.Array:
+  """T^2 * CE(soft_targets, softmax(student / T)); soft_targets are the teacher's at T."""
+  chex.assert_equal_shape([student_logits, soft_targets])
   log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   return temperature**2 * -(soft_targets * log_probs).sum(axis=-1).mean()
 
 
-def logit_matching(student_logits: jax.Array, teacher_logits: jax.Array,
-                   temperature: float = 1.0) -> jax.Array:
-  """0.5 * mean over classes of (z - v)^2: the T -> infinity limit of `soft_cross_entropy`.
-
-  `temperature` is accepted for a uniform signature and ignored.
-  """
-  del temperature
+def logit_matching(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+  """0.5 * mean over classes of (z - v)^2: the T -> infinity limit of `soft_cross_entropy`."""
   chex.assert_equal_shape([student_logits, teacher_logits])
   return 0.5 * jnp.mean(jnp.square(student_logits - teacher_logits), axis=-1).mean()
 
 
-def softmax_mse(student_logits: jax.Array, teacher_logits: jax.Array,
-                temperature: float) -> jax.Array:
+def softmax_mse(student_logits: jax.Array, soft_targets: jax.Array,
+                temperature: float | jax.Array) -> jax.Array:
   """The reference notebook's loss: MSE between tempered softmaxes, without T^2."""
-  chex.assert_equal_shape([student_logits, teacher_logits])
-  diff = tempered_softmax(student_logits, temperature) - tempered_softmax(teacher_logits,
-                                                                          temperature)
-  return jnp.mean(jnp.square(diff))
+  chex.assert_equal_shape([student_logits, soft_targets])
+  return jnp.mean(jnp.square(tempered_softmax(student_logits, temperature) - soft_targets))
 
 
-def soft_loss_fn(name: str) -> Callable[[jax.Array, jax.Array, float], jax.Array]:
-  return {"soft_cross_entropy": soft_cross_entropy, "logit_matching": logit_matching,
-          "softmax_mse": softmax_mse}[name]
+def soft_loss(name: str, student_logits: jax.Array, teacher_logits: jax.Array,
+              temperature: float | jax.Array, ensemble: str = "arithmetic") -> jax.Array:
+  """The soft term `name` against teacher logits [B, M, C] (an ensemble of M >= 1 teachers)."""
+  if name == "logit_matching":
+    return logit_matching(student_logits, teacher_logits.mean(axis=1))
+  targets = ensemble_probabilities(teacher_logits, temperature, ensemble)
+  if name == "softmax_mse":
+    return softmax_mse(student_logits, targets, temperature)
+  return soft_cross_entropy(student_logits, targets, temperature)
 
 
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                      *, temperature: float, alpha: float,
-                      soft_loss: str = "soft_cross_entropy") -> tuple[jax.Array, dict]:
+                      *, temperature: float | jax.Array, alpha: float | jax.Array,
+                      soft_loss_name: str = "soft_cross_entropy",
+                      ensemble: str = "arithmetic") -> tuple[jax.Array, dict]:
   """alpha * soft + (1 - alpha) * hard; returns the total and both parts for logging."""
-  soft = soft_loss_fn(soft_loss)(student_logits, teacher_logits, temperature)
+  soft = soft_loss(soft_loss_name, student_logits, teacher_logits, temperature, ensemble)
   hard = hard_cross_entropy(student_logits, labels)
   return alpha * soft + (1.0 - alpha) * hard, {"soft_loss": soft, "hard_loss": hard}
+
+
+def hard_label_loss(logits: jax.Array, batch: dict, targets: Any,
+                    hparams: dict) -> tuple[jax.Array, dict]:
+  """Cross-entropy on the batch's labels; a `LossFn` that ignores targets and hparams."""
+  del targets, hparams
+  return hard_cross_entropy(logits, batch["label"]), {}
+
+
+def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
+                           ensemble: str = "arithmetic") -> LossFn:
+  """A `LossFn` mixing the soft term against teacher logits with the hard-label term."""
+
+  def loss_fn(logits, batch, teacher_logits, hparams):
+    return distillation_loss(logits, teacher_logits, batch["label"],
+                             temperature=hparams["temperature"], alpha=hparams["alpha"],
+                             soft_loss_name=soft_loss_name, ensemble=ensemble)
+
+  return loss_fn

@@ -14,7 +14,7 @@ import pathlib
 from absl import flags
 from ml_collections import config_flags
 
-from kd_jax import cli, config_lib, reporting, training
+from kd_jax import cli, config_lib, evaluation, reporting, trainer
 
 _TEACHER = config_flags.DEFINE_config_file("teacher_config", "configs/quick_teacher.py",
                                            "Teacher config file.", lock_config=True)
@@ -37,7 +37,9 @@ def plot_test_errors(root: pathlib.Path, runs: list[str]) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   for run in runs:
     records = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
-    ax.plot([r["epoch"] for r in records], [r["test_errors"] for r in records],
+    # A population's curve is its ensemble's.
+    errors = [r.get("ensemble_test_errors", r["test_errors"]) for r in records]
+    ax.plot([r["epoch"] for r in records], errors,
             marker="o" if len(records) <= 40 else None, label=run)
   ax.set(xlabel="epoch", ylabel="test errors (of 10,000)", yscale="log",
          title="MNIST test errors")
@@ -54,21 +56,21 @@ def main(argv):
   teacher_config, student_config = _TEACHER.value, _STUDENT.value.copy_and_resolve_references()
   student_config.teacher_workdir = str(root / "teacher")
   config_lib.validate(teacher_config)
-  config_lib.validate(student_config, distill=True)
+  config_lib.validate(student_config, require_teacher=True)
 
   reporting.say("== 1/3 teacher ==")
-  training.train_and_evaluate(teacher_config, root / "teacher", cli.OVERWRITE.value)
+  trainer.train_and_evaluate(teacher_config, root / "teacher", cli.OVERWRITE.value)
   reporting.say("== 2/3 distilled student ==")
-  training.train_and_evaluate(student_config, root / "distilled", cli.OVERWRITE.value)
+  trainer.train_and_evaluate(student_config, root / "distilled", cli.OVERWRITE.value)
   runs = ["teacher", "distilled"]
   if _BASELINE.value:
     reporting.say("== baseline: the same student on hard labels alone ==")
     baseline_config = student_config.copy_and_resolve_references()
     baseline_config.teacher_workdir = ""
-    training.train_and_evaluate(baseline_config, root / "baseline", cli.OVERWRITE.value)
+    trainer.train_and_evaluate(baseline_config, root / "baseline", cli.OVERWRITE.value)
     runs.append("baseline")
   reporting.say("== 3/3 evaluation ==")
-  summary = {run: training.evaluate_checkpoint(root / run) for run in runs}
+  summary = {run: evaluation.evaluate_checkpoint(root / run) for run in runs}
   reporting.write_json(root / "summary.json", summary)
   plot_test_errors(root, runs)
   reporting.say("Test errors: " + ", ".join(f"{run} {summary[run]['test_errors']}" for run in runs)

@@ -61,6 +61,9 @@ class MetricsWriter:
       for key, value in record.items():
         if isinstance(value, (int, float)) and key != "epoch":
           self._tb.add_scalar(key, value, record["epoch"])
+        elif isinstance(value, list):  # A population's per-member figures.
+          for member, member_value in enumerate(value):
+            self._tb.add_scalar(f"{key}/member_{member}", member_value, record["epoch"])
       self._tb.flush()
 
   def close(self) -> None:

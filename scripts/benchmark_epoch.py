@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from kd_jax import data, models, parallelism, training
+from kd_jax import data, models, parallelism, steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/teacher.py", "Training config.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs (after one compile + warm-up).")
@@ -77,33 +77,35 @@ def main(argv):
   else:
     splits = data.load_mnist_from_config(config.data)
     images, labels = splits.train_images, splits.train_labels
-  steps = len(images) // config.batch_size
+  steps_per_epoch = len(images) // config.batch_size
 
   model = models.model_from_config(config.model)
-  tx = training.make_optimizer(config, steps)
-  step_fn = functools.partial(training.train_step, model=model, tx=tx,
+  optimizer = steps.make_optimizer(config, steps_per_epoch)
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
                               max_norm=config.model.max_norm)
   epoch_fn = jax.jit(functools.partial(
-      training.train_epoch, step_fn=step_fn, batch_size=config.batch_size,
+      steps.train_epoch, step_fn=step_fn, batch_size=config.batch_size,
       max_shift=config.data.jitter, batch_sharding=parallelism.batch_sharded(mesh)),
       out_shardings=parallelism.replicated(mesh))
-  state = jax.device_put(training.create_train_state(jax.random.PRNGKey(0), model, tx),
+  state = jax.device_put(steps.create_train_state(jax.random.PRNGKey(0), model,
+                                                  optimizer(config.learning_rate)),
                          parallelism.replicated(mesh))
-  device_images = parallelism.put_replicated(images, mesh)
-  device_labels = parallelism.put_replicated(labels, mesh)
-  epoch_times = time_call(lambda s: epoch_fn(s, device_images, device_labels, None, jnp.int32(0)),
+  train_data = {"image": parallelism.put_replicated(images, mesh),
+                "label": parallelism.put_replicated(labels, mesh)}
+  hparams = {"learning_rate": jnp.float32(config.learning_rate)}
+  epoch_times = time_call(lambda s: epoch_fn(s, train_data, hparams, None, jnp.int32(0)),
                           (state,), _REPEATS.value)
 
   sizes = [784, *config.model.hidden_sizes, data.NUM_CLASSES]
-  bare_fn, bare_args = bare_matmul_epoch(sizes, config.batch_size, steps)
+  bare_fn, bare_args = bare_matmul_epoch(sizes, config.batch_size, steps_per_epoch)
   bare_times = time_call(bare_fn, bare_args, _REPEATS.value)
 
-  flops = 2 * config.batch_size * steps * sum(
+  flops = 2 * config.batch_size * steps_per_epoch * sum(
       m * n * (3 if i else 2) for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])))
   epoch_s, bare_s = statistics.median(epoch_times), statistics.median(bare_times)
   result = {"device": str(jax.devices()[0].device_kind), "num_devices": mesh.size,
             "jax": jax.__version__, "model": models.describe(config.model),
-            "batch_size": config.batch_size, "steps_per_epoch": steps,
+            "batch_size": config.batch_size, "steps_per_epoch": steps_per_epoch,
             "epoch_s": epoch_s, "bare_matmuls_s": bare_s, "ratio": epoch_s / bare_s,
             "matmul_gflop_per_epoch": flops / 1e9, "epoch_gflops": flops / epoch_s / 1e9,
             "epoch_times_s": epoch_times, "bare_times_s": bare_times}

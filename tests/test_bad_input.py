@@ -61,7 +61,7 @@ def test_out_of_range_values_name_the_field(field, value, distill):
     holder = holder[parent]
   holder[name] = value
   with pytest.raises(ConfigError, match=f"config.{field}="):
-    config_lib.validate(config, distill=distill)
+    config_lib.validate(config, require_teacher=distill)
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs").glob("*.py")), ids=lambda p: p.name)
@@ -73,7 +73,7 @@ def test_shipped_configs_are_valid(path):
   distill = "teacher_workdir" in config
   if distill:
     config.teacher_workdir = "runs/teacher"
-  config_lib.validate(config, distill=distill)
+  config_lib.validate(config, require_teacher=distill)
 
 
 def test_bad_value_through_the_command(finished_run, tiny_mnist_dir):

@@ -12,19 +12,26 @@ def _logits(seed, shape=(1, 10), scale=1.0):
   return scale * jax.random.normal(jax.random.PRNGKey(seed), shape)
 
 
+def _soft_ce(student_logits, teacher_logits, temperature):
+  """The soft term against one teacher's logits (the loss itself takes soft targets)."""
+  return losses.soft_cross_entropy(student_logits,
+                                   losses.tempered_softmax(teacher_logits, temperature),
+                                   temperature)
+
+
 def test_soft_cross_entropy_matches_its_definition():
   student, teacher = _logits(0, (4, 10)), _logits(1, (4, 10))
   t = 5.0
   p = np.exp(teacher / t) / np.exp(teacher / t).sum(-1, keepdims=True)
   log_q = student / t - np.log(np.exp(student / t).sum(-1, keepdims=True))
   expected = t**2 * np.mean(-(p * log_q).sum(-1))
-  np.testing.assert_allclose(losses.soft_cross_entropy(student, teacher, t), expected, rtol=1e-5)
+  np.testing.assert_allclose(_soft_ce(student, teacher, t), expected, rtol=1e-5)
 
 
 def test_t_squared_keeps_gradient_magnitude_across_temperatures():
   """Without the T^2 factor the gradient would shrink by 400x from T=1 to T=20."""
   student, teacher = _logits(0, scale=0.5), _logits(1, scale=0.5)
-  grad = jax.grad(losses.soft_cross_entropy)
+  grad = jax.grad(_soft_ce)
   norms = [float(jnp.linalg.norm(grad(student, teacher, t))) for t in (1.0, 2.0, 5.0, 10.0, 20.0)]
   assert max(norms) / min(norms) < 1.5, norms
 
@@ -37,7 +44,7 @@ def test_high_temperature_gradient_approaches_logit_difference_over_n():
   n = z.shape[-1]
   limit = (z - v) / n
   tolerance = 0.02 * float(jnp.abs(limit).max())
-  grad_at = lambda t: jax.grad(losses.soft_cross_entropy)(z, v, t)
+  grad_at = lambda t: jax.grad(_soft_ce)(z, v, t)
   np.testing.assert_allclose(grad_at(100.0), limit, atol=tolerance)
   assert float(jnp.abs(grad_at(1.0) - limit).max()) > 5 * tolerance  # Not true at low T.
 
@@ -53,16 +60,17 @@ def test_softmax_mse_is_the_notebooks_loss_without_t_squared():
   student, teacher = _logits(6, (2, 10)), _logits(7, (2, 10))
   t = 3.0
   expected = np.mean((jax.nn.softmax(student / t) - jax.nn.softmax(teacher / t))**2)
-  np.testing.assert_allclose(losses.softmax_mse(student, teacher, t), expected, rtol=1e-6)
+  np.testing.assert_allclose(losses.softmax_mse(student, jax.nn.softmax(teacher / t), t), expected,
+                             rtol=1e-6)
 
 
 def test_distillation_loss_mixes_soft_and_hard_by_alpha():
   student, teacher = _logits(8, (4, 10)), _logits(9, (4, 10))
   labels = jnp.array([0, 1, 2, 3])
-  soft = losses.soft_cross_entropy(student, teacher, 20.0)
+  soft = _soft_ce(student, teacher, 20.0)
   hard = losses.hard_cross_entropy(student, labels)
   for alpha in (0.0, 0.3, 1.0):
-    total, parts = losses.distillation_loss(student, teacher, labels, temperature=20.0,
+    total, parts = losses.distillation_loss(student, teacher[:, None], labels, temperature=20.0,
                                             alpha=alpha)
     np.testing.assert_allclose(total, alpha * soft + (1 - alpha) * hard, rtol=1e-6)
     np.testing.assert_allclose(parts["soft_loss"], soft, rtol=1e-6)
@@ -70,11 +78,30 @@ def test_distillation_loss_mixes_soft_and_hard_by_alpha():
 
 def test_soft_loss_is_minimal_when_student_matches_teacher():
   teacher = _logits(10, (2, 10))
-  at_match = losses.soft_cross_entropy(teacher, teacher, 4.0)
-  elsewhere = losses.soft_cross_entropy(teacher + _logits(11, (2, 10)), teacher, 4.0)
+  at_match = _soft_ce(teacher, teacher, 4.0)
+  elsewhere = _soft_ce(teacher + _logits(11, (2, 10)), teacher, 4.0)
   assert at_match < elsewhere
 
 
 def test_shape_mismatch_is_caught():
   with pytest.raises(AssertionError):
     losses.soft_cross_entropy(jnp.zeros((2, 10)), jnp.zeros((3, 10)), 2.0)
+
+
+def test_ensemble_targets_average_tempered_probabilities():
+  members = _logits(12, (4, 3, 10), scale=3.0)  # [B, M, C]: three teachers.
+  t = 4.0
+  probs = jax.nn.softmax(members / t)
+  np.testing.assert_allclose(losses.ensemble_probabilities(members, t), probs.mean(axis=1),
+                             rtol=1e-6)
+  geometric = np.exp(np.log(probs).mean(axis=1))
+  np.testing.assert_allclose(losses.ensemble_probabilities(members, t, "geometric"),
+                             geometric / geometric.sum(-1, keepdims=True), rtol=1e-5)
+  # One teacher is its own ensemble, for every soft loss.
+  student = _logits(13, (4, 10))
+  for name in losses.DISTILL_LOSSES:
+    np.testing.assert_allclose(
+        losses.soft_loss(name, student, members[:, :1], t),
+        losses.soft_loss(name, student, members[:, :1], t, ensemble="geometric"), rtol=1e-6)
+  np.testing.assert_allclose(losses.soft_loss("soft_cross_entropy", student, members[:, :1], t),
+                             _soft_ce(student, members[:, 0], t), rtol=1e-6)

@@ -13,29 +13,31 @@ from conftest import REPO_ROOT
 SCRIPT = r"""
 import functools, json
 import jax, jax.numpy as jnp, numpy as np, optax
-from kd_jax import data, models, parallelism, training
+from kd_jax import data, models, parallelism, steps
 from conftest import make_tiny_mnist
 
 assert jax.device_count() == 8
 arrays = make_tiny_mnist(96, 10)
 images = jnp.asarray(arrays["train_images"])
 labels = jnp.asarray(arrays["train_labels"], jnp.int32)
-tx = optax.adam(1e-2)
+HPARAMS = {'learning_rate': 1e-2}
 # Parameters differ between runs unless every device computes the same global step.
 def max_diff(a, b):
   pairs = zip(jax.device_get(jax.tree.leaves(a)), jax.device_get(jax.tree.leaves(b)))
   return max(float(np.abs(x - y).max()) for x, y in pairs)
 
-def sharded_epoch(model, num_devices, max_norm=None, tx=tx):
+def sharded_epoch(model, num_devices, max_norm=None, optimizer=optax.adam):
   mesh = parallelism.make_mesh(jax.devices()[:num_devices])
   rep = parallelism.replicated(mesh)
-  step_fn = functools.partial(training.train_step, model=model, tx=tx, max_norm=max_norm)
-  epoch = jax.jit(functools.partial(training.train_epoch, step_fn=step_fn, batch_size=32,
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
+                              max_norm=max_norm)
+  epoch = jax.jit(functools.partial(steps.train_epoch, step_fn=step_fn, batch_size=32,
                                     max_shift=2, batch_sharding=parallelism.batch_sharded(mesh)),
                   out_shardings=rep)
-  state = jax.device_put(training.create_train_state(jax.random.PRNGKey(0), model, tx), rep)
-  state, _ = epoch(state, jax.device_put(images, rep), jax.device_put(labels, rep), None,
-                   jnp.int32(0))
+  state = jax.device_put(steps.create_train_state(jax.random.PRNGKey(0), model, optimizer(1.0)),
+                         rep)
+  train_data = {"image": jax.device_put(images, rep), "label": jax.device_put(labels, rep)}
+  state, _ = epoch(state, train_data, HPARAMS, None, jnp.int32(0))
   return state
 
 results = {}
@@ -43,25 +45,24 @@ results = {}
 teacher = models.MLP((64, 64), input_dropout=0.2, hidden_dropout=0.5)
 one, eight = sharded_epoch(teacher, 1, 2.0), sharded_epoch(teacher, 8, 2.0)
 results["sharded_vs_single_dropout"] = max_diff(one.params, eight.params)
-results["moved"] = max_diff(one.params, training.create_train_state(
-    jax.random.PRNGKey(0), teacher, tx).params)
+results["moved"] = max_diff(one.params, steps.create_train_state(
+    jax.random.PRNGKey(0), teacher, optax.adam(1.0)).params)
 
 # pmap with axis_name: same batches, gradients averaged with lax.pmean. Plain SGD here: Adam's
 # m / sqrt(v) turns rounding noise in near-zero gradients into full-size steps.
 model = models.MLP((64, 64))
-tx = optax.sgd(0.1)
-single = sharded_epoch(model, 1, tx=tx)
-state = training.create_train_state(jax.random.PRNGKey(0), model, tx)
+single = sharded_epoch(model, 1, optimizer=optax.sgd)
+state = steps.create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1))
 order_key, jitter_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, 0), 3)
 indices = data.epoch_batch_indices(order_key, images.shape[0], 32)
-pstep = jax.pmap(functools.partial(training.train_step, model=model, tx=tx, axis_name="batch"),
-                 axis_name="batch", in_axes=(0, 0, None))
+pstep = jax.pmap(functools.partial(steps.train_step, model=model, optimizer=optax.sgd,
+                                   axis_name="batch"), axis_name="batch", in_axes=(0, 0, None, None))
 pstate = jax.tree.map(lambda x: jnp.stack([x] * 8), state)
 for i in range(indices.shape[0]):
   batch_images = data.jitter(jax.random.fold_in(jitter_key, i), images[indices[i]], 2)
   batch = {"image": data.normalize(batch_images), "label": labels[indices[i]]}
   batch = jax.tree.map(lambda x: x.reshape((8, -1) + x.shape[1:]), batch)
-  pstate, metrics = pstep(pstate, batch, jax.random.fold_in(dropout_key, i))
+  pstate, metrics = pstep(pstate, batch, jax.random.fold_in(dropout_key, i), HPARAMS)
 results["pmap_vs_single"] = max_diff(jax.tree.map(lambda x: x[0], pstate.params), single.params)
 results["pmap_replicas_agree"] = max_diff(jax.tree.map(lambda x: x[0], pstate.params),
                                           jax.tree.map(lambda x: x[7], pstate.params))

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, parallelism, preemption, training
+from kd_jax import checkpointing, parallelism, preemption
 from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch, snapshot
 
 NUM_EPOCHS = 8
@@ -21,7 +21,8 @@ RUN_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epoch
 
 
 def _final_params(workdir):
-  params, _, step = training.restore_params(workdir, parallelism.make_mesh(jax.devices()[:1]))
+  params, _, step = checkpointing.restore_params(workdir,
+                                                 parallelism.make_mesh(jax.devices()[:1]))
   return jax.device_get(params), step
 
 
@@ -125,14 +126,14 @@ def test_checkpoint_cadence_and_max_to_keep(tiny_mnist_dir, tmp_path):
 INJECT_NAN_AFTER_EPOCH_2 = """
 import runpy, sys
 import jax.numpy as jnp
-from kd_jax import training
-real_epoch = training.train_epoch
-def epoch_that_diverges(state, images, labels, teacher_params, epoch, **kwargs):
-  state, metrics = real_epoch(state, images, labels, teacher_params, epoch, **kwargs)
+from kd_jax import steps
+real_epoch = steps.train_epoch
+def epoch_that_diverges(state, train_data, hparams, teacher_params, epoch, **kwargs):
+  state, metrics = real_epoch(state, train_data, hparams, teacher_params, epoch, **kwargs)
   metrics["loss"] = jnp.where(epoch >= 2, jnp.nan, metrics["loss"])
   metrics["first_nonfinite_step"] = jnp.where(epoch >= 2, 4, metrics["first_nonfinite_step"])
   return state, metrics
-training.train_epoch = epoch_that_diverges
+steps.train_epoch = epoch_that_diverges
 sys.argv = ["kd_jax.train"] + sys.argv[1:]
 runpy.run_module("kd_jax.train", run_name="__main__")
 """

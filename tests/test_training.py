@@ -8,10 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import data, models, parallelism, training
+from kd_jax import data, evaluation, losses, models, parallelism, steps, targets
 from conftest import make_tiny_mnist
 
-TX = optax.adam(1e-3)
+ADAM = optax.adam
+HPARAMS = {"learning_rate": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,20 @@ def batch():
 
 
 def _state(model, seed=0):
-  return training.create_train_state(jax.random.PRNGKey(seed), model, TX)
+  return steps.create_train_state(jax.random.PRNGKey(seed), model, ADAM(1e-3))
+
+
+def _stacked_params(model, seed=1):
+  return steps.stack_members([_state(model, seed).params])
+
+
+def _distill_step(student, teacher, temperature, alpha, learning_rate=1e-3, **loss_kwargs):
+  """A jitted distillation step with the teacher in it, and its hparams."""
+  step = jax.jit(functools.partial(
+      steps.train_step, model=student, optimizer=ADAM,
+      loss_fn=losses.make_distillation_loss(**loss_kwargs),
+      targets_fn=targets.make_teacher_targets(teacher)))
+  return step, {"learning_rate": learning_rate, "temperature": temperature, "alpha": alpha}
 
 
 def _assert_trees_close(a, b, **kwargs):
@@ -31,40 +45,52 @@ def _assert_trees_close(a, b, **kwargs):
 
 def test_train_step_learns(batch):
   model = models.MLP((32,))
-  step = jax.jit(functools.partial(training.train_step, model=model, tx=TX))
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=ADAM))
   state = _state(model)
-  losses = []
+  losses_seen = []
   for i in range(20):
-    state, metrics = step(state, batch, jax.random.PRNGKey(i))
-    losses.append(float(metrics["loss"]))
-  assert losses[-1] < 0.5 * losses[0]
+    state, metrics = step(state, batch, jax.random.PRNGKey(i), HPARAMS)
+    losses_seen.append(float(metrics["loss"]))
+  assert losses_seen[-1] < 0.5 * losses_seen[0]
   assert int(state.step) == 20
+
+
+def test_learning_rate_is_an_argument_not_a_constant(batch):
+  """A swept rate reaches the update: rate 0 leaves the parameters as they were."""
+  model = models.MLP((16,))
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=ADAM))
+  state = _state(model)
+  frozen, _ = step(state, batch, jax.random.PRNGKey(0), {"learning_rate": 0.0})
+  moved, _ = step(state, batch, jax.random.PRNGKey(0), {"learning_rate": 1e-2})
+  _assert_trees_close(frozen.params, state.params, rtol=0, atol=0)
+  assert not np.allclose(moved.params["output"]["kernel"], state.params["output"]["kernel"])
 
 
 def test_teacher_targets_do_not_depend_on_the_dropout_key(batch):
   """The teacher has heavy dropout; if its targets used the step's key, these would differ."""
   teacher = models.MLP((48,), input_dropout=0.2, hidden_dropout=0.5)
-  teacher_params = _state(teacher, seed=1).params
+  teacher_params = _stacked_params(teacher)
   student = models.MLP((16,))  # No dropout: the key could only reach the teacher.
-  step = jax.jit(functools.partial(training.train_step, model=student, tx=TX, teacher=teacher,
-                                   temperature=4.0, alpha=0.9))
+  step, hparams = _distill_step(student, teacher, 4.0, 0.9)
   state = _state(student)
-  a, _ = step(state, batch, jax.random.PRNGKey(1), teacher_params)
-  b, _ = step(state, batch, jax.random.PRNGKey(2), teacher_params)
+  a, _ = step(state, batch, jax.random.PRNGKey(1), hparams, teacher_params)
+  b, _ = step(state, batch, jax.random.PRNGKey(2), hparams, teacher_params)
   _assert_trees_close(a.params, b.params, rtol=0, atol=0)
   np.testing.assert_array_equal(
-      training.soft_targets(teacher, teacher_params, batch["image"]),
-      teacher.apply({"params": teacher_params}, batch["image"], train=False))
+      targets.make_teacher_targets(teacher)(teacher_params, batch)[:, 0],
+      teacher.apply({"params": steps.take_member(teacher_params, 0)}, batch["image"],
+                    train=False))
 
 
 def test_no_gradient_reaches_the_teacher(batch):
   teacher = models.MLP((48,))
-  teacher_params = _state(teacher, seed=1).params
+  teacher_params = _stacked_params(teacher)
   student_logits = jnp.zeros((64, 10))
+  targets_fn = targets.make_teacher_targets(teacher)
 
   def loss(params):
-    targets = training.soft_targets(teacher, params, batch["image"])
-    return optax.softmax_cross_entropy(student_logits, jax.nn.softmax(targets / 4.0)).mean()
+    teacher_logits = targets_fn(params, batch)
+    return losses.soft_loss("soft_cross_entropy", student_logits, teacher_logits, 4.0)
 
   grads = jax.grad(loss)(teacher_params)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
@@ -72,36 +98,36 @@ def test_no_gradient_reaches_the_teacher(batch):
 
 def test_max_norm_is_applied_after_every_update(batch):
   model = models.MLP((32,))
-  step = jax.jit(functools.partial(training.train_step, model=model, tx=optax.adam(0.5),
-                                   max_norm=0.5))
-  state, _ = step(_state(model), batch, jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=ADAM, max_norm=0.5))
+  state, _ = step(_state(model), batch, jax.random.PRNGKey(0), {"learning_rate": 0.5})
   norms = jnp.linalg.norm(state.params["hidden_0"]["kernel"], axis=0)
   assert float(norms.max()) <= 0.5 + 1e-5
 
 
 def test_step_vmaps_over_a_stack_of_states(batch):
   model = models.MLP((16,), hidden_dropout=0.3)
-  step = functools.partial(training.train_step, model=model, tx=TX)
+  step = functools.partial(steps.train_step, model=model, optimizer=ADAM)
   states = [_state(model, seed) for seed in range(3)]
   keys = jax.random.split(jax.random.PRNGKey(7), 3)
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-  vmapped, metrics = jax.jit(jax.vmap(step, in_axes=(0, None, 0)))(stacked, batch, keys)
+  rates = jnp.asarray([1e-3, 3e-3, 1e-2])
+  vmapped, metrics = jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0)))(
+      steps.stack_members(states), batch, keys, {"learning_rate": rates})
   assert metrics["loss"].shape == (3,)
   for i, state in enumerate(states):
-    single, _ = step(state, batch, keys[i])
-    _assert_trees_close(jax.tree.map(lambda x: x[i], vmapped.params), single.params,
-                        rtol=1e-5, atol=1e-6)
+    single, _ = step(state, batch, keys[i], {"learning_rate": rates[i]})
+    _assert_trees_close(steps.take_member(vmapped.params, i), single.params, rtol=1e-5,
+                        atol=1e-6)
 
 
 def test_step_runs_inside_scan_like_a_python_loop(batch):
   model = models.MLP((16,))
-  step = functools.partial(training.train_step, model=model, tx=TX)
+  step = functools.partial(steps.train_step, model=model, optimizer=ADAM)
   keys = jax.random.split(jax.random.PRNGKey(3), 4)
-  scanned, _ = jax.jit(lambda s: jax.lax.scan(lambda s, k: step(s, batch, k), s, keys))(
+  scanned, _ = jax.jit(lambda s: jax.lax.scan(lambda s, k: step(s, batch, k, HPARAMS), s, keys))(
       _state(model))
   looped = _state(model)
   for key in keys:
-    looped, _ = step(looped, batch, key)
+    looped, _ = step(looped, batch, key, HPARAMS)
   _assert_trees_close(scanned.params, looped.params, rtol=1e-5, atol=1e-6)
 
 
@@ -109,12 +135,12 @@ def test_compiled_epoch_is_deterministic_and_depends_on_epoch():
   arrays = make_tiny_mnist(96, 10)
   mesh = parallelism.make_mesh(jax.devices()[:1])
   model = models.MLP((16,), hidden_dropout=0.2)
-  step_fn = functools.partial(training.train_step, model=model, tx=TX)
-  epoch_fn = jax.jit(functools.partial(training.train_epoch, step_fn=step_fn, batch_size=32,
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=ADAM)
+  epoch_fn = jax.jit(functools.partial(steps.train_epoch, step_fn=step_fn, batch_size=32,
                                        max_shift=2, batch_sharding=parallelism.batch_sharded(mesh)))
-  images = jnp.asarray(arrays["train_images"])
-  labels = jnp.asarray(arrays["train_labels"], jnp.int32)
-  run = lambda epoch: epoch_fn(_state(model), images, labels, None, jnp.int32(epoch))
+  train_data = {"image": jnp.asarray(arrays["train_images"]),
+                "label": jnp.asarray(arrays["train_labels"], jnp.int32)}
+  run = lambda epoch: epoch_fn(_state(model), train_data, HPARAMS, None, jnp.int32(epoch))
   (a, metrics), (b, _), (c, _) = run(0), run(0), run(1)
   assert int(a.step) == 3 and np.isfinite(metrics["loss"])
   _assert_trees_close(a.params, b.params, rtol=0, atol=0)
@@ -126,35 +152,36 @@ def test_evaluation_counts_every_example_once():
   mesh = parallelism.make_mesh(jax.devices()[:1])
   model = models.MLP((16,))
   params = _state(model).params
-  split = training.put_eval_split(arrays["test_images"], arrays["test_labels"].astype(np.int32),
-                                  10, mesh)
-  result = training.make_evaluator(model, 10, mesh)(params, split)
+  split = evaluation.put_eval_split(arrays["test_images"],
+                                    arrays["test_labels"].astype(np.int32), 10, mesh)
+  result = evaluation.make_evaluator(model, 10, mesh, 1)(steps.stack_members([params]), split)
   logits = model.apply({"params": params}, data.normalize(jnp.asarray(arrays["test_images"])),
                        train=False)
   wrong = np.asarray(jnp.argmax(logits, -1)) != arrays["test_labels"]
-  assert result["errors"] == int(wrong.sum())
-  assert result["per_class_errors"] == np.bincount(arrays["test_labels"][wrong],
-                                                   minlength=10).tolist()
-  expected_loss = optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.asarray(arrays["test_labels"], jnp.int32)).mean()
-  np.testing.assert_allclose(result["loss"], expected_loss, rtol=1e-5)
+  for figures in (result["members"][0], result["ensemble"]):  # One member is its own ensemble.
+    assert figures["errors"] == int(wrong.sum())
+    assert figures["per_class_errors"] == np.bincount(arrays["test_labels"][wrong],
+                                                      minlength=10).tolist()
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(arrays["test_labels"], jnp.int32)).mean()
+    np.testing.assert_allclose(figures["loss"], expected_loss, rtol=1e-5)
 
 
 @pytest.mark.parametrize("soft_loss", ["soft_cross_entropy", "logit_matching", "softmax_mse"])
 def test_every_soft_loss_pulls_the_student_towards_the_teacher(batch, soft_loss):
   teacher = models.MLP((48,))
-  teacher_params = _state(teacher, seed=1).params
+  teacher_params = _stacked_params(teacher)
   student = models.MLP((16,))
-  step = jax.jit(functools.partial(training.train_step, model=student, tx=optax.adam(3e-3),
-                                   teacher=teacher, temperature=3.0, alpha=1.0,
-                                   soft_loss=soft_loss))
-  targets = training.soft_targets(teacher, teacher_params, batch["image"])
+  step, hparams = _distill_step(student, teacher, 3.0, 1.0, learning_rate=3e-3,
+                                soft_loss_name=soft_loss)
+  teacher_logits = teacher.apply({"params": steps.take_member(teacher_params, 0)},
+                                 batch["image"], train=False)
   gap = lambda s: float(jnp.abs(jax.nn.softmax(student.apply({"params": s.params},
                                                              batch["image"], train=False))
-                                - jax.nn.softmax(targets)).mean())
+                                - jax.nn.softmax(teacher_logits)).mean())
   state = _state(student)
   before = gap(state)
   for i in range(30):
-    state, metrics = step(state, batch, jax.random.PRNGKey(i), teacher_params)
+    state, metrics = step(state, batch, jax.random.PRNGKey(i), hparams, teacher_params)
   assert gap(state) < 0.5 * before
   assert np.isfinite(metrics["soft_loss"]) and np.isfinite(metrics["hard_loss"])

@@ -1,0 +1,201 @@
+"""The pure functions of training and evaluation: step, compiled epoch, evaluation over a split.
+
+The step is a pure function (state, batch, key, hparams, teacher_params) -> (state, metrics). It
+is told its loss (`losses.hard_label_loss` or a distillation loss) and where its targets come from
+(`targets.no_targets`, teachers in the step, cached teacher logits), so new experiments change
+losses, targets and data, never the step. It runs under jax.jit on a sharded mesh (XLA averages
+gradients across devices), under jax.pmap when given an `axis_name` (gradients and metrics
+averaged with lax.pmean), under jax.vmap and inside lax.scan — which is how one epoch becomes one
+compiled call, and how a population of members trains in that same call.
+
+A population is a TrainState whose every leaf has a leading member axis [P, ...], with per-member
+hyperparameters `hparams` ({'learning_rate', and for distillation 'temperature', 'alpha'}, each
+f32[P]): swept values are arguments of the compiled epoch, not constants, so a sweep compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import chex
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from kd_jax import data, losses, models, parallelism, targets
+
+Optimizer = Callable[[float | jax.Array], optax.GradientTransformation]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # The member's base key; per-epoch and per-step keys are folded in from it.
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
+  """learning_rate -> Adam with the config's schedule; the rate may be a traced (swept) value.
+
+  The optimizer state does not depend on the rate, so members with different rates share one
+  state structure and one compiled step.
+  """
+
+  def optimizer(learning_rate):
+    if config.lr_schedule == "cosine":
+      learning_rate = optax.cosine_decay_schedule(learning_rate,
+                                                  config.num_epochs * steps_per_epoch)
+    return optax.adam(learning_rate)
+
+  return optimizer
+
+
+def create_train_state(rng: jax.Array, model: nn.Module,
+                       tx: optax.GradientTransformation) -> TrainState:
+  init_key, run_key = jax.random.split(rng)
+  params = model.init(init_key, jnp.zeros((1, 784), jnp.float32), train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=run_key)
+
+
+def stack_members(trees: list[Any]) -> Any:
+  """Member pytrees -> one pytree with a leading member axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def take_member(tree: Any, index: int) -> Any:
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
+               hparams: dict[str, jax.Array], teacher_params: Any = None, *, model: nn.Module,
+               optimizer: Optimizer, loss_fn: losses.LossFn = losses.hard_label_loss,
+               targets_fn: targets.TargetsFn = targets.no_targets,
+               max_norm: float | None = None,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam update on a batch {'image': f32[B, 784], 'label': i32[B], ...}.
+
+  `targets_fn(teacher_params, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
+  compares the student with. `key` drives the student's dropout only.
+  """
+  chex.assert_rank(batch["image"], 2)
+  batch_targets = targets_fn(teacher_params, batch)
+
+  def objective(params):
+    logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": key})
+    loss, parts = loss_fn(logits, batch, batch_targets, hparams)
+    return loss, (logits, parts)
+
+  (loss, (logits, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+             **parts}
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = jax.lax.pmean(metrics, axis_name)
+  updates, opt_state = optimizer(hparams["learning_rate"]).update(grads, state.opt_state,
+                                                                  state.params)
+  params = models.apply_max_norm(optax.apply_updates(state.params, updates), max_norm)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                teacher_params: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
+                max_shift: int,
+                batch_sharding: jax.sharding.Sharding) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One member's pass over the training set as a single lax.scan; returns epoch-mean metrics.
+
+  `train_data` maps names to arrays indexed by example ('image' uint8 [N, 28, 28], 'label', and
+  optionally cached 'teacher_logits' [N, M, C]); each batch gathers all of them. Order, jitter and
+  dropout keys are folded from (member key, epoch, step), so a resumed run sees exactly the data
+  and masks an uninterrupted one would.
+  """
+  epoch_key = jax.random.fold_in(state.rng, epoch)
+  order_key, jitter_key, dropout_key = jax.random.split(epoch_key, 3)
+  batch_indices = data.epoch_batch_indices(order_key, train_data["image"].shape[0], batch_size)
+
+  def body(state, inputs):
+    step_in_epoch, indices = inputs
+    indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
+    batch = {name: array[indices] for name, array in train_data.items()}
+    batch["image"] = data.normalize(data.jitter(jax.random.fold_in(jitter_key, step_in_epoch),
+                                                batch["image"], max_shift))
+    return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
+                   teacher_params)
+
+  steps = jnp.arange(batch_indices.shape[0])
+  state, metrics = jax.lax.scan(body, state, (steps, batch_indices))
+  finite = jnp.isfinite(metrics["loss"])
+  epoch_metrics = jax.tree.map(jnp.mean, metrics)
+  # In-epoch index of the first non-finite loss, -1 if none: the host stops before saving.
+  epoch_metrics["first_nonfinite_step"] = jnp.where(finite.all(), -1, jnp.argmin(finite))
+  return state, epoch_metrics
+
+
+def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
+                     hparams: dict[str, jax.Array], teacher_params: Any, epoch: jax.Array, *,
+                     member_batch: int, **epoch_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_epoch` for every member of a population (states and hparams stacked on axis 0).
+
+  Each member is exactly a single run with its own seed and settings; `member_batch` of them are
+  vmapped together (see `parallelism.map_members`). Metrics come back per member, [P].
+  """
+
+  def one_member(member):
+    state, member_hparams = member
+    return train_epoch(state, train_data, member_hparams, teacher_params, epoch, **epoch_kwargs)
+
+  return parallelism.map_members(one_member, (states, hparams), member_batch)
+
+
+def ensemble_log_probabilities(member_logits: jax.Array, mean: str = "arithmetic") -> jax.Array:
+  """[B, M, C] logits -> [B, C] log-probabilities of the ensemble (stable log of the mean)."""
+  chex.assert_rank(member_logits, 3)
+  if mean == "geometric":
+    return jax.nn.log_softmax(member_logits.mean(axis=1))
+  log_probs = jax.nn.log_softmax(member_logits)
+  return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(member_logits.shape[1])
+
+
+def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """Sums (not means) over the real examples of a padded batch, so totals add up exactly."""
+  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  wrong = (jnp.argmax(log_probs, -1) != labels) & mask
+  per_class = jnp.zeros(data.NUM_CLASSES, jnp.int32).at[labels].add(wrong.astype(jnp.int32))
+  return {"loss_sum": jnp.sum(jnp.where(mask, nll, 0.0)), "errors": jnp.sum(wrong),
+          "per_class_errors": per_class}
+
+
+def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array, *,
+             model: nn.Module, batch_size: int, member_batch: int,
+             batch_sharding: jax.sharding.Sharding,
+             ensemble: str = "arithmetic") -> dict[str, dict[str, jax.Array]]:
+  """Totals of `eval_counts` over a split padded to a multiple of `batch_size`.
+
+  `member_params` are stacked [P, ...]; returns {'members': totals with a leading [P] axis,
+  'ensemble': totals of the members' averaged probabilities}.
+  """
+  num_batches = images.shape[0] // batch_size
+
+  def body(totals, inputs):
+    batch_images, batch_labels, batch_mask = [
+        jax.lax.with_sharding_constraint(x, batch_sharding) for x in inputs]
+    logits = targets.member_logits(model, member_params, data.normalize(batch_images),
+                                   member_batch)
+    counts = {
+        "members": jax.vmap(eval_counts, in_axes=(1, None, None))(
+            jax.nn.log_softmax(logits), batch_labels, batch_mask),
+        "ensemble": eval_counts(ensemble_log_probabilities(logits, ensemble), batch_labels,
+                                batch_mask)}
+    return jax.tree.map(jnp.add, totals, counts), None
+
+  split = lambda x: x.reshape((num_batches, batch_size) + x.shape[1:])
+  num_members = jax.tree.leaves(member_params)[0].shape[0]
+  zeros = {"loss_sum": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
+           "per_class_errors": jnp.zeros(data.NUM_CLASSES, jnp.int32)}
+  zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype), zeros),
+           "ensemble": zeros}
+  totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask)))
+  return totals

@@ -1,0 +1,300 @@
+"""The run loop: set up a population, resume, train epoch by epoch, log, checkpoint, stop on signals.
+
+All numerics are in `kd_jax.steps` (pure, compiled); this module decides what to compile from the
+config (loss, targets, hyperparameters per member) and handles everything around it: the workdir,
+data on device, the teacher, resuming, metrics, checkpoints and preemption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import statistics
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kd_jax import (checkpointing, config_lib, data, evaluation, losses, models, parallelism,
+                    preemption, reporting, steps, targets)
+from kd_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
+
+
+@flax.struct.dataclass
+class RunSetup:
+  """Everything a run needs on device, built once before the first epoch."""
+
+  train_data: dict[str, jax.Array]  # 'image', 'label' and maybe cached 'teacher_logits'.
+  eval_splits: dict[str, evaluation.DeviceSplit]
+  source: str = flax.struct.field(pytree_node=False)
+
+
+def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
+  splits = data.load_mnist_from_config(config.data)
+  eval_splits = {"test": evaluation.put_eval_split(splits.test_images, splits.test_labels,
+                                                   config.eval_batch_size, mesh)}
+  if config.data.validation_size:
+    eval_splits["validation"] = evaluation.put_eval_split(
+        splits.validation_images, splits.validation_labels, config.eval_batch_size, mesh)
+  train_data = {"image": parallelism.put_replicated(splits.train_images, mesh),
+                "label": parallelism.put_replicated(splits.train_labels, mesh)}
+  return RunSetup(train_data=train_data, eval_splits=eval_splits, source=splits.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """What the step needs from the teacher: its targets function and the arguments it takes."""
+
+  targets_fn: targets.TargetsFn
+  params: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
+  cached_logits: jax.Array | None  # [N, M, C] on the un-jittered training images, or None.
+
+
+def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.sharding.Mesh,
+                 member_batch: int) -> Teacher:
+  """Restores the teacher (all or `teacher_members` of a population) from its own config.
+
+  Without jitter the transfer set is fixed, so its logits are computed here once and the step
+  gathers them (config.cache_teacher_logits); with jitter the teacher runs inside the step.
+  """
+  params, teacher_config, teacher_step = checkpointing.restore_params(
+      config.teacher_workdir, mesh, members=tuple(config.teacher_members) or None)
+  teacher = models.model_from_config(teacher_config.model)
+  num_teachers = jax.tree.leaves(params)[0].shape[0]
+  ensemble = f", an ensemble of {num_teachers} members" if num_teachers > 1 else ""
+  reporting.say(f"Teacher: {models.describe(teacher_config.model)} from "
+                f"{config.teacher_workdir} (step {teacher_step}){ensemble}.")
+  if config.data.jitter or not config.cache_teacher_logits:
+    return Teacher(targets.make_teacher_targets(teacher, member_batch), params, None)
+  start = time.perf_counter()
+  images = setup.train_data["image"]
+  num_pad = -images.shape[0] % config.eval_batch_size
+  logits_fn = jax.jit(functools.partial(
+      targets.teacher_logits, teacher=teacher, batch_size=config.eval_batch_size,
+      member_batch=member_batch, batch_sharding=parallelism.batch_sharded(mesh)),
+      out_shardings=parallelism.replicated(mesh))
+  padded_images = jnp.pad(images, ((0, num_pad), (0, 0), (0, 0)))
+  logits = jax.block_until_ready(logits_fn(params, padded_images)[:images.shape[0]])
+  reporting.say(f"Cached the teacher's logits on the {images.shape[0]} training images in "
+                f"{time.perf_counter() - start:.1f}s.")
+  return Teacher(targets.cached_targets, None, logits)
+
+
+def member_hparams(config: ml_collections.ConfigDict,
+                   members: list[dict[str, Any]]) -> dict[str, jax.Array]:
+  """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch."""
+  names = config_lib.SWEEPABLE if config_lib.is_distillation(config) else ("learning_rate",)
+  return {name: jnp.asarray([m[name] for m in members], jnp.float32) for name in names}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains the config's population (distilling when it names a teacher) into `workdir`.
+
+  A workdir holding the same run resumes from its latest checkpoint; a finished one is reported,
+  not retrained. SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
+  `preemption.Preempted`; a non-finite loss raises TrainingDivergedError before anything is saved.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = parallelism.make_mesh()
+  parallelism.check_batch_divides(config.batch_size, mesh, "batch_size")
+  parallelism.check_batch_divides(config.eval_batch_size, mesh, "eval_batch_size")
+  replicated = parallelism.replicated(mesh)
+  checkpointing.prepare_workdir(workdir, config, overwrite)
+  setup = put_data(config, mesh)
+  members = config_lib.population_members(config)
+  member_batch = config.member_batch or parallelism.default_member_batch(len(members))
+
+  model = models.model_from_config(config.model)
+  num_train = setup.train_data["image"].shape[0]
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
+                      f"{num_train} training examples.")
+  optimizer = steps.make_optimizer(config, steps_per_epoch)
+  loss_fn, teacher = losses.hard_label_loss, Teacher(targets.no_targets, None, None)
+  if config_lib.is_distillation(config):
+    loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble)
+    teacher = load_teacher(config, setup, mesh, member_batch)
+    if teacher.cached_logits is not None:
+      setup = setup.replace(train_data={**setup.train_data,
+                                        "teacher_logits": teacher.cached_logits})
+
+  create = jax.jit(functools.partial(steps.create_train_state, model=model,
+                                     tx=optimizer(config.learning_rate)), out_shardings=replicated)
+  state = steps.stack_members([create(jax.random.PRNGKey(m["seed"])) for m in members])
+  state = jax.device_put(state, replicated)
+  hparams = jax.device_put(member_hparams(config, members), replicated)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpointing.discard_partial_checkpoints(workdir)
+  manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
+  start_epoch = 0
+  if manager.latest_step() is not None:
+    state, start_epoch = _resume(manager, state, replicated, workdir)
+  evaluator = evaluation.make_evaluator(model, config.eval_batch_size, mesh, member_batch)
+  if start_epoch >= config.num_epochs:
+    reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
+                  f"(checkpoint step {int(state.step[0])}); nothing to train.")
+    test = evaluator(state.params, setup.eval_splits["test"])
+  else:
+    checkpointing.save_config(workdir, config)
+    writer = reporting.MetricsWriter(workdir, keep_epochs_up_to=start_epoch)
+    population = f"{len(members)} members, " if len(members) > 1 else ""
+    reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
+                  f"({num_train} examples, {population}{mesh.size} device(s), "
+                  f"{steps_per_epoch} steps/epoch)"
+                  f"{' by distillation' if config_lib.is_distillation(config) else ''}"
+                  f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
+    step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
+                                loss_fn=loss_fn, targets_fn=teacher.targets_fn,
+                                max_norm=config.model.max_norm)
+    epoch_fn = jax.jit(
+        functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
+                          batch_size=config.batch_size, max_shift=config.data.jitter,
+                          batch_sharding=parallelism.batch_sharded(mesh)),
+        out_shardings=replicated, donate_argnums=(0,))
+    loop = EpochLoop(config=config, workdir=workdir, setup=setup, hparams=hparams,
+                     teacher_params=teacher.params, evaluator=evaluator, manager=manager,
+                     writer=writer)
+    try:
+      state, test = loop.run(epoch_fn, state, start_epoch)
+    finally:
+      writer.close()
+  manager.wait_until_finished()
+  manager.close()
+
+  step = int(state.step[0])
+  figures = test["ensemble"] if len(members) > 1 else test["members"][0]
+  summary = {"test_errors": figures["errors"], "test_accuracy": figures["accuracy"],
+             "step": step,
+             "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(step)).absolute())}
+  reporting.say(f"Done: {evaluation.errors_summary(test)} test errors "
+                f"({100 * summary['test_accuracy']:.2f}% accuracy"
+                f"{' of the ensemble' if len(members) > 1 else ''}) after {config.num_epochs} "
+                f"epochs. Checkpoint: {summary['checkpoint']}")
+  return summary
+
+
+def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[str, np.ndarray],
+                 results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """One metrics.jsonl line. One member: scalars. A population: per-member lists in member order
+  plus the ensemble's figures as ensemble_<split>_<figure>."""
+  single = len(results["test"]["members"]) == 1
+  record = {"epoch": epoch, "step": step, "epoch_time_s": epoch_time}
+  for name, values in train_metrics.items():
+    record[f"train_{name}"] = float(values[0]) if single else [float(v) for v in values]
+  for split, result in results.items():
+    for figure in ("loss", "errors", "accuracy"):
+      values = [m[figure] for m in result["members"]]
+      record[f"{split}_{figure}"] = values[0] if single else values
+      if not single:
+        record[f"ensemble_{split}_{figure}"] = result["ensemble"][figure]
+  return record
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochLoop:
+  """The epoch loop of one run: train, evaluate, log, checkpoint; stops cleanly on a signal."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  setup: RunSetup
+  hparams: dict[str, jax.Array]
+  teacher_params: Any
+  evaluator: Callable[[Any, evaluation.DeviceSplit], dict[str, Any]]
+  manager: ocp.CheckpointManager
+  writer: reporting.MetricsWriter
+
+  def run(self, epoch_fn, state: steps.TrainState,
+          start_epoch: int) -> tuple[steps.TrainState, dict[str, Any]]:
+    """Trains from `start_epoch` to the end; returns the final state and its test evaluation."""
+    config, workdir = self.config, self.workdir
+    args = (self.setup.train_data, self.hparams, self.teacher_params)
+    compile_start = time.perf_counter()
+    compiled_epoch = epoch_fn.lower(state, *args, jnp.int32(0)).compile()
+    reporting.say(f"Compiled the epoch in {time.perf_counter() - compile_start:.1f}s.")
+    train_time = 0.0
+    with preemption.PreemptionGuard() as guard, \
+        reporting.progress_bar(config.num_epochs, start_epoch, workdir.name) as bar:
+      for epoch in range(start_epoch, config.num_epochs):
+        if epoch == start_epoch and guard.requested():
+          raise preemption.Preempted(f"{guard.signal_name or 'a signal'} before the first "
+                                     "epoch; nothing new to save. Rerun the same command to "
+                                     "resume.")
+        epoch_start = time.perf_counter()
+        step_before = int(state.step[0])
+        state, train_metrics = compiled_epoch(state, *args, jnp.int32(epoch))
+        train_metrics = jax.device_get(train_metrics)
+        epoch_time = time.perf_counter() - epoch_start
+        train_time += epoch_time
+        self._check_finite(train_metrics.pop("first_nonfinite_step"), step_before, epoch)
+        results = {name: self.evaluator(state.params, split)
+                   for name, split in self.setup.eval_splits.items()}
+        record = epoch_record(epoch + 1, int(state.step[0]), epoch_time, train_metrics, results)
+        self.writer.write(record)
+        test_errors = evaluation.errors_summary(results["test"])
+        mean_loss = statistics.mean(np.atleast_1d(record["train_loss"]))
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", test_errors=test_errors)
+        if reporting.is_main_process():
+          bar.write(f"epoch {epoch + 1:3d}  train_loss {mean_loss:.4f}  test_loss "
+                    f"{results['test']['ensemble']['loss']:.4f}  test_errors {test_errors}  "
+                    f"time {epoch_time:.1f}s")
+        stopping = guard.requested()
+        if (stopping or epoch + 1 == config.num_epochs
+            or (epoch + 1) % config.checkpoint.every_epochs == 0):
+          checkpointing.save(self.manager, int(state.step[0]), state.params, _resume_item(state),
+                             {"epoch": epoch + 1,
+                              "test_errors": results["test"]["ensemble"]["errors"]})
+        if stopping and epoch + 1 < config.num_epochs:
+          self.manager.wait_until_finished()
+          raise preemption.Preempted(
+              f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
+              f"{int(state.step[0])} (epoch {epoch + 1} of {config.num_epochs}) in {workdir}. "
+              "Rerun the same command to resume.")
+    reporting.say(f"Trained {config.num_epochs - start_epoch} epochs in {train_time:.1f}s "
+                  f"({train_time / (config.num_epochs - start_epoch):.2f}s per epoch).")
+    return state, results["test"]
+
+  def _check_finite(self, first_bad: np.ndarray, step_before: int, epoch: int) -> None:
+    """Raises TrainingDivergedError if any member's loss became non-finite in this epoch."""
+    bad = [(int(step), member) for member, step in enumerate(first_bad) if step >= 0]
+    if not bad:
+      return
+    self.manager.wait_until_finished()
+    last_good = self.manager.latest_step()
+    kept = ("no checkpoint was written yet" if last_good is None
+            else f"the last good checkpoint is step {last_good}")
+    step, member = min(bad)
+    which = f" of member {member}" if len(first_bad) > 1 else ""
+    raise TrainingDivergedError(
+        f"The training loss{which} became non-finite at step {step_before + step + 1} (epoch "
+        f"{epoch + 1}); stopped without saving: {kept}. Lower the learning rate or check the "
+        "config.")
+
+
+def _resume_item(state: steps.TrainState) -> dict[str, Any]:
+  """What a checkpoint's `train` item holds beside the params: all that resuming needs."""
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def _resume(manager, state: steps.TrainState, sharding,
+            workdir: pathlib.Path) -> tuple[steps.TrainState, int]:
+  step = manager.latest_step()
+  restored = checkpointing.restore(
+      manager, step, {"params": state.params, "train": _resume_item(state), "meta": None},
+      sharding, workdir)
+  train = restored["train"]
+  state = steps.TrainState(step=train["step"], params=restored["params"],
+                           opt_state=train["opt_state"], rng=train["rng"])
+  if int(state.step[0]) != step:
+    raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step[0])}.")
+  epoch = int(restored["meta"]["epoch"])
+  reporting.say(f"Resuming {workdir} from checkpoint step {step} (epoch {epoch}).")
+  return state, epoch

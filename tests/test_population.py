@@ -1,0 +1,200 @@
+"""Populations: P members in one compiled program, each exactly the single run with its settings.
+
+Most cases call the trainer in-process on the tiny IDX folder (no interpreter start-up per run);
+the kill-and-resume and command cases run the real commands.
+"""
+
+import json
+import os
+import signal
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax import checkpointing, config_lib, data, evaluation, models, parallelism, trainer
+from conftest import TINY_OVERRIDES, run_command, signal_after_epoch
+
+MESH = parallelism.make_mesh(jax.devices()[:1])
+
+
+def _config(mnist_dir, teacher=None, **overrides):
+  """A tiny run: 32 hidden units with dropout and jitter (so masks and data order matter)."""
+  config = config_lib.base_config()
+  if teacher is not None:
+    config = config_lib.add_distillation(config, temperature=4.0, alpha=0.7)
+    config.teacher_workdir = str(teacher)
+  config.num_epochs = 3
+  config.batch_size = 32
+  config.eval_batch_size = 40
+  config.model.hidden_sizes = (32,)
+  config.model.hidden_dropout = 0.2
+  config.data.jitter = 1
+  config.data.mnist_dir = str(mnist_dir)
+  config.data.check_counts = False
+  for field, value in overrides.items():
+    *parents, name = field.split("__")
+    holder = config
+    for parent in parents:
+      holder = holder[parent]
+    holder[name] = value
+  config_lib.validate(config)
+  return config
+
+
+def _train(config, workdir):
+  trainer.train_and_evaluate(config, workdir)
+  params, _, _ = checkpointing.restore_params(workdir, MESH)
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return jax.device_get(params), records
+
+
+def _assert_member_equals(population_params, member, single_params, atol):
+  for a, b in zip(jax.tree.leaves(population_params), jax.tree.leaves(single_params)):
+    assert b.shape[0] == 1
+    if atol == 0:
+      np.testing.assert_array_equal(a[member], b[0])
+    else:
+      np.testing.assert_allclose(a[member], b[0], rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def population_teacher(tiny_mnist_dir, tmp_path_factory):
+  """Two teachers with seeds 0 and 1 trained as one population."""
+  workdir = tmp_path_factory.mktemp("teacher") / "run"
+  trainer.train_and_evaluate(
+      _config(tiny_mnist_dir, members=2, model__hidden_sizes=(48,), num_epochs=2), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize("member_batch, atol", [(1, 0), (3, 2e-6)],
+                         ids=["one-at-a-time", "vmapped"])
+def test_population_of_seeds_equals_single_runs(tiny_mnist_dir, tmp_path, member_batch, atol):
+  """One member at a time runs each member's own program: bitwise. Vmapped, the batched matmuls
+  round differently in the last bit, which Adam can carry to a few 1e-7 after 45 steps."""
+  params, records = _train(_config(tiny_mnist_dir, members=3, member_batch=member_batch,
+                                   seed=5), tmp_path / "population")
+  population = json.loads((tmp_path / "population" / "population.json").read_text())
+  assert [m["seed"] for m in population["members"]] == [5, 6, 7]
+  assert all(len(r["test_errors"]) == 3 and "ensemble_test_errors" in r for r in records)
+  for member, seed in enumerate((5, 6, 7)):
+    single_params, single_records = _train(_config(tiny_mnist_dir, seed=seed),
+                                           tmp_path / f"seed{seed}")
+    _assert_member_equals(params, member, single_params, atol)
+    assert [r["test_errors"][member] for r in records] == [r["test_errors"]
+                                                           for r in single_records]
+  # Different seeds really are different models.
+  kernels = params["hidden_0"]["kernel"]
+  assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_member_of_a_temperature_sweep_equals_the_single_run(population_teacher, tiny_mnist_dir,
+                                                             tmp_path):
+  sweep_params, records = _train(
+      _config(tiny_mnist_dir, population_teacher, sweep__temperature=(2.0, 8.0),
+              sweep__alpha=(0.5, 1.0)), tmp_path / "sweep")
+  members = json.loads((tmp_path / "sweep" / "population.json").read_text())["members"]
+  assert [(m["temperature"], m["alpha"]) for m in members] == [(2.0, 0.5), (2.0, 1.0),
+                                                              (8.0, 0.5), (8.0, 1.0)]
+  single_params, single_records = _train(
+      _config(tiny_mnist_dir, population_teacher, temperature=8.0, alpha=0.5),
+      tmp_path / "single")
+  _assert_member_equals(sweep_params, 2, single_params, atol=0)
+  assert [r["test_errors"][2] for r in records] == [r["test_errors"] for r in single_records]
+  assert not np.allclose(sweep_params["output"]["kernel"][0], sweep_params["output"]["kernel"][2])
+
+
+def test_cached_teacher_logits_equal_the_teacher_in_the_step(population_teacher, tiny_mnist_dir,
+                                                             tmp_path, capsys):
+  """Without jitter the teacher's logits are computed once; they equal those of the step."""
+  runs = {}
+  for cached in (True, False):
+    runs[cached], _ = _train(_config(tiny_mnist_dir, population_teacher, data__jitter=0,
+                                     cache_teacher_logits=cached), tmp_path / f"cached{cached}")
+  assert capsys.readouterr().out.count("Cached the teacher's logits") == 1
+  # The teacher sees batches of 40 (eval) instead of 32 (train): float rounding only.
+  for a, b in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_ensemble_evaluation_averages_the_members_probabilities(population_teacher,
+                                                                tiny_mnist_dir):
+  arrays = data.load_idx_folder(tiny_mnist_dir, check_counts=False)
+  params, run_config, _ = checkpointing.restore_params(population_teacher, MESH)
+  model = models.model_from_config(run_config.model)
+  images = data.normalize(jnp.asarray(arrays["test_images"]))
+  labels = arrays["test_labels"].astype(np.int32)
+  member_probs = [np.asarray(jax.nn.softmax(model.apply(
+      {"params": jax.tree.map(lambda leaf: leaf[i], params)}, images, train=False)))
+      for i in range(2)]
+  for mean, combine in (("arithmetic", lambda p: np.mean(p, axis=0)),
+                        ("geometric", lambda p: np.exp(np.mean(np.log(p), axis=0)))):
+    report = evaluation.evaluate_checkpoint(population_teacher, ensemble=mean)
+    probs = combine(member_probs)
+    probs = probs / probs.sum(-1, keepdims=True)
+    assert report["ensemble"]["test_errors"] == int((probs.argmax(-1) != labels).sum())
+    np.testing.assert_allclose(report["ensemble"]["test_loss"],
+                               -np.log(probs[np.arange(len(labels)), labels]).mean(), rtol=1e-4)
+    for i, member in enumerate(report["members"]):
+      assert member["test_errors"] == int((member_probs[i].argmax(-1) != labels).sum())
+      assert member["seed"] == i
+    assert report["test_errors"] == report["ensemble"]["test_errors"]  # Top level: the ensemble.
+  assert report["num_members"] == 2
+
+
+POPULATION_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, "--config.num_epochs=6",
+                   "--config.model.hidden_sizes=(32,)", "--config.members=2",
+                   "--config.sweep.learning_rate=(0.001,0.003)"]
+
+
+def test_population_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist_dir, tmp_path):
+  reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+  run_command("train", f"--workdir={reference}", *POPULATION_ARGS, mnist_dir=tiny_mnist_dir)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(tiny_mnist_dir))
+  returncode, _, _ = signal_after_epoch(
+      [sys.executable, "-m", "kd_jax.train", f"--workdir={resumed}", *POPULATION_ARGS], env, 3,
+      signal.SIGKILL)  # Saving epoch 2 waited for epoch 1's save: at least one is complete.
+  assert returncode == -signal.SIGKILL
+  assert 3 <= len((resumed / "metrics.jsonl").read_text().splitlines()) < 6
+  result = run_command("train", f"--workdir={resumed}", *POPULATION_ARGS,
+                       mnist_dir=tiny_mnist_dir)
+  assert "Resuming" in result.stdout and "4 members" in result.stdout
+  final = [checkpointing.restore_params(run, MESH) for run in (reference, resumed)]
+  assert final[0][2] == final[1][2] == 6 * 15
+  for a, b in zip(jax.tree.leaves(final[0][0]), jax.tree.leaves(final[1][0])):
+    assert a.shape[0] == 4
+    np.testing.assert_array_equal(a, b)
+  without_times = lambda run: [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"}
+                               for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert without_times(resumed) == without_times(reference)
+  assert [r["epoch"] for r in without_times(resumed)] == list(range(1, 7))
+
+
+def test_distill_command_with_a_population_teacher(population_teacher, tiny_mnist_dir, tmp_path):
+  student = tmp_path / "student"
+  result = run_command("distill", "--config=configs/distill.py", *TINY_OVERRIDES,
+                       f"--config.teacher_workdir={population_teacher}", f"--workdir={student}",
+                       "--config.model.hidden_sizes=(16,)", "--config.teacher_members=(1,0)",
+                       mnist_dir=tiny_mnist_dir)
+  assert "an ensemble of 2 members" in result.stdout and "Cached the teacher" in result.stdout
+  records = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+  assert isinstance(records[-1]["test_errors"], int)  # One student: today's scalar records.
+  assert records[-1]["test_errors"] < 100
+  bad = run_command("distill", "--config=configs/distill.py", *TINY_OVERRIDES,
+                    f"--config.teacher_workdir={population_teacher}",
+                    f"--workdir={tmp_path / 'other'}", "--config.teacher_members=(2,)",
+                    mnist_dir=tiny_mnist_dir, check=False)
+  assert bad.returncode == 4 and "has 2 member(s)" in bad.stderr
+
+
+def test_any_config_with_a_teacher_is_validated_as_distillation(population_teacher,
+                                                                tiny_mnist_dir, tmp_path):
+  result = run_command("train", "--config=configs/distill.py", *TINY_OVERRIDES,
+                       f"--config.teacher_workdir={population_teacher}",
+                       "--config.temperature=0", f"--workdir={tmp_path / 'run'}",
+                       mnist_dir=tiny_mnist_dir, check=False)
+  assert result.returncode == 2 and "config.temperature=0" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
