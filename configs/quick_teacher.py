@@ -4,9 +4,4 @@ from kd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_teacher()
-  config.num_epochs = 10
-  config.model.input_dropout = 0.1
-  config.model.hidden_dropout = 0.3
-  config.data.jitter = 1
-  return config
+  return config_lib.quick_teacher()

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -82,10 +84,28 @@ def _time_epochs(epoch_fn, state, args, repeats: int) -> dict[str, float]:
 
 
 def _memory(epoch_fn, state, args) -> dict[str, int]:
+  """XLA's buffer sizes; the donated state's output aliases its input and is counted once."""
   analysis = epoch_fn.lower(state, *args, jnp.int32(0)).compile().memory_analysis()
-  return {"argument_bytes": int(analysis.argument_size_in_bytes),
-          "output_bytes": int(analysis.output_size_in_bytes),
-          "temp_bytes": int(analysis.temp_size_in_bytes)}
+  sizes = {"argument_bytes": int(analysis.argument_size_in_bytes),
+           "output_bytes": int(analysis.output_size_in_bytes),
+           "alias_bytes": int(analysis.alias_size_in_bytes),
+           "temp_bytes": int(analysis.temp_size_in_bytes)}
+  sizes["total_bytes"] = (sizes["argument_bytes"] + sizes["output_bytes"] - sizes["alias_bytes"]
+                          + sizes["temp_bytes"])
+  return sizes
+
+
+def _cpu_model() -> str:
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    for line in cpuinfo.read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def _progress(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
 
 
 def main(argv):
@@ -95,17 +115,20 @@ def main(argv):
   p, repeats = _MEMBERS.value, _REPEATS.value
   student = config_lib.base_config()  # 2x800, hard labels, batch 128.
   result = {"device": jax.devices()[0].device_kind, "num_devices": mesh.size,
-            "host": platform.processor() or platform.machine(), "jax": jax.__version__,
+            "host_cpu": _cpu_model(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
             "members": p, "batch_size": student.batch_size}
 
   epoch_fn, state, hparams = _population(student, 1, mesh, train_data, 1)
   single = _time_epochs(epoch_fn, state, (train_data, hparams, None), repeats)
+  _progress(f"2x800 single run: {single['epoch_s']:.2f}s per epoch")
   population = {"single_run": single}
   for name, member_batch in (("one_at_a_time", 1), ("vmapped", p)):
     epoch_fn, state, hparams = _population(student, p, mesh, train_data, member_batch)
     timing = _time_epochs(epoch_fn, state, (train_data, hparams, None), repeats)
     timing["ratio_to_single_runs"] = timing["epoch_s"] / (p * single["epoch_s"])
     population[name] = timing
+    _progress(f"2x800 population of {p}, {name}: {timing['epoch_s']:.2f}s per epoch, "
+              f"{timing['ratio_to_single_runs']:.2f}x {p} single runs")
   result["population_2x800"] = population
 
   # Distillation: a random (untrained) 2x1200 teacher costs what a trained one does.
@@ -132,18 +155,19 @@ def main(argv):
       *cached_run[:2], ({**train_data, "teacher_logits": cached}, cached_run[2], None), repeats)
   timings["speedup"] = timings["teacher_in_step"]["epoch_s"] / timings["cached_logits"]["epoch_s"]
   result["distillation_2x800_from_2x1200"] = timings
+  _progress(f"distillation epoch: {timings['teacher_in_step']['epoch_s']:.2f}s with the teacher "
+            f"in the step, {timings['cached_logits']['epoch_s']:.2f}s with cached logits")
 
   # Memory of the teacher population's epoch: what grows with P is the state (params + Adam) and,
   # vmapped, the temporaries; the data and the rest are fixed.
   memory = {}
   epoch_fn, state, hparams = _population(teacher_config, 1, mesh, train_data, 1)
   small = _memory(epoch_fn, state, (train_data, hparams, None))
-  total = lambda m: m["argument_bytes"] + m["output_bytes"] + m["temp_bytes"]
   for name, member_batch in (("one_at_a_time", 1), ("vmapped", p)):
     epoch_fn, state, hparams = _population(teacher_config, p, mesh, train_data, member_batch)
     large = _memory(epoch_fn, state, (train_data, hparams, None))
-    per_member = (total(large) - total(small)) / (p - 1)
-    fixed = total(small) - per_member
+    per_member = (large["total_bytes"] - small["total_bytes"]) / (p - 1)
+    fixed = small["total_bytes"] - per_member
     # 10% of the memory is left to the runtime, the host copy of MNIST and Python.
     memory[name] = {"P=1": small, f"P={p}": large, "bytes_per_member": per_member,
                     "fixed_bytes": fixed,
