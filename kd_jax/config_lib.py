@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import losses
+from kd_jax import losses, models
 from kd_jax.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.input_dropout = 0.0
   config.model.hidden_dropout = 0.0
   config.model.max_norm = 0.0  # 0 disables the constraint.
+  config.model.compute_dtype = "float32"  # Or "bfloat16" matmuls (parameters stay float32).
 
   config.data = ml_collections.ConfigDict()
   config.data.mnist_dir = ""  # Empty: $KD_JAX_MNIST_DIR, else tensorflow-datasets.
@@ -150,6 +151,8 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("model.input_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
   check("model.hidden_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
   check("model.max_norm", lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)")
+  check("model.compute_dtype", lambda v: v in models.COMPUTE_DTYPES,
+        f"one of {models.COMPUTE_DTYPES}")
   check("data.validation_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
   check("data.jitter", lambda v: is_int(v) and 0 <= v < 14,
         "an integer number of pixels in [0, 14)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -82,10 +83,11 @@ def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:
 
 
 def progress_bar(total: int, initial: int, description: str):
-  """A tqdm bar over epochs on process 0; a no-op elsewhere."""
+  """A tqdm bar over epochs on process 0 at a terminal; elsewhere (other processes, logs of batch
+  jobs) a no-op whose `write` still prints, so logs get one plain line per epoch."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, desc=description, unit="epoch",
-              disable=not is_main_process(), dynamic_ncols=True)
+              disable=not is_main_process() or not sys.stderr.isatty(), dynamic_ncols=True)
 
 
 def say(message: str) -> None:

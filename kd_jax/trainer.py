@@ -14,6 +14,7 @@ import statistics
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -70,20 +71,50 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
   ensemble = f", an ensemble of {num_teachers} members" if num_teachers > 1 else ""
   reporting.say(f"Teacher: {models.describe(teacher_config.model)} from "
                 f"{config.teacher_workdir} (step {teacher_step}){ensemble}.")
+  return make_teacher(config, teacher, params, setup.train_data["image"], mesh, member_batch)
+
+
+def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: Any,
+                 train_images: jax.Array, mesh: jax.sharding.Mesh, member_batch: int) -> Teacher:
+  """The teacher in the step (jittered transfer set) or its logits cached once (un-jittered)."""
   if config.data.jitter or not config.cache_teacher_logits:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), params, None)
   start = time.perf_counter()
-  images = setup.train_data["image"]
-  num_pad = -images.shape[0] % config.eval_batch_size
+  num_pad = -train_images.shape[0] % config.eval_batch_size
   logits_fn = jax.jit(functools.partial(
       targets.teacher_logits, teacher=teacher, batch_size=config.eval_batch_size,
       member_batch=member_batch, batch_sharding=parallelism.batch_sharded(mesh)),
       out_shardings=parallelism.replicated(mesh))
-  padded_images = jnp.pad(images, ((0, num_pad), (0, 0), (0, 0)))
-  logits = jax.block_until_ready(logits_fn(params, padded_images)[:images.shape[0]])
-  reporting.say(f"Cached the teacher's logits on the {images.shape[0]} training images in "
+  padded_images = jnp.pad(train_images, ((0, num_pad), (0, 0), (0, 0)))
+  logits = jax.block_until_ready(logits_fn(params, padded_images)[:train_images.shape[0]])
+  reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images in "
                 f"{time.perf_counter() - start:.1f}s.")
   return Teacher(targets.cached_targets, None, logits)
+
+
+def init_population(model: nn.Module, tx, members: list[dict[str, Any]],
+                    mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """Each member's initial state from its own seed (as its single run would), stacked."""
+  replicated = parallelism.replicated(mesh)
+  create = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx),
+                   out_shardings=replicated)
+  state = steps.stack_members([create(jax.random.PRNGKey(m["seed"])) for m in members])
+  return jax.device_put(state, replicated)
+
+
+def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module,
+                  optimizer: steps.Optimizer, loss_fn: losses.LossFn,
+                  targets_fn: targets.TargetsFn, mesh: jax.sharding.Mesh, member_batch: int):
+  """The jitted population epoch (state donated): (state, train_data, hparams, teacher_params,
+  epoch) -> (state, per-member metrics)."""
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
+                              loss_fn=loss_fn, targets_fn=targets_fn,
+                              max_norm=config.model.max_norm)
+  return jax.jit(
+      functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
+                        batch_size=config.batch_size, max_shift=config.data.jitter,
+                        batch_sharding=parallelism.batch_sharded(mesh)),
+      out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
 
 
 def member_hparams(config: ml_collections.ConfigDict,
@@ -126,10 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       setup = setup.replace(train_data={**setup.train_data,
                                         "teacher_logits": teacher.cached_logits})
 
-  create = jax.jit(functools.partial(steps.create_train_state, model=model,
-                                     tx=optimizer(config.learning_rate)), out_shardings=replicated)
-  state = steps.stack_members([create(jax.random.PRNGKey(m["seed"])) for m in members])
-  state = jax.device_put(state, replicated)
+  state = init_population(model, optimizer(config.learning_rate), members, mesh)
   hparams = jax.device_put(member_hparams(config, members), replicated)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpointing.discard_partial_checkpoints(workdir)
@@ -151,14 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                   f"{steps_per_epoch} steps/epoch)"
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
-    step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                                loss_fn=loss_fn, targets_fn=teacher.targets_fn,
-                                max_norm=config.model.max_norm)
-    epoch_fn = jax.jit(
-        functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
-                          batch_size=config.batch_size, max_shift=config.data.jitter,
-                          batch_sharding=parallelism.batch_sharded(mesh)),
-        out_shardings=replicated, donate_argnums=(0,))
+    epoch_fn = make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
+                             member_batch)
     loop = EpochLoop(config=config, workdir=workdir, setup=setup, hparams=hparams,
                      teacher_params=teacher.params, evaluator=evaluator, manager=manager,
                      writer=writer)

@@ -55,3 +55,26 @@ def test_describe_names_the_architecture():
   config.model.hidden_sizes = (1200, 1200)
   config.model.input_dropout, config.model.hidden_dropout, config.model.max_norm = 0.2, 0.5, 4.0
   assert models.describe(config.model) == "MLP 784-1200-1200-10, dropout 0.2/0.5, max-norm 4"
+
+
+def test_dropout_keeps_units_at_the_configured_rate_and_preserves_the_mean():
+  x = jnp.ones((512, 1200))
+  for rate in (0.1, 0.2, 0.5):
+    out = models.dropout(jax.random.PRNGKey(3), x, rate)
+    threshold = models.keep_threshold(rate)
+    assert abs(threshold / 256 - (1 - rate)) <= 1 / 512
+    kept = np.asarray(out != 0)
+    # 614,400 Bernoulli draws: the kept fraction is within 5 sd of threshold / 256.
+    sd = np.sqrt(threshold / 256 * (1 - threshold / 256) / kept.size)
+    assert abs(kept.mean() - threshold / 256) < 5 * sd
+    np.testing.assert_allclose(np.asarray(out)[kept], 256 / threshold, rtol=1e-6)
+    assert abs(float(out.mean()) - 1.0) < 5 * sd * 256 / threshold
+  # Every byte of a 32-bit draw is used: neighbouring units get independent decisions.
+  kept = np.asarray(models.dropout(jax.random.PRNGKey(4), x, 0.5) != 0)
+  agreement = (kept[:, 0::4] == kept[:, 1::4]).mean()
+  assert abs(agreement - 0.5) < 0.01
+  # Odd widths (not a multiple of 4 units) work, and the mask is a function of the key.
+  odd = jnp.ones((3, 7))
+  np.testing.assert_array_equal(models.dropout(jax.random.PRNGKey(5), odd, 0.5),
+                                models.dropout(jax.random.PRNGKey(5), odd, 0.5))
+  assert models.dropout(jax.random.PRNGKey(5), odd, 0.0) is odd

@@ -1,0 +1,352 @@
+"""Training and evaluation throughput against the bare matrix products each must do.
+
+  python -m kd_jax.benchmark --out results/cpu_benchmark.json     # a few minutes on a 2-core CPU
+  python -m kd_jax.benchmark --quick --out /tmp/bench.json        # seconds: well-formed output only
+
+Each case builds its compiled epoch with the trainer's own functions and times it after
+compilation (median of --repeats epochs). Its *floor* is a compiled lax.scan over the same number
+of steps doing only the matrix products the case needs (same shapes, dtype and batch): forward and
+backward of the student (dW for every layer, dx for all but the first), plus the teacher's forward
+pass when the teacher runs in the step. `ratio` = epoch time / floor time: what the rest of the
+step (dropout, jitter, softmax, Adam, max-norm, gathers) costs on top. Also the device's
+large-GEMM rate, compile times and peak memory. MNIST from $KD_JAX_MNIST_DIR, else random images
+of the same shape (timings do not depend on pixel values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+
+from kd_jax import (cli, config_lib, data, evaluation, losses, models, parallelism, steps,
+                    targets, trainer)
+
+_QUICK = flags.DEFINE_bool("quick", False, "Seconds, not minutes: 1,024 random images, one "
+                           "batch size, one timed epoch, 2 members. Checks the plumbing; its "
+                           "timings mean little.")
+_OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["128", "1024"], "Global batch sizes to time.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs per case, after a warm-up epoch.")
+_MEMBERS = flags.DEFINE_integer("members", 10, "Size of the student population case.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One timed configuration: a config, its population size, and its floor's matmul shapes."""
+
+  name: str
+  config: ml_collections.ConfigDict
+  members: int = 1
+  member_batch: int = 0  # 0: the trainer's default (one at a time on CPU, all vmapped else).
+
+
+def _cases(batch_size: int, num_members: int) -> list[Case]:
+  teacher = config_lib.paper_teacher()
+  student = config_lib.base_config()
+  in_step = config_lib.add_distillation(config_lib.base_config())
+  in_step.data.jitter = 2  # A jittered transfer set: the teacher relabels every view.
+  cached = config_lib.add_distillation(config_lib.base_config())  # Un-jittered: cached logits.
+  bf16_teacher = config_lib.paper_teacher()
+  bf16_teacher.model.compute_dtype = "bfloat16"
+  cases = [Case("teacher 2x1200", teacher), Case("teacher 2x1200 bf16", bf16_teacher),
+           Case("student 2x800 hard labels", student),
+           Case("distill 2x800, teacher in step (jitter 2)", in_step),
+           Case("distill 2x800, cached teacher logits", cached),
+           Case(f"population of {num_members} 2x800 students", student, members=num_members),
+           Case(f"population of {num_members} 2x800 students, vmapped", student,
+                members=num_members, member_batch=num_members)]
+  for case in cases:
+    case.config.batch_size = batch_size
+    if config_lib.is_distillation(case.config):
+      case.config.teacher_workdir = "(a random teacher)"
+  return cases
+
+
+def _layer_sizes(model_config: ml_collections.ConfigDict) -> list[int]:
+  return [784, *model_config.hidden_sizes, data.NUM_CLASSES]
+
+
+def bare_matmul_epoch(student_sizes: list[int], teacher_sizes: list[int] | None, batch_size: int,
+                      num_steps: int, num_members: int, member_batch: int, dtype) -> tuple:
+  """A compiled epoch of only the matrix products of a case's steps, and its arguments."""
+  key = jax.random.PRNGKey(0)
+  layers = lambda sizes: [jax.random.normal(key, (m, n), dtype) * 0.01
+                          for m, n in zip(sizes[:-1], sizes[1:])]
+  weights = steps.stack_members([layers(student_sizes)] * num_members)
+  teacher_weights = layers(teacher_sizes) if teacher_sizes else []
+  x = jax.random.normal(key, (batch_size, student_sizes[0]), dtype)
+
+  def step(weights, _):
+    activations = [x]
+    for w in weights:  # Forward: one matmul per layer.
+      activations.append(activations[-1] @ w)
+    grad = activations[-1]
+    if teacher_weights:  # The teacher's forward pass, which the gradient then depends on.
+      teacher_logits = x
+      for w in teacher_weights:
+        teacher_logits = teacher_logits @ w
+      grad = grad - teacher_logits
+    new_weights = []
+    for i in reversed(range(len(weights))):  # Backward: dW for every layer, dx for all but first.
+      new_weights.append(weights[i] - 1e-6 * (activations[i].T @ grad))
+      if i:
+        grad = grad @ weights[i].T
+    return new_weights[::-1], None
+
+  def epoch(weights):
+    one_member = lambda w: jax.lax.scan(step, w, None, length=num_steps)[0]
+    return parallelism.map_members(one_member, weights, member_batch)
+
+  return jax.jit(epoch), (weights,)
+
+
+def _time(fn: Callable, args: tuple, repeats: int, advance: Callable | None = None) -> dict:
+  """Compiles `fn`, runs it once to warm up, then times `repeats` calls (median)."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  out = jax.block_until_ready(compiled(*args))
+  times = []
+  for i in range(repeats):
+    args = advance(out, args, i + 1) if advance else args
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return {"seconds": statistics.median(times), "times_s": times, "compile_s": compile_s}
+
+
+def _train_data(quick: bool, mesh) -> tuple[dict[str, jax.Array], dict[str, np.ndarray], str]:
+  folder = None if quick else data.resolve_mnist_dir(None)
+  if folder:
+    arrays, source = data.load_idx_folder(folder), f"idx:{folder}"
+  else:
+    rng = np.random.default_rng(0)
+    n_train, n_test = (1024, 1000) if quick else (60_000, 10_000)
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+              "train_labels": rng.integers(0, 10, n_train),
+              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+              "test_labels": rng.integers(0, 10, n_test)}
+    source = "random images"
+  train = {"image": parallelism.put_replicated(arrays["train_images"], mesh),
+           "label": parallelism.put_replicated(arrays["train_labels"].astype(np.int32), mesh)}
+  return train, arrays, source
+
+
+def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: int) -> dict:
+  """Epoch time of `case` through the trainer's own epoch, its floor, and their ratio."""
+  config = case.config
+  config.members = case.members
+  members = config_lib.population_members(config)
+  member_batch = case.member_batch or parallelism.default_member_batch(len(members))
+  model = models.model_from_config(config.model)
+  num_steps = train_data["image"].shape[0] // config.batch_size
+  optimizer = steps.make_optimizer(config, num_steps)
+  loss_fn, teacher = losses.hard_label_loss, trainer.Teacher(targets.no_targets, None, None)
+  teacher_sizes = None  # Set when the teacher runs in the step: its forward is in the floor.
+  if config_lib.is_distillation(config):
+    teacher_config = config_lib.paper_teacher()
+    teacher_model = models.model_from_config(teacher_config.model)
+    teacher_params = trainer.init_population(teacher_model, optimizer(1.0), [{"seed": 1}],
+                                             mesh).params
+    loss_fn = losses.make_distillation_loss(config.soft_loss)
+    teacher = trainer.make_teacher(config, teacher_model, teacher_params, train_data["image"],
+                                   mesh, member_batch)
+    if teacher.cached_logits is not None:
+      train_data = {**train_data, "teacher_logits": teacher.cached_logits}
+    else:
+      teacher_sizes = _layer_sizes(teacher_config.model)
+  epoch_fn = trainer.make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
+                                   member_batch)
+  state = trainer.init_population(model, optimizer(config.learning_rate), members, mesh)
+  hparams = trainer.member_hparams(config, members)
+  args = (state, train_data, hparams, teacher.params, jnp.int32(0))
+  next_epoch = lambda out, args, i: (out[0], *args[1:4], jnp.int32(i))
+  epoch = _time(epoch_fn, args, repeats, next_epoch)
+  floor_fn, floor_args = bare_matmul_epoch(
+      _layer_sizes(config.model), teacher_sizes, config.batch_size, num_steps, len(members),
+      member_batch, models.compute_dtype(config.model))
+  floor = _time(floor_fn, floor_args, repeats, lambda out, args, i: (out,))
+  examples = num_steps * config.batch_size * len(members)
+  return {"case": case.name, "batch_size": config.batch_size, "members": len(members),
+          "model": models.describe(config.model), "steps_per_epoch": num_steps,
+          "epoch_s": epoch["seconds"], "examples_per_s": examples / epoch["seconds"],
+          "floor_s": floor["seconds"], "ratio": epoch["seconds"] / floor["seconds"],
+          "compile_s": epoch["compile_s"], "epoch_times_s": epoch["times_s"],
+          "floor_times_s": floor["times_s"], "member_batch": member_batch}
+
+
+def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int) -> dict:
+  """What a population of paper teachers needs, from XLA's memory analysis of its compiled epoch
+  (compiled, not run): bytes per member and the largest P that fits a memory size."""
+  config = config_lib.paper_teacher()
+  model = models.model_from_config(config.model)
+  optimizer = steps.make_optimizer(config, 1)
+  result = {}
+  for name, member_batch in (("one at a time", 1), ("vmapped", num_members)):
+    totals = {}
+    for size in (1, num_members):
+      config.members = size
+      members = config_lib.population_members(config)
+      epoch_fn = trainer.make_epoch_fn(config, model, optimizer, losses.hard_label_loss,
+                                       targets.no_targets, mesh, min(member_batch, size))
+      state = trainer.init_population(model, optimizer(1.0), members, mesh)
+      analysis = epoch_fn.lower(state, train_data, trainer.member_hparams(config, members), None,
+                                jnp.int32(0)).compile().memory_analysis()
+      # The donated state's output aliases its input: count it once.
+      totals[size] = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                      - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+    per_member = (totals[num_members] - totals[1]) / (num_members - 1)
+    fixed = totals[1] - per_member
+    # A tenth of the memory is left to the runtime, the host copy of MNIST and Python.
+    result[name] = {"bytes_per_member": per_member, "fixed_bytes": fixed,
+                    "max_members": {f"{gib} GiB": int((0.9 * gib * 2**30 - fixed) // per_member)
+                                    for gib in (24, 80, 141)}}
+  return result
+
+
+def time_evaluation(arrays: dict[str, np.ndarray], mesh, repeats: int) -> dict:
+  """The paper teacher scored on the test set (eval batch 1000) against its forward matmuls."""
+  config = config_lib.paper_teacher()
+  model = models.model_from_config(config.model)
+  params = trainer.init_population(model, steps.make_optimizer(config, 1)(1.0), [{"seed": 0}],
+                                   mesh).params
+  split = evaluation.put_eval_split(arrays["test_images"],
+                                    arrays["test_labels"].astype(np.int32),
+                                    config.eval_batch_size, mesh)
+  evaluate_fn = jax.jit(functools.partial(
+      steps.evaluate, model=model, batch_size=config.eval_batch_size, member_batch=1,
+      batch_sharding=parallelism.batch_sharded(mesh)))
+  timing = _time(evaluate_fn, (params, split.images, split.labels, split.mask), repeats)
+  sizes = _layer_sizes(config.model)
+  weights = [jnp.ones((m, n)) * 0.01 for m, n in zip(sizes[:-1], sizes[1:])]
+  num_batches = split.images.shape[0] // config.eval_batch_size
+
+  def forward(weights, xs):
+    def body(total, x):
+      for w in weights:
+        x = x @ w
+      return total + jnp.sum(x), None
+    return jax.lax.scan(body, 0.0, xs)[0]
+
+  xs = jnp.ones((num_batches, config.eval_batch_size, sizes[0]))
+  floor = _time(jax.jit(forward), (weights, xs), repeats)
+  return {"case": "evaluate teacher 2x1200 on the test set", "batch_size": config.eval_batch_size,
+          "examples": split.num_examples, "seconds": timing["seconds"],
+          "examples_per_s": split.num_examples / timing["seconds"], "floor_s": floor["seconds"],
+          "ratio": timing["seconds"] / floor["seconds"], "compile_s": timing["compile_s"]}
+
+
+def gemm_rate(size: int, dtype, repeats: int) -> float:
+  """GFLOP/s of a compiled square matmul chain: the device's large-GEMM rate."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  chain = jax.jit(lambda a: jax.lax.fori_loop(0, 4, lambda _, x: (x @ a) * 1e-3, a))
+  seconds = _time(chain, (a,), repeats)["seconds"]
+  return 4 * 2 * size**3 / seconds / 1e9
+
+
+def machine() -> dict[str, Any]:
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  if pathlib.Path("/proc/cpuinfo").exists():
+    names = [line.split(":", 1)[1].strip() for line in
+             pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  return {"platform": device.platform, "device": device.device_kind,
+          "num_devices": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+          "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
+          "backend_version": device.client.platform_version,
+          "matmul_library": ("cuBLAS/cuDNN" if device.platform == "gpu" else
+                             "XLA:CPU (Eigen/oneDNN kernels)" if device.platform == "cpu" else
+                             device.platform)}
+
+
+def peak_memory() -> dict[str, Any]:
+  stats = jax.devices()[0].memory_stats() or {}
+  return {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "device_peak_bytes": stats.get("peak_bytes_in_use")}
+
+
+def table(results: dict[str, Any]) -> str:
+  lines = [f"{results['machine']['device']} ({results['machine']['host_cpu']}, "
+           f"{results['machine']['num_devices']} device(s)), jax {results['machine']['jax']}, "
+           f"{results['data']}",
+           f"large GEMM: {results['gemm_gflops']['float32']:.0f} GFLOP/s float32, "
+           f"{results['gemm_gflops']['bfloat16']:.0f} GFLOP/s bfloat16",
+           f"{'case':<45} {'batch':>5} {'epoch s':>8} {'examples/s':>11} {'floor s':>8} "
+           f"{'ratio':>6} {'compile s':>9}"]
+  for r in results["training"]:
+    lines.append(f"{r['case']:<45} {r['batch_size']:>5} {r['epoch_s']:>8.3f} "
+                 f"{r['examples_per_s']:>11.0f} {r['floor_s']:>8.3f} {r['ratio']:>6.2f} "
+                 f"{r['compile_s']:>9.1f}")
+  for r in results["training"]:
+    if "ratio_to_single_runs" in r:
+      lines.append(f"{r['case']}, batch {r['batch_size']}: {r['ratio_to_single_runs']:.2f}x the "
+                   f"time of {r['members']} single runs")
+  for name, memory in results["population_memory"].items():
+    lines.append(f"2x1200 teacher population, {name}: "
+                 f"{memory['bytes_per_member'] / 2**20:.0f} MB per member; fits "
+                 + ", ".join(f"P={p} in {size}" for size, p in memory["max_members"].items()))
+  e = results["evaluation"]
+  lines.append(f"{e['case']:<45} {e['batch_size']:>5} {e['seconds']:>8.3f} "
+               f"{e['examples_per_s']:>11.0f} {e['floor_s']:>8.3f} {e['ratio']:>6.2f} "
+               f"{e['compile_s']:>9.1f}")
+  memory = results["memory"]
+  lines.append(f"peak host memory {memory['host_peak_rss_mb']:.0f} MB"
+               + (f", device {memory['device_peak_bytes'] / 2**20:.0f} MB"
+                  if memory["device_peak_bytes"] else ""))
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  quick = _QUICK.value
+  repeats = 1 if quick else _REPEATS.value
+  batch_sizes = [128] if quick else [int(b) for b in _BATCH_SIZES.value]
+  num_members = 2 if quick else _MEMBERS.value
+  mesh = parallelism.make_mesh()
+  for batch_size in batch_sizes:
+    parallelism.check_batch_divides(batch_size, mesh, "--batch_sizes")
+  train_data, arrays, source = _train_data(quick, mesh)
+  results = {"machine": machine(), "quick": quick, "data": source, "repeats": repeats,
+             "gemm_gflops": {name: gemm_rate(512 if quick else 4096, dtype, repeats)
+                             for name, dtype in (("float32", jnp.float32),
+                                                 ("bfloat16", jnp.bfloat16))},
+             "training": []}
+  for batch_size in batch_sizes:
+    for case in _cases(batch_size, num_members):
+      result = time_training(case, train_data, mesh, repeats)
+      print(f"{result['case']}, batch {batch_size}: {result['epoch_s']:.3f}s per epoch, "
+            f"{result['ratio']:.2f}x its matmuls", file=sys.stderr, flush=True)
+      results["training"].append(result)
+  for record in results["training"]:
+    if record["members"] > 1:  # Against that many single runs at the same batch size.
+      single = next(r for r in results["training"] if r["batch_size"] == record["batch_size"]
+                    and r["case"] == "student 2x800 hard labels")
+      record["ratio_to_single_runs"] = record["epoch_s"] / (record["members"] * single["epoch_s"])
+  results["evaluation"] = time_evaluation(arrays, mesh, repeats)
+  results["population_memory"] = population_memory(train_data, mesh, num_members)
+  results["memory"] = peak_memory()
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2) + "\n")
+  print(table(results))
+  print(f"Written: {out}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
