@@ -10,7 +10,7 @@ runs=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
 
-python3 scripts/benchmark_epoch.py --config configs/teacher.py --out "$out/bench_teacher.json"
+python3 -m kd_jax.benchmark --out "$out/benchmark.json"
 
 start=$(date +%s)
 python3 -m kd_jax.pipeline --workdir "$runs/quick"
