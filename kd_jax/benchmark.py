@@ -72,7 +72,7 @@ def _cases(batch_size: int, num_members: int) -> list[Case]:
                 members=num_members, member_batch=num_members)]
   for case in cases:
     case.config.batch_size = batch_size
-    if config_lib.is_distillation(case.config):
+    if "teacher_workdir" in case.config:  # A distillation config: give it a teacher.
       case.config.teacher_workdir = "(a random teacher)"
   return cases
 
@@ -91,13 +91,14 @@ def bare_matmul_epoch(student_sizes: list[int], teacher_sizes: list[int] | None,
   teacher_weights = layers(teacher_sizes) if teacher_sizes else []
   x = jax.random.normal(key, (batch_size, student_sizes[0]), dtype)
 
-  def step(weights, _):
-    activations = [x]
+  def step(weights, step_index):
+    batch = x + step_index.astype(dtype)  # A new batch each step: nothing is loop-invariant.
+    activations = [batch]
     for w in weights:  # Forward: one matmul per layer.
       activations.append(activations[-1] @ w)
     grad = activations[-1]
     if teacher_weights:  # The teacher's forward pass, which the gradient then depends on.
-      teacher_logits = x
+      teacher_logits = batch
       for w in teacher_weights:
         teacher_logits = teacher_logits @ w
       grad = grad - teacher_logits
@@ -109,7 +110,7 @@ def bare_matmul_epoch(student_sizes: list[int], teacher_sizes: list[int] | None,
     return new_weights[::-1], None
 
   def epoch(weights):
-    one_member = lambda w: jax.lax.scan(step, w, None, length=num_steps)[0]
+    one_member = lambda w: jax.lax.scan(step, w, jnp.arange(num_steps))[0]
     return parallelism.map_members(one_member, weights, member_batch)
 
   return jax.jit(epoch), (weights,)
@@ -158,6 +159,7 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
   optimizer = steps.make_optimizer(config, num_steps)
   loss_fn, teacher = losses.hard_label_loss, trainer.Teacher(targets.no_targets, None, None)
   teacher_sizes = None  # Set when the teacher runs in the step: its forward is in the floor.
+  targets_used = "hard labels"
   if config_lib.is_distillation(config):
     teacher_config = config_lib.paper_teacher()
     teacher_model = models.model_from_config(teacher_config.model)
@@ -168,8 +170,10 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
                                    mesh, member_batch)
     if teacher.cached_logits is not None:
       train_data = {**train_data, "teacher_logits": teacher.cached_logits}
+      targets_used = "cached teacher logits"
     else:
       teacher_sizes = _layer_sizes(teacher_config.model)
+      targets_used = "teacher in the step"
   epoch_fn = trainer.make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
                                    member_batch)
   state = trainer.init_population(model, optimizer(config.learning_rate), members, mesh)
@@ -182,7 +186,8 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
       member_batch, models.compute_dtype(config.model))
   floor = _time(floor_fn, floor_args, repeats, lambda out, args, i: (out,))
   examples = num_steps * config.batch_size * len(members)
-  return {"case": case.name, "batch_size": config.batch_size, "members": len(members),
+  return {"case": case.name, "targets": targets_used, "batch_size": config.batch_size,
+          "members": len(members),
           "model": models.describe(config.model), "steps_per_epoch": num_steps,
           "epoch_s": epoch["seconds"], "examples_per_s": examples / epoch["seconds"],
           "floor_s": floor["seconds"], "ratio": epoch["seconds"] / floor["seconds"],
@@ -237,11 +242,11 @@ def time_evaluation(arrays: dict[str, np.ndarray], mesh, repeats: int) -> dict:
   num_batches = split.images.shape[0] // config.eval_batch_size
 
   def forward(weights, xs):
-    def body(total, x):
+    def body(carry, x):
       for w in weights:
         x = x @ w
-      return total + jnp.sum(x), None
-    return jax.lax.scan(body, 0.0, xs)[0]
+      return carry, x  # Logits out; summing them here made XLA:CPU's matmuls 15x slower.
+    return jax.lax.scan(body, None, xs)[1]
 
   xs = jnp.ones((num_batches, config.eval_batch_size, sizes[0]))
   floor = _time(jax.jit(forward), (weights, xs), repeats)

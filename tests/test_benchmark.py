@@ -14,6 +14,8 @@ def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):
   assert report["machine"]["jax"] and report["machine"]["host_cpu"]
   assert set(report["gemm_gflops"]) == {"float32", "bfloat16"}
   cases = [r["case"] for r in report["training"]]
+  assert [r["targets"] for r in report["training"]].count("teacher in the step") == 1
+  assert [r["targets"] for r in report["training"]].count("cached teacher logits") == 1
   assert len(cases) == 7 and any("cached teacher logits" in c for c in cases)
   assert any("population" in c for c in cases) and any("bf16" in c for c in cases)
   for record in report["training"] + [report["evaluation"]]:

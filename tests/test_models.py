@@ -78,3 +78,20 @@ def test_dropout_keeps_units_at_the_configured_rate_and_preserves_the_mean():
   np.testing.assert_array_equal(models.dropout(jax.random.PRNGKey(5), odd, 0.5),
                                 models.dropout(jax.random.PRNGKey(5), odd, 0.5))
   assert models.dropout(jax.random.PRNGKey(5), odd, 0.0) is odd
+
+
+def test_bfloat16_matmuls_keep_float32_parameters_and_logits():
+  config = config_lib.base_config()
+  config.model.hidden_sizes = (64,)
+  config.model.compute_dtype = "bfloat16"
+  config_lib.validate(config)
+  bf16, f32 = models.model_from_config(config.model), models.MLP((64,))
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 784))
+  params = f32.init(jax.random.PRNGKey(0), x, train=False)["params"]
+  assert all(p.dtype == jnp.float32
+             for p in jax.tree.leaves(bf16.init(jax.random.PRNGKey(0), x, train=False)))
+  low, full = (m.apply({"params": params}, x, train=False) for m in (bf16, f32))
+  assert low.dtype == jnp.float32
+  np.testing.assert_allclose(low, full, atol=0.05 * float(jnp.abs(full).max()))
+  assert not np.array_equal(low, full)  # The matmuls really ran in bfloat16.
+  assert models.describe(config.model) == "MLP 784-64-10, bfloat16 matmuls"

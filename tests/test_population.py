@@ -69,9 +69,17 @@ def population_teacher(tiny_mnist_dir, tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope="module")
+def single_runs(tiny_mnist_dir, tmp_path_factory):
+  """Single runs with seeds 5, 6 and 7: (params, metrics records) of each."""
+  root = tmp_path_factory.mktemp("singles")
+  return [_train(_config(tiny_mnist_dir, seed=seed), root / f"seed{seed}") for seed in (5, 6, 7)]
+
+
 @pytest.mark.parametrize("member_batch, atol", [(1, 0), (3, 2e-6)],
                          ids=["one-at-a-time", "vmapped"])
-def test_population_of_seeds_equals_single_runs(tiny_mnist_dir, tmp_path, member_batch, atol):
+def test_population_of_seeds_equals_single_runs(tiny_mnist_dir, tmp_path, single_runs,
+                                                member_batch, atol):
   """One member at a time runs each member's own program: bitwise. Vmapped, the batched matmuls
   round differently in the last bit, which Adam can carry to a few 1e-7 after 45 steps."""
   params, records = _train(_config(tiny_mnist_dir, members=3, member_batch=member_batch,
@@ -79,9 +87,7 @@ def test_population_of_seeds_equals_single_runs(tiny_mnist_dir, tmp_path, member
   population = json.loads((tmp_path / "population" / "population.json").read_text())
   assert [m["seed"] for m in population["members"]] == [5, 6, 7]
   assert all(len(r["test_errors"]) == 3 and "ensemble_test_errors" in r for r in records)
-  for member, seed in enumerate((5, 6, 7)):
-    single_params, single_records = _train(_config(tiny_mnist_dir, seed=seed),
-                                           tmp_path / f"seed{seed}")
+  for member, (single_params, single_records) in enumerate(single_runs):
     _assert_member_equals(params, member, single_params, atol)
     assert [r["test_errors"][member] for r in records] == [r["test_errors"]
                                                            for r in single_records]
@@ -188,6 +194,13 @@ def test_distill_command_with_a_population_teacher(population_teacher, tiny_mnis
                     f"--workdir={tmp_path / 'other'}", "--config.teacher_members=(2,)",
                     mnist_dir=tiny_mnist_dir, check=False)
   assert bad.returncode == 4 and "has 2 member(s)" in bad.stderr
+  # The population trained on 1 device evaluates on 2 as training scored it on 1.
+  run_command("evaluate", f"--workdir={population_teacher}", mnist_dir=tiny_mnist_dir, devices=2)
+  on_two = json.loads((population_teacher / "eval.json").read_text())
+  last = json.loads((population_teacher / "metrics.jsonl").read_text().splitlines()[-1])
+  assert on_two["num_devices"] == 2
+  assert [m["test_errors"] for m in on_two["members"]] == last["test_errors"]
+  assert on_two["ensemble"]["test_errors"] == last["ensemble_test_errors"]
 
 
 def test_any_config_with_a_teacher_is_validated_as_distillation(population_teacher,
