@@ -36,9 +36,9 @@ from absl import flags
 from kd_jax import (cli, config_lib, data, evaluation, losses, models, parallelism, steps,
                     targets, trainer)
 
-_QUICK = flags.DEFINE_bool("quick", False, "Seconds, not minutes: 1,024 random images, one "
-                           "batch size, one timed epoch, 2 members. Checks the plumbing; its "
-                           "timings mean little.")
+_QUICK = flags.DEFINE_bool("quick", False, "Under a minute: 1,024 random images, one batch "
+                           "size, one timed epoch, 2 members, no bfloat16 or vmapped variants. "
+                           "Checks the plumbing; its timings mean little.")
 _OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["128", "1024"], "Global batch sizes to time.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs per case, after a warm-up epoch.")
@@ -55,7 +55,7 @@ class Case:
   member_batch: int = 0  # 0: the trainer's default (one at a time on CPU, all vmapped else).
 
 
-def _cases(batch_size: int, num_members: int) -> list[Case]:
+def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
   teacher = config_lib.paper_teacher()
   student = config_lib.base_config()
   in_step = config_lib.add_distillation(config_lib.base_config())
@@ -70,6 +70,8 @@ def _cases(batch_size: int, num_members: int) -> list[Case]:
            Case(f"population of {num_members} 2x800 students", student, members=num_members),
            Case(f"population of {num_members} 2x800 students, vmapped", student,
                 members=num_members, member_batch=num_members)]
+  if quick:  # The variants run the same code paths with another dtype or member_batch.
+    cases = [c for c in cases if "bf16" not in c.name and not c.member_batch]
   for case in cases:
     case.config.batch_size = batch_size
     if "teacher_workdir" in case.config:  # A distillation config: give it a teacher.
@@ -195,14 +197,15 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
           "floor_times_s": floor["times_s"], "member_batch": member_batch}
 
 
-def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int) -> dict:
+def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
+                      quick: bool) -> dict:
   """What a population of paper teachers needs, from XLA's memory analysis of its compiled epoch
   (compiled, not run): bytes per member and the largest P that fits a memory size."""
   config = config_lib.paper_teacher()
   model = models.model_from_config(config.model)
   optimizer = steps.make_optimizer(config, 1)
   result = {}
-  for name, member_batch in (("one at a time", 1), ("vmapped", num_members)):
+  for name, member_batch in (("one at a time", 1), ("vmapped", num_members))[:1 if quick else 2]:
     totals = {}
     for size in (1, num_members):
       config.members = size
@@ -333,7 +336,7 @@ def main(argv):
                                                  ("bfloat16", jnp.bfloat16))},
              "training": []}
   for batch_size in batch_sizes:
-    for case in _cases(batch_size, num_members):
+    for case in _cases(batch_size, num_members, quick):
       result = time_training(case, train_data, mesh, repeats)
       print(f"{result['case']}, batch {batch_size}: {result['epoch_s']:.3f}s per epoch, "
             f"{result['ratio']:.2f}x its matmuls", file=sys.stderr, flush=True)
@@ -344,7 +347,7 @@ def main(argv):
                     and r["case"] == "student 2x800 hard labels")
       record["ratio_to_single_runs"] = record["epoch_s"] / (record["members"] * single["epoch_s"])
   results["evaluation"] = time_evaluation(arrays, mesh, repeats)
-  results["population_memory"] = population_memory(train_data, mesh, num_members)
+  results["population_memory"] = population_memory(train_data, mesh, num_members, quick)
   results["memory"] = peak_memory()
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
