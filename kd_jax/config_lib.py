@@ -101,13 +101,18 @@ def is_distillation(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get("teacher_workdir"))
 
 
+def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The per-member hyperparameters of a run: the learning rate, and T and alpha to distil."""
+  return SWEEPABLE if is_distillation(config) else ("learning_rate",)
+
+
 def population_members(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The members of the run, in order: every sweep point (temperature, alpha, learning_rate, in
   that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]}.
 
   Reads saved configs of older runs too (no `members` or `sweep`: one member).
   """
-  names = SWEEPABLE if is_distillation(config) else ("learning_rate",)
+  names = hparam_names(config)
   sweep = config.get("sweep") or {}
   grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
   members = []

@@ -120,8 +120,8 @@ def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module,
 def member_hparams(config: ml_collections.ConfigDict,
                    members: list[dict[str, Any]]) -> dict[str, jax.Array]:
   """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch."""
-  names = config_lib.SWEEPABLE if config_lib.is_distillation(config) else ("learning_rate",)
-  return {name: jnp.asarray([m[name] for m in members], jnp.float32) for name in names}
+  return {name: jnp.asarray([m[name] for m in members], jnp.float32)
+          for name in config_lib.hparam_names(config)}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
