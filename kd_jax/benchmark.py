@@ -155,7 +155,7 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
   config = case.config
   config.members = case.members
   members = config_lib.population_members(config)
-  member_batch = case.member_batch or parallelism.default_member_batch(len(members))
+  member_batch = parallelism.member_batch(case.member_batch, len(members))
   model = models.model_from_config(config.model)
   num_steps = train_data["image"].shape[0] // config.batch_size
   optimizer = steps.make_optimizer(config, num_steps)

@@ -90,10 +90,11 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   parallelism.check_batch_divides(batch_size, mesh, "eval_batch_size")
   splits = data.load_mnist_from_config(run_config.data, mnist_dir)
   test = put_eval_split(splits.test_images, splits.test_labels, batch_size, mesh)
-  num_members = len(config_lib.population_members(run_config))
-  evaluator = make_evaluator(models.model_from_config(run_config.model), batch_size, mesh,
-                             run_config.get("member_batch") or
-                             parallelism.default_member_batch(num_members), ensemble)
+  settings = config_lib.population_members(run_config)
+  num_members = len(settings)
+  evaluator = make_evaluator(
+      models.model_from_config(run_config.model), batch_size, mesh,
+      parallelism.member_batch(run_config.get("member_batch", 0), num_members), ensemble)
   result = evaluator(params, test)
   report = {**_test_report(result["ensemble"] if num_members > 1 else result["members"][0]),
             "num_test_examples": test.num_examples, "step": step,
@@ -101,7 +102,6 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
             "distilled_from": run_config.get("teacher_workdir") or None,
             "data_source": splits.source, "num_devices": mesh.size}
   if num_members > 1:
-    settings = config_lib.population_members(run_config)
     report.update(num_members=num_members, ensemble_mean=ensemble,
                   members=[{**setting, **_test_report(figures)}
                            for setting, figures in zip(settings, result["members"])],

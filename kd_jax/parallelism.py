@@ -68,13 +68,15 @@ def check_batch_divides(batch_size: int, mesh: Mesh, field: str) -> None:
                       f"({mesh.size}); per-device batch = {field} / devices.")
 
 
-def default_member_batch(num_members: int) -> int:
-  """How many population members to vmap together when the config says 0 (auto).
+def member_batch(configured: int, num_members: int) -> int:
+  """How many population members to vmap together: `configured`, else (0, auto) as follows.
 
   On CPU one at a time: XLA:CPU runs a vmapped population slower per model than the same members
   in turn (batched matmuls, a working set that leaves the cache). Accelerators are mostly idle on
   one MLP step, so there all members run vmapped together.
   """
+  if configured:
+    return configured
   return 1 if jax.default_backend() == "cpu" else num_members
 
 

@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   checkpointing.prepare_workdir(workdir, config, overwrite)
   setup = put_data(config, mesh)
   members = config_lib.population_members(config)
-  member_batch = config.member_batch or parallelism.default_member_batch(len(members))
+  member_batch = parallelism.member_batch(config.member_batch, len(members))
 
   model = models.model_from_config(config.model)
   num_train = setup.train_data["image"].shape[0]
