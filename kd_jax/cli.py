@@ -34,13 +34,17 @@ FLAGS = flags.FLAGS
 def _fail(error: KdJaxError) -> None:
   """Prints the error as one line and exits with its code; --debug adds the traceback."""
   debug = "--debug" in sys.argv or (FLAGS.is_parsed() and FLAGS.debug)
+  message = f"kd_jax: {error.label}: {error}\n"
   if debug:
     traceback.print_exc()
-  print(f"kd_jax: {error.label}: {error}", file=sys.stderr, flush=True)
-  if not debug:
-    # A failed orbax restore can leave tensorstore callbacks that print tracebacks while the
-    # interpreter shuts down; the message above is the whole story, so nothing more is shown.
+    print(message, end="", file=sys.stderr, flush=True)
+  else:
+    # A failed orbax restore can leave tensorstore threads that print tracebacks, even while this
+    # message is being written; stderr goes to /dev/null first, so the message is all that shows.
+    sys.stderr.flush()
+    original_stderr = os.dup(sys.stderr.fileno())
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    os.write(original_stderr, message.encode())
   sys.exit(error.exit_code)
 
 
