@@ -18,9 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pathlib
-import platform
 import resource
 import statistics
 import sys
@@ -33,8 +31,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import (cli, config_lib, data, evaluation, losses, models, parallelism, steps,
-                    targets, trainer)
+from kd_jax import (cli, config_lib, data, evaluation, losses, models, parallelism, reporting,
+                    steps, targets, trainer)
 
 _QUICK = flags.DEFINE_bool("quick", False, "Under a minute: 1,024 random images, one batch "
                            "size, one timed epoch, 2 members, no bfloat16 or vmapped variants. "
@@ -267,22 +265,6 @@ def gemm_rate(size: int, dtype, repeats: int) -> float:
   return 4 * 2 * size**3 / seconds / 1e9
 
 
-def machine() -> dict[str, Any]:
-  device = jax.devices()[0]
-  cpu = platform.processor() or platform.machine()
-  if pathlib.Path("/proc/cpuinfo").exists():
-    names = [line.split(":", 1)[1].strip() for line in
-             pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  return {"platform": device.platform, "device": device.device_kind,
-          "num_devices": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
-          "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
-          "backend_version": device.client.platform_version,
-          "matmul_library": ("cuBLAS/cuDNN" if device.platform == "gpu" else
-                             "XLA:CPU (Eigen/oneDNN kernels)" if device.platform == "cpu" else
-                             device.platform)}
-
-
 def peak_memory() -> dict[str, Any]:
   stats = jax.devices()[0].memory_stats() or {}
   return {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -330,7 +312,7 @@ def main(argv):
   for batch_size in batch_sizes:
     parallelism.check_batch_divides(batch_size, mesh, "--batch_sizes")
   train_data, arrays, source = _train_data(quick, mesh)
-  results = {"machine": machine(), "quick": quick, "data": source, "repeats": repeats,
+  results = {"machine": reporting.machine(), "quick": quick, "data": source, "repeats": repeats,
              "gemm_gflops": {name: gemm_rate(512 if quick else 4096, dtype, repeats)
                              for name, dtype in (("float32", jnp.float32),
                                                  ("bfloat16", jnp.bfloat16))},

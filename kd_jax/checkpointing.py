@@ -12,24 +12,36 @@ restores on 1 and the other way round.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import os
 import pathlib
 import shutil
-from typing import Any
+import socket
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kd_jax import config_lib, models, parallelism, reporting
-from kd_jax.errors import CheckpointError, one_line
+from kd_jax import config_lib, faults, models, parallelism, reporting
+from kd_jax.errors import CheckpointError, ConfigError, CorruptCheckpointError, one_line
 
 CONFIG_FILE = "config.json"
 POPULATION_FILE = "population.json"
 CHECKPOINT_DIR = "checkpoints"
-RUN_FILES = (CONFIG_FILE, POPULATION_FILE, "metrics.jsonl", "eval.json")
-RUN_DIRS = (CHECKPOINT_DIR, "tensorboard")
+DATA_FILE = "data.json"  # Fingerprints of the data the run trained and was scored on.
+TEACHER_FILE = "teacher.json"  # Which teacher (path, step, members, digest) a student learnt from.
+RUN_FILES = (CONFIG_FILE, POPULATION_FILE, "metrics.jsonl", "eval.json", DATA_FILE, TEACHER_FILE)
+RECORD_NAMES = {DATA_FILE: "different data", TEACHER_FILE: "a different teacher"}
+RECORD_NOTES = ("source", "workdir", "finished")  # Where things are, or notes: not compared.
+LOCK_FILE = ".lock"
+ASIDE_DIR = ".replaced"
+CORRUPTED_DIR = "corrupted_checkpoints"  # Checkpoints that failed their checksums, kept aside.
+RUN_DIRS = (CHECKPOINT_DIR, "tensorboard", CORRUPTED_DIR)
 # Fields that say where data lives or how often to save: they may change when a run resumes.
 # How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
@@ -37,23 +49,17 @@ RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_d
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
-def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """Writes RUN/config.json and RUN/population.json (the members and their settings)."""
-  reporting.write_json(pathlib.Path(workdir) / CONFIG_FILE,
-                       json.loads(config.to_json_best_effort()))
-  reporting.write_json(pathlib.Path(workdir) / POPULATION_FILE,
+def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                records: dict[str, Any] | None = None) -> None:
+  """Writes RUN/config.json and RUN/population.json (the members and their settings), and each
+  of `records` (file name -> JSON: the data fingerprint, the teacher) before config.json, so a
+  run with a config.json always has them."""
+  workdir = pathlib.Path(workdir)
+  for name, payload in (records or {}).items():
+    reporting.write_json(workdir / name, payload)
+  reporting.write_json(workdir / POPULATION_FILE,
                        {"members": config_lib.population_members(config)})
-
-
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise CheckpointError(f"{path} does not exist: {workdir} is not a kd_jax run directory "
-                          "(train one with `python -m kd_jax.train --workdir ...`).")
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
+  reporting.write_json(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -66,38 +72,185 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
+
+
+def _defaults_for(saved: dict[str, Any]) -> dict[str, Any]:
+  """Defaults of the fields added to kd_jax since runs were first saved (config_lib.ADDED_FIELDS),
+  flattened: a run saved before one existed held, in effect, its default. Other missing fields
+  stay missing, so validation names them rather than guessing."""
+  defaults = config_lib.base_config()
+  if saved.get("teacher_workdir"):
+    defaults = config_lib.add_distillation(defaults)
+  flat = _flatten(json.loads(defaults.to_json_best_effort()))
+  return {k: v for k, v in flat.items() if k in config_lib.ADDED_FIELDS}
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """RUN/config.json with defaults for fields added since it was written, validated: a
+  hand-edited file with a missing or mistyped field is a one-line error naming it."""
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise CheckpointError(f"{path} does not exist: {workdir} is not a kd_jax run directory "
+                          "(train one with `python -m kd_jax.train --workdir ...`).")
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f"{path} does not hold a config (a JSON object).")
+  flat = _flatten(saved)
+  flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}  # JSON lists.
+  config = ml_collections.ConfigDict(_unflatten({**_defaults_for(saved), **flat}))
+  try:
+    config_lib.validate(config)
+  except ConfigError as e:
+    raise CheckpointError(f"{path} is invalid: {e}") from e
+  return config
+
+
 def config_differences(saved: ml_collections.ConfigDict,
                        current: ml_collections.ConfigDict) -> list[str]:
   """Dotted names of fields that differ (ignoring RESUMABLE_CHANGES)."""
   old = _flatten(json.loads(saved.to_json_best_effort()))
   new = _flatten(json.loads(current.to_json_best_effort()))
+  old = {**{k: v for k, v in _defaults_for(old).items() if k in new}, **old}
   return sorted(k for k in old.keys() | new.keys()
                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
 
 
-def prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                    overwrite: bool) -> None:
-  """Checks that `workdir` is new or holds this same run; with `overwrite`, clears the old run.
+# ----------------------------------------------------------------------------- one writer, safely
 
-  Runs before anything is written, so a refused command leaves every file as it was.
+
+@contextlib.contextmanager
+def locked(workdir: pathlib.Path) -> Iterator[None]:
+  """Holds WORKDIR/.lock exclusively while a run writes there: one writer per workdir.
+
+  A POSIX record lock (fcntl.lockf): the kernel drops it when its process dies, so a SIGKILL never
+  leaves it stale, and NFS (v4, or v3 with lockd) and Lustre mounted with `flock` enforce it across
+  hosts. The file holds the holder's PID and host, for the message a second writer gets. Only
+  process 0 of a multi-process run locks. Creating the workdir here also checks that it can be
+  written before anything expensive starts.
   """
+  if not reporting.is_main_process():
+    yield
+    return
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / LOCK_FILE, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  except OSError as e:
+    raise CheckpointError(f"cannot write to the workdir {workdir}: {e.strerror or e}.") from e
+  try:
+    try:
+      fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      raise CheckpointError(f"{workdir} is in use by {holder}: one run writes a workdir at a "
+                            "time. Wait for it, stop it, or use another --workdir.") from e
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    yield
+  finally:
+    handle.close()  # Releases the lock.
+
+
+def recover_replacement(workdir: pathlib.Path) -> None:
+  """Finishes or undoes an `--overwrite` that a kill interrupted (see `set_aside`).
+
+  WORKDIR/.replaced holds the old run while it is replaced; its config.json moves last, and the
+  new run writes its own config.json only after that. So a config.json in both places means the
+  new run started (the old one is deleted); anything else means it never did (the old run is
+  moved back, and the command then decides afresh).
+  """
+  aside = workdir / ASIDE_DIR
+  if not reporting.is_main_process() or not aside.is_dir():
+    return
+  if (aside / CONFIG_FILE).exists() and (workdir / CONFIG_FILE).exists():
+    shutil.rmtree(aside)
+    return
+  for entry in sorted(aside.iterdir()):
+    if (workdir / entry.name).exists():
+      raise CheckpointError(f"{workdir} holds both {entry.name} and {aside / entry.name} after an "
+                            "interrupted --overwrite; remove the one that is not wanted.")
+    entry.rename(workdir / entry.name)
+  aside.rmdir()
+  reporting.say(f"Warning: an interrupted --overwrite of {workdir} was undone; the previous run "
+                "is back in place.")
+
+
+def set_aside(workdir: pathlib.Path) -> None:
+  """Moves the run in `workdir` into WORKDIR/.replaced (config.json last), to be deleted once the
+  new run has written its config.json (`discard_set_aside`): a kill at any moment leaves the old
+  run or the new one, never a mixture (see `recover_replacement`)."""
+  if reporting.is_main_process():
+    aside = workdir / ASIDE_DIR
+    aside.mkdir()
+    for name in (*RUN_DIRS, *RUN_FILES[::-1]):  # RUN_FILES starts with config.json.
+      if (workdir / name).exists():
+        (workdir / name).rename(aside / name)
+        faults.point(f"set_aside:{name}")
+  parallelism.sync_processes("kd_jax_set_aside")
+  reporting.say(f"Replacing the previous run in {workdir} (--overwrite); it is deleted once the "
+                "new one has started.")
+
+
+def discard_set_aside(workdir: pathlib.Path) -> None:
+  """Deletes the replaced run, now that the new one has written its config.json."""
+  if reporting.is_main_process() and (workdir / ASIDE_DIR).is_dir():
+    faults.point("discard_set_aside")
+    shutil.rmtree(workdir / ASIDE_DIR)
+
+
+def run_mismatch(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                 records: dict[str, Any]) -> str | None:
+  """Why the run in `workdir` is not this run (its config, data or teacher differ), or None when
+  it is, or when the workdir holds no run."""
   if not (workdir / CONFIG_FILE).exists():
-    return
-  if overwrite:
-    if reporting.is_main_process():
-      for name in RUN_FILES:
-        (workdir / name).unlink(missing_ok=True)
-      for name in RUN_DIRS:
-        shutil.rmtree(workdir / name, ignore_errors=True)
-    parallelism.sync_processes("kd_jax_overwrite")
-    reporting.say(f"Removed the previous run in {workdir} (--overwrite).")
-    return
+    return None
   differences = config_differences(load_config(workdir), config)
   if differences:
     shown = ", ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
-    raise CheckpointError(
-        f"{workdir} already holds a run with a different config ({shown}). Use another "
-        "--workdir, or pass --overwrite to delete that run and start afresh.")
+    return f"a different config ({shown})"
+  for name, current in records.items():
+    path = workdir / name
+    if not path.exists():  # A run from before these records: nothing to compare.
+      continue
+    saved = json.loads(path.read_text())
+    fields = sorted(k for k in saved.keys() | current.keys()
+                    if k not in RECORD_NOTES and saved.get(k) != current.get(k))
+    if fields:
+      return (f"{RECORD_NAMES[name]}: {', '.join(fields)} was "
+              f"{', '.join(str(saved.get(f)) for f in fields)} when it trained, now "
+              f"{', '.join(str(current.get(f)) for f in fields)}")
+  return None
+
+
+def finished_step(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> int | None:
+  """The final checkpoint step of a run of `config` that completed all its epochs in `workdir`,
+  else None. Reads only JSON and directory names (no orbax), so callers can skip finished runs
+  cheaply: a step directory exists under its final name only once orbax has committed it."""
+  workdir = pathlib.Path(workdir)
+  metrics = workdir / "metrics.jsonl"
+  if not (workdir / CONFIG_FILE).exists() or not metrics.exists():
+    return None
+  if config_differences(load_config(workdir), config):
+    return None
+  for record in reporting.read_metrics(metrics):
+    if record.get("epoch") == config.num_epochs:
+      step = record["step"]
+      return step if (workdir / CHECKPOINT_DIR / str(step)).is_dir() else None
+  return None
 
 
 def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -131,10 +284,33 @@ def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
 
 def save(manager: ocp.CheckpointManager, step: int, params: Any, train: Any,
          meta: dict[str, Any]) -> None:
-  """Starts an asynchronous save; call `manager.wait_until_finished()` before exiting."""
-  manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
-      meta=ocp.args.JsonSave(meta)))
+  """Writes checkpoint `step` and waits for it, so a failed write (a full disk) is reported now,
+  as one line, not an epoch later. `meta` gets the digest of every array, checked whenever the
+  checkpoint is restored."""
+  meta = {**meta, "digests": {"params": array_digests(params), "train": array_digests(train)}}
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
+        meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many kinds.
+    raise CheckpointError(f"could not write checkpoint step {step} in {manager.directory} "
+                          f"({one_line(e)}); is the disk full or read-only? The previous "
+                          "checkpoint is intact.") from e
+
+
+def save_params(workdir: str | pathlib.Path, step: int, params: Any,
+                meta: dict[str, Any]) -> None:
+  """Writes a checkpoint holding only `params` and `meta`: a derived model (such as a
+  bias-corrected one) that evaluates and distils like any other but does not resume training."""
+  meta = {**meta, "digests": {"params": array_digests(params)}}
+  manager = open_manager(workdir)
+  try:
+    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                               meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+  finally:
+    manager.close()
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -148,8 +324,8 @@ def latest_step(manager: ocp.CheckpointManager, workdir: str | pathlib.Path) -> 
   return step
 
 
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """Leaf shapes by path, with dict keys, attributes and indices all written alike ('a/0/mu').
+def _by_path(tree: Any) -> dict[str, Any]:
+  """Leaves by path, with dict keys, attributes and indices all written alike ('a/0/mu').
 
   orbax stores named tuples (optax states) as dicts, so paths must not depend on container type.
   """
@@ -161,7 +337,41 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     return str(entry)
 
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(name(e) for e in path): tuple(leaf.shape) for path, leaf in leaves}
+  return {"/".join(name(e) for e in path): leaf for path, leaf in leaves}
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {path: tuple(leaf.shape) for path, leaf in _by_path(tree).items()}
+
+
+def _leaf_digest(leaf: jax.Array) -> jax.Array:
+  """Two position-weighted sums of the leaf's 32-bit words (mod 2**32): a changed byte always
+  changes the first, since each word is multiplied by an odd weight. Computed on device."""
+  bits = jnp.dtype(f"uint{8 * leaf.dtype.itemsize}")
+  words = jax.lax.bitcast_convert_type(leaf, bits).reshape(-1)
+  if leaf.dtype.itemsize == 8:  # Two 32-bit words each.
+    words = jnp.stack([words & 0xFFFFFFFF, words >> 32]).reshape(-1)
+  words = words.astype(jnp.uint32)
+  index = jnp.arange(words.shape[0], dtype=jnp.uint32)
+  return jnp.stack([jnp.sum(words * (2 * index + 1), dtype=jnp.uint32),
+                    jnp.sum((words ^ index) * (index * jnp.uint32(2654435761) | 1),
+                            dtype=jnp.uint32)])
+
+
+_digest_leaves = jax.jit(lambda leaves: [_leaf_digest(leaf) for leaf in leaves])
+
+
+def array_digests(tree: Any) -> dict[str, str]:
+  """A digest (16 hex digits) per array of `tree`, by path: recorded in each checkpoint's meta at
+  save and compared after every restore, so flipped bytes are caught rather than trained on."""
+  by_path = _by_path(tree)
+  digests = jax.device_get(_digest_leaves(list(by_path.values())))
+  return {path: f"{int(d[0]):08x}{int(d[1]):08x}" for path, d in zip(by_path, digests)}
+
+
+def combined_digest(digests: dict[str, str]) -> str:
+  """One hex digest for a whole tree (a teacher's parameters), from its per-array digests."""
+  return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_against_metadata(manager: ocp.CheckpointManager, step: int, name: str, example: Any,
@@ -197,18 +407,32 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
     raise CheckpointError(f"Checkpoint step {step} does not exist in {workdir}; available: "
                           f"{list(manager.all_steps())}.")
   where = f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR}"
-  args = {}
+  args = {"meta": ocp.args.JsonRestore()}  # Always: it holds the digests to verify.
   for name, example in items.items():
-    if name == "meta":
-      args[name] = ocp.args.JsonRestore()
-    else:
+    if name != "meta":
       _check_against_metadata(manager, step, name, example, where)
       args[name] = ocp.args.StandardRestore(_abstract(example, sharding))
+  step_dir = pathlib.Path(workdir) / CHECKPOINT_DIR / str(step)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
-    raise CheckpointError(f"{where} could not be restored: it is corrupted ({one_line(e)}).") from e
-  return {name: restored[name] for name in items}
+    if not step_dir.exists():
+      raise CheckpointError(f"{where} was removed while it was being read (a trainer keeping "
+                            "only its latest checkpoints deleted it); rerun to read a newer "
+                            "one.") from e
+    raise CorruptCheckpointError(f"{where} could not be restored: it is corrupted "
+                                 f"({one_line(e)}).") from e
+  recorded = (restored["meta"] or {}).get("digests", {})
+  for name in items:
+    if name == "meta" or name not in recorded:  # Checkpoints older than digests: unchecked.
+      continue
+    actual = array_digests(restored[name])
+    bad = sorted(path for path in recorded[name] if actual.get(path) != recorded[name][path])
+    if bad:
+      raise CorruptCheckpointError(
+          f"{where} is corrupted: {name}/{bad[0]} does not match the checksum recorded when it "
+          f"was saved ({len(bad)} array(s) differ).")
+  return {name: restored[name] for name in ("meta", *items)}
 
 
 def abstract_member_params(model_config: ml_collections.ConfigDict, num_members: int) -> Any:

@@ -9,13 +9,14 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
-from kd_jax import parallelism
-from kd_jax.errors import ConfigError, KdJaxError
+from kd_jax import parallelism, preemption
+from kd_jax.errors import ConfigError, KdJaxError, OutOfMemoryError, one_line
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
 OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Training commands: delete a previous run with a different config in "
-    "--workdir and start afresh (without it such a workdir is refused).")
+    "overwrite", False, "Training commands: replace a run with a different config, data or "
+    "teacher in --workdir, once every check has passed (without it such a workdir is refused); "
+    "export: replace an existing --out.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", os.environ.get("KD_JAX_DISTRIBUTED", "") not in ("", "0"),
     "Join a multi-process run with jax.distributed.initialize() (default from "
@@ -55,7 +56,8 @@ def _flags_parser(config_flags: Sequence[flags.FlagHolder]) -> Callable[[list[st
     try:
       remaining = FLAGS(argv)
       for holder in config_flags:
-        holder.value.keys()  # Raises here if the file failed to load.
+        if holder.value is not None:  # None: an optional config file left out.
+          holder.value.keys()  # Raises here if the file failed to load.
       return remaining
     except flags.Error as e:
       _fail(ConfigError(f"{str(e).rstrip('.')}. See --helpshort."))
@@ -80,12 +82,21 @@ def run(main: Callable[[list[str]], None],
     if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
       os.environ["XLA_FLAGS"] = " ".join(
           [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
-    if _DISTRIBUTED.value or _COORDINATOR.value:
-      parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                         _PROCESS_ID.value)
     try:
+      if _DISTRIBUTED.value or _COORDINATOR.value:
+        parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                           _PROCESS_ID.value)
       main(argv)
     except KdJaxError as e:
       _fail(e)
+    except (MemoryError, RuntimeError) as e:  # XLA's allocation failures are RuntimeErrors.
+      if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      _fail(OutOfMemoryError(f"out of memory ({one_line(e, 200)}). Lower batch_size, "
+                             "eval_batch_size, members or member_batch, or use a larger device."))
+    if preemption.signal_received():  # A signal the command outlived: still tell the scheduler.
+      _fail(preemption.Preempted(f"{preemption.signal_received()} during the command, which "
+                                 "finished its work first. Nothing is lost."))
 
+  preemption.install()  # Before flags and configs are read (kd_jax's import did it for -m).
   app.run(main_with_clear_errors, flags_parser=_flags_parser(config_flags))

@@ -17,10 +17,14 @@ from typing import Any
 
 import ml_collections
 
-from kd_jax import losses, models
+from kd_jax import data, losses, models
 from kd_jax.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
+# Fields added after the first runs were saved: a saved config without one held its default.
+ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_rate",
+                "member_batch", "model.compute_dtype", "data.train_classes", "data.train_subset",
+                "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
 
@@ -53,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_manual_dir = ""  # The four original .gz files, for TFDS to prepare offline.
   config.data.validation_size = 0
   config.data.jitter = 0  # Max shift in pixels (the paper's teacher uses 2).
+  # The training (transfer) set: only these classes (empty: all), and with train_subset > 0 a
+  # class-balanced subset of that many examples drawn from subset_seed. Validation/test stay whole.
+  config.data.train_classes = ()
+  config.data.train_subset = 0
+  config.data.subset_seed = 0
   config.data.check_counts = True  # False accepts IDX folders smaller than MNIST (tests).
 
   config.checkpoint = ml_collections.ConfigDict()
@@ -150,7 +159,8 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("eval_batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
   check("learning_rate", lambda v: is_num(v) and v > 0, "a positive number")
   check("lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {LR_SCHEDULES}")
-  check("seed", is_int, "an integer")
+  check("seed", lambda v: is_int(v) and 0 <= v and v + config.get("members", 1) <= 2**32,
+        "an integer in [0, 2**32 - members] (PRNG seeds are 32-bit: 2**32 would equal 0)")
   check("model.hidden_sizes", lambda v: len(v) > 0 and all(is_int(s) and s > 0 for s in v),
         "a non-empty tuple of positive integers")
   check("model.input_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
@@ -161,6 +171,11 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("data.validation_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
   check("data.jitter", lambda v: is_int(v) and 0 <= v < 14,
         "an integer number of pixels in [0, 14)")
+  check("data.train_classes", lambda v: isinstance(v, tuple) and len(set(v)) == len(v) and all(
+      is_int(c) and 0 <= c < data.NUM_CLASSES for c in v),
+        f"a tuple of distinct class labels in [0, {data.NUM_CLASSES}) (empty: all classes)")
+  check("data.train_subset", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: all)")
+  check("data.subset_seed", is_int, "an integer")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
   check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
   check("members", lambda v: is_int(v) and v > 0, "a positive integer")

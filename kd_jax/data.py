@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import pathlib
 import tempfile
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax.errors import DataError, one_line
+from kd_jax.errors import ConfigError, DataError, one_line
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -87,7 +88,18 @@ def read_idx(path: pathlib.Path, expected_magic: int, expected_count: int | None
 
 
 def _find_idx_file(folder: pathlib.Path, stem: str) -> pathlib.Path:
-  for candidate in (folder / f"{stem}.gz", folder / stem):
+  """stem.gz or stem; both is refused unless they hold the same bytes (which one would be the
+  data otherwise depends on a rule the user never sees)."""
+  gzipped, plain = folder / f"{stem}.gz", folder / stem
+  if gzipped.exists() and plain.exists():
+    try:
+      same = gzip.decompress(gzipped.read_bytes()) == plain.read_bytes()
+    except (OSError, EOFError):
+      same = False
+    if not same:
+      raise DataError(f"{folder} holds both {gzipped.name} and {plain.name} with different "
+                      "contents: remove the one that is not MNIST.")
+  for candidate in (gzipped, plain):
     if candidate.exists():
       return candidate
   raise DataError(f"MNIST file {stem}[.gz] is missing from {folder}. {_HOW_TO_GET}")
@@ -148,8 +160,8 @@ def load_mnist(mnist_dir: str | None, validation_size: int = 0, tfds_data_dir: s
     arrays, source = load_tfds(tfds_data_dir, tfds_manual_dir), "tfds"
   train_images, train_labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
   if not 0 <= validation_size < len(train_images):
-    raise DataError(f"data.validation_size={validation_size} must lie in [0, "
-                    f"{len(train_images)}) for this dataset.")
+    raise ConfigError(f"config.data.validation_size={validation_size} is invalid: expected an "
+                      f"integer in [0, {len(train_images)}) for this dataset.")
   cut = len(train_images) - validation_size
   return MnistSplits(
       train_images=train_images[:cut], train_labels=train_labels[:cut],
@@ -158,11 +170,63 @@ def load_mnist(mnist_dir: str | None, validation_size: int = 0, tfds_data_dir: s
       source=source)
 
 
+def select_examples(labels: np.ndarray, classes: tuple[int, ...] = (), subset_size: int = 0,
+                    seed: int = 0) -> np.ndarray:
+  """Indices (sorted) of the examples whose label is in `classes` (empty: all), then, with
+  `subset_size`, a class-balanced subset of that many drawn from `seed`.
+
+  Balanced means each kept class gets subset_size // len(classes) examples, the first
+  subset_size % len(classes) classes one more; a class with too few examples is an error.
+  """
+  kept_classes = tuple(classes) or tuple(range(NUM_CLASSES))
+  indices = np.flatnonzero(np.isin(labels, kept_classes))
+  if not subset_size:
+    return indices
+  rng = np.random.default_rng(seed)
+  share, extra = divmod(subset_size, len(kept_classes))
+  chosen = []
+  for rank, label in enumerate(kept_classes):
+    of_class = indices[labels[indices] == label]
+    wanted = share + (rank < extra)
+    if wanted > len(of_class):
+      raise DataError(f"data.train_subset={subset_size} needs {wanted} training examples of "
+                      f"class {label}, but there are only {len(of_class)}.")
+    chosen.append(rng.choice(of_class, size=wanted, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
 def load_mnist_from_config(data_config, mnist_dir: str | None = None) -> MnistSplits:
-  """`load_mnist` with the fields of config.data; `mnist_dir` overrides the configured folder."""
-  return load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
-                    data_config.validation_size, data_config.tfds_data_dir or None,
-                    data_config.tfds_manual_dir or None, data_config.check_counts)
+  """`load_mnist` with the fields of config.data; `mnist_dir` overrides the configured folder.
+
+  The training split (the transfer set, when distilling) keeps only `data.train_classes` and,
+  with `data.train_subset`, a class-balanced subset of it; validation and test stay whole.
+  """
+  splits = load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
+                      data_config.validation_size, data_config.tfds_data_dir or None,
+                      data_config.tfds_manual_dir or None, data_config.check_counts)
+  classes = tuple(data_config.get("train_classes", ()))
+  subset = data_config.get("train_subset", 0)
+  if not classes and not subset:
+    return splits
+  kept = select_examples(splits.train_labels, classes, subset, data_config.get("subset_seed", 0))
+  return dataclasses.replace(splits, train_images=splits.train_images[kept],
+                             train_labels=splits.train_labels[kept])
+
+
+def fingerprint(splits: MnistSplits) -> dict[str, str]:
+  """sha256 (16 hex digits) of each split's images and labels, as the run used them (after any
+  class filter or subset), and where they came from: recorded in a run so that resuming or
+  evaluating on other data is noticed."""
+  def digest(*arrays: np.ndarray) -> str:
+    hasher = hashlib.sha256()
+    for array in arrays:
+      hasher.update(np.ascontiguousarray(array).tobytes())
+    return hasher.hexdigest()[:16]
+
+  return {"source": splits.source,
+          "train": digest(splits.train_images, splits.train_labels),
+          "validation": digest(splits.validation_images, splits.validation_labels),
+          "test": digest(splits.test_images, splits.test_labels)}
 
 
 def write_idx_folder(folder: str | os.PathLike, arrays: dict[str, np.ndarray],

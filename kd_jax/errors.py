@@ -36,6 +36,18 @@ class CheckpointError(KdJaxError):
   exit_code = 4
 
 
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's data cannot be read back as it was written (failed checksum or decoding)."""
+
+  exit_code = 4
+
+
+class OutOfMemoryError(KdJaxError):
+  """The run does not fit in the device's or host's memory."""
+
+  exit_code = 6
+
+
 class TrainingDivergedError(KdJaxError):
   """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -8,6 +8,7 @@ model the member and the ensemble are the same model.
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
 import statistics
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from kd_jax import checkpointing, config_lib, data, models, parallelism, reporting, steps
+from kd_jax.errors import CheckpointError
 
 
 class DeviceSplit(flax.struct.PyTreeNode):
@@ -78,17 +80,24 @@ def _test_report(figures: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                         mnist_dir: str | None = None,
-                        ensemble: str = "arithmetic") -> dict[str, Any]:
-  """Scores a checkpoint on the test set; writes and returns RUN/eval.json's content.
+                        ensemble: str = "arithmetic",
+                        report_name: str = "eval.json") -> dict[str, Any]:
+  """Scores a checkpoint on the test set; writes and returns RUN/eval.json's content (or
+  RUN/`report_name`'s).
 
   For a population, eval.json also holds `members` (one dict per member) and `ensemble`; its
   top-level test figures are then the ensemble's. For a single model they are the model's.
   """
   mesh = parallelism.make_mesh()
   params, run_config, step = checkpointing.restore_params(workdir, mesh, step)
-  batch_size = run_config.eval_batch_size
-  parallelism.check_batch_divides(batch_size, mesh, "eval_batch_size")
+  batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
   splits = data.load_mnist_from_config(run_config.data, mnist_dir)
+  fingerprint = data.fingerprint(splits)
+  trained_on = _read_record(workdir, checkpointing.DATA_FILE)
+  if trained_on and trained_on.get("test") != fingerprint["test"]:
+    reporting.say(f"Warning: the test set ({fingerprint['source']}, {fingerprint['test']}) differs "
+                  f"from the one {workdir} was trained with ({trained_on.get('source')}, "
+                  f"{trained_on.get('test')}).")
   test = put_eval_split(splits.test_images, splits.test_labels, batch_size, mesh)
   settings = config_lib.population_members(run_config)
   num_members = len(settings)
@@ -100,16 +109,30 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
             "num_test_examples": test.num_examples, "step": step,
             "model": models.describe(run_config.model),
             "distilled_from": run_config.get("teacher_workdir") or None,
-            "data_source": splits.source, "num_devices": mesh.size}
+            "data_source": splits.source, "num_devices": mesh.size,
+            "data": {"source": fingerprint["source"], "test": fingerprint["test"],
+                     "same_as_training": (trained_on.get("test") == fingerprint["test"]
+                                          if trained_on else None)},
+            "teacher": _read_record(workdir, checkpointing.TEACHER_FILE)}
   if num_members > 1:
     report.update(num_members=num_members, ensemble_mean=ensemble,
                   members=[{**setting, **_test_report(figures)}
                            for setting, figures in zip(settings, result["members"])],
                   ensemble=_test_report(result["ensemble"]))
-  reporting.write_json(pathlib.Path(workdir) / "eval.json", report)
   reporting.say(f"{workdir} (step {step}, {report['model']}"
                 f"{f', {num_members} members' if num_members > 1 else ''}): "
                 f"{errors_summary(result)} test errors, accuracy "
                 f"{100 * report['test_accuracy']:.2f}%, loss {report['test_loss']:.4f}; "
                 f"per class {report['per_class_errors']}.")
+  try:  # The score is shown first: a read-only run directory does not lose it.
+    reporting.write_json(pathlib.Path(workdir) / report_name, report)
+  except OSError as e:
+    raise CheckpointError(f"could not write {pathlib.Path(workdir) / report_name} "
+                          f"({e.strerror or e}); the score is printed above.") from e
   return report
+
+
+def _read_record(workdir: str | pathlib.Path, name: str) -> dict[str, Any] | None:
+  """A run's data.json or teacher.json, or None for runs from before those records."""
+  path = pathlib.Path(workdir) / name
+  return json.loads(path.read_text()) if path.exists() else None

@@ -13,7 +13,7 @@ import numpy as np
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kd_jax.errors import ConfigError
+from kd_jax.errors import ConfigError, one_line
 
 DATA_AXIS = "data"
 
@@ -26,9 +26,15 @@ def initialize_distributed(coordinator_address: str | None = None,
   With no arguments JAX detects the cluster itself (SLURM, TPU pods, Open MPI, Kubernetes); on
   CPU the cross-process collectives go through gloo.
   """
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             initialization_timeout=timeout_s)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_s)
+  except (ValueError, RuntimeError) as e:
+    raise ConfigError(f"--distributed could not join a multi-process run ({one_line(e)}). Run "
+                      "inside a SLURM/TPU/MPI job, or pass --coordinator_address, "
+                      "--num_processes and --process_id; a single process needs none of "
+                      "this.") from e
 
 
 def sync_processes(name: str) -> None:
@@ -66,6 +72,15 @@ def check_batch_divides(batch_size: int, mesh: Mesh, field: str) -> None:
   if batch_size % mesh.size:
     raise ConfigError(f"{field}={batch_size} must be divisible by the number of devices "
                       f"({mesh.size}); per-device batch = {field} / devices.")
+
+
+def eval_batch_size(configured: int, mesh: Mesh) -> int:
+  """The evaluation batch: `configured` rounded up to a multiple of the device count.
+
+  Evaluation pads and masks, so any batch scores every example exactly once; rounding up lets a
+  run's eval_batch_size=1000 evaluate on 3 devices instead of being refused.
+  """
+  return -(-configured // mesh.size) * mesh.size
 
 
 def member_batch(configured: int, num_members: int) -> int:

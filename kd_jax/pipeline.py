@@ -8,13 +8,13 @@ from distillation is measured, not assumed. Writes ROOT/summary.json and ROOT/te
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from absl import flags
 from ml_collections import config_flags
 
-from kd_jax import cli, config_lib, evaluation, reporting, trainer
+from kd_jax import cli, config_lib, evaluation, plots, reporting, trainer
+from kd_jax.errors import ConfigError
 
 _TEACHER = config_flags.DEFINE_config_file("teacher_config", "configs/quick_teacher.py",
                                            "Teacher config file.", lock_config=True)
@@ -27,16 +27,12 @@ _BASELINE = flags.DEFINE_bool("baseline", True, "Also train the student alone on
 
 def plot_test_errors(root: pathlib.Path, runs: list[str]) -> None:
   """Test errors per epoch of each run, as ROOT/test_errors.png (skipped without matplotlib)."""
-  try:
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    reporting.say("Note: matplotlib is not installed, so no plot is written.")
+  plt = plots.pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(6, 4))
   for run in runs:
-    records = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
+    records = reporting.read_metrics(root / run / "metrics.jsonl")
     # A population's curve is its ensemble's.
     errors = [r.get("ensemble_test_errors", r["test_errors"]) for r in records]
     ax.plot([r["epoch"] for r in records], errors,
@@ -45,23 +41,28 @@ def plot_test_errors(root: pathlib.Path, runs: list[str]) -> None:
          title="MNIST test errors")
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(root / "test_errors.png", dpi=120)
-  plt.close(fig)
+  plots.save(fig, root / "test_errors.png")
 
 
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value)
   teacher_config, student_config = _TEACHER.value, _STUDENT.value.copy_and_resolve_references()
-  student_config.teacher_workdir = str(root / "teacher")
+  own_teacher = str(root / "teacher")
+  if student_config.get("teacher_workdir") not in ("", None, own_teacher):
+    raise ConfigError(f"--student_config.teacher_workdir={student_config.teacher_workdir} would "
+                      f"be ignored: the pipeline distils from the teacher it trains, {own_teacher}. "
+                      "Drop the override, or run kd_jax.distill with that teacher.")
+  student_config.teacher_workdir = own_teacher
   config_lib.validate(teacher_config)
   config_lib.validate(student_config, require_teacher=True)
 
   reporting.say("== 1/3 teacher ==")
   trainer.train_and_evaluate(teacher_config, root / "teacher", cli.OVERWRITE.value)
   reporting.say("== 2/3 distilled student ==")
-  trainer.train_and_evaluate(student_config, root / "distilled", cli.OVERWRITE.value)
+  # A teacher retrained since the student was distilled means the student is distilled again.
+  trainer.train_and_evaluate(student_config, root / "distilled", cli.OVERWRITE.value,
+                             restart_on_new_teacher=True)
   runs = ["teacher", "distilled"]
   if _BASELINE.value:
     reporting.say("== baseline: the same student on hard labels alone ==")

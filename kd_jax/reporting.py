@@ -5,13 +5,20 @@ Only process 0 writes or prints, so a multi-process run logs once.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import math
+import os
 import pathlib
+import platform
+import subprocess
 import sys
 from typing import Any
 
 import jax
 from absl import logging
+
+from kd_jax.errors import CheckpointError
 
 
 def is_main_process() -> bool:
@@ -19,9 +26,33 @@ def is_main_process() -> bool:
 
 
 def _to_python(value: Any) -> Any:
+  """JSON-ready: arrays to lists, and NaN/Infinity (which strict JSON has no words for) to null."""
   if hasattr(value, "tolist"):
-    return value.tolist()
+    value = value.tolist()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, (list, tuple)):
+    return [_to_python(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _to_python(v) for k, v in value.items()}
   return value
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl. A cut-off last line (a kill or a full disk mid-write) is
+  dropped with a warning; a bad line before the last is an error naming it."""
+  path = pathlib.Path(path)
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number < len(lines):
+        raise CheckpointError(f"{path} line {number} is not valid JSON ({e}); remove that line "
+                              "or the file.") from e
+      say(f"Warning: dropped the cut-off last line of {path} (an interrupted write).")
+  return records
 
 
 class MetricsWriter:
@@ -38,12 +69,11 @@ class MetricsWriter:
     if not is_main_process():
       return
     if self._path.exists():
-      lines = self._path.read_text().splitlines()
-      kept = [line for line in lines
-              if line.strip() and json.loads(line)["epoch"] <= keep_epochs_up_to]
-      if kept != lines:
+      lines = [line for line in self._path.read_text().splitlines() if line.strip()]
+      kept = [r for r in read_metrics(self._path) if r["epoch"] <= keep_epochs_up_to]
+      if len(kept) != len(lines):
         tmp = self._path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self._path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -57,7 +87,7 @@ class MetricsWriter:
       return
     record = {k: _to_python(v) for k, v in record.items()}
     with self._path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb is not None:
       for key, value in record.items():
         if isinstance(value, (int, float)) and key != "epoch":
@@ -78,7 +108,7 @@ def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:
     return
   path = pathlib.Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps({k: _to_python(v) for k, v in payload.items()}, indent=2) + "\n")
+  tmp.write_text(json.dumps(_to_python(payload), indent=2, allow_nan=False) + "\n")
   tmp.replace(path)
 
 
@@ -88,6 +118,35 @@ def progress_bar(total: int, initial: int, description: str):
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   return tqdm(total=total, initial=initial, desc=description, unit="epoch",
               disable=not is_main_process() or not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def machine() -> dict[str, Any]:
+  """The accelerator, host CPU and software versions behind a set of numbers."""
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  if pathlib.Path("/proc/cpuinfo").exists():
+    names = [line.split(":", 1)[1].strip() for line in
+             pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  return {"platform": device.platform, "device": device.device_kind,
+          "num_devices": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+          "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
+          "backend_version": device.client.platform_version,
+          "matmul_library": ("cuBLAS/cuDNN" if device.platform == "gpu" else
+                             "XLA:CPU (Eigen/oneDNN kernels)" if device.platform == "cpu" else
+                             device.platform)}
+
+
+def code_version() -> str:
+  """The git commit of the kd_jax checkout (with '-dirty' for uncommitted changes), or the
+  package version when it is not a git checkout."""
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  try:
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, check=True,
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  return commit or f"kd_jax {importlib.metadata.version('kd_jax')}"
 
 
 def say(message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import shutil
 import statistics
 import time
 from typing import Any, Callable
@@ -22,9 +23,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kd_jax import (checkpointing, config_lib, data, evaluation, losses, models, parallelism,
-                    preemption, reporting, steps, targets)
-from kd_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
+from kd_jax import (checkpointing, config_lib, data, evaluation, faults, losses, models,
+                    parallelism, preemption, reporting, steps, targets)
+from kd_jax.errors import (CheckpointError, ConfigError, CorruptCheckpointError, DataError,
+                           TrainingDivergedError)
 
 
 @flax.struct.dataclass
@@ -34,18 +36,22 @@ class RunSetup:
   train_data: dict[str, jax.Array]  # 'image', 'label' and maybe cached 'teacher_logits'.
   eval_splits: dict[str, evaluation.DeviceSplit]
   source: str = flax.struct.field(pytree_node=False)
+  fingerprint: dict[str, str] = flax.struct.field(pytree_node=False)  # data.fingerprint
 
 
 def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
+  faults.point("put_data")
   splits = data.load_mnist_from_config(config.data)
+  eval_batch = parallelism.eval_batch_size(config.eval_batch_size, mesh)
   eval_splits = {"test": evaluation.put_eval_split(splits.test_images, splits.test_labels,
-                                                   config.eval_batch_size, mesh)}
+                                                   eval_batch, mesh)}
   if config.data.validation_size:
     eval_splits["validation"] = evaluation.put_eval_split(
-        splits.validation_images, splits.validation_labels, config.eval_batch_size, mesh)
+        splits.validation_images, splits.validation_labels, eval_batch, mesh)
   train_data = {"image": parallelism.put_replicated(splits.train_images, mesh),
                 "label": parallelism.put_replicated(splits.train_labels, mesh)}
-  return RunSetup(train_data=train_data, eval_splits=eval_splits, source=splits.source)
+  return RunSetup(train_data=train_data, eval_splits=eval_splits, source=splits.source,
+                  fingerprint=data.fingerprint(splits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Teacher:
   targets_fn: targets.TargetsFn
   params: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
   cached_logits: jax.Array | None  # [N, M, C] on the un-jittered training images, or None.
+  provenance: dict[str, Any] | None = None  # Which teacher it is: the student's teacher.json.
 
 
 def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.sharding.Mesh,
@@ -71,7 +78,18 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
   ensemble = f", an ensemble of {num_teachers} members" if num_teachers > 1 else ""
   reporting.say(f"Teacher: {models.describe(teacher_config.model)} from "
                 f"{config.teacher_workdir} (step {teacher_step}){ensemble}.")
-  return make_teacher(config, teacher, params, setup.train_data["image"], mesh, member_batch)
+  finished = checkpointing.finished_step(config.teacher_workdir, teacher_config) == teacher_step
+  if not finished:
+    reporting.say(f"Warning: the teacher in {config.teacher_workdir} has not finished its "
+                  f"{teacher_config.num_epochs} epochs (checkpoint step {teacher_step}); "
+                  "distilling from it as it is now.")
+  provenance = {"workdir": str(pathlib.Path(config.teacher_workdir).absolute()),
+                "step": teacher_step, "members": list(config.teacher_members) or "all",
+                "digest": checkpointing.combined_digest(checkpointing.array_digests(params)),
+                "finished": finished}
+  return dataclasses.replace(
+      make_teacher(config, teacher, params, setup.train_data["image"], mesh, member_batch),
+      provenance=provenance)
 
 
 def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: Any,
@@ -80,9 +98,10 @@ def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: 
   if config.data.jitter or not config.cache_teacher_logits:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), params, None)
   start = time.perf_counter()
-  num_pad = -train_images.shape[0] % config.eval_batch_size
+  batch_size = parallelism.eval_batch_size(config.eval_batch_size, mesh)
+  num_pad = -train_images.shape[0] % batch_size
   logits_fn = jax.jit(functools.partial(
-      targets.teacher_logits, teacher=teacher, batch_size=config.eval_batch_size,
+      targets.teacher_logits, teacher=teacher, batch_size=batch_size,
       member_batch=member_batch, batch_sharding=parallelism.batch_sharded(mesh)),
       out_shardings=parallelism.replicated(mesh))
   padded_images = jnp.pad(train_images, ((0, num_pad), (0, 0), (0, 0)))
@@ -125,19 +144,38 @@ def member_hparams(config: ml_collections.ConfigDict,
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False,
+                       restart_on_new_teacher: bool = False) -> dict[str, Any]:
   """Trains the config's population (distilling when it names a teacher) into `workdir`.
 
-  A workdir holding the same run resumes from its latest checkpoint; a finished one is reported,
-  not retrained. SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
+  A workdir holding the same run (config, data and teacher) resumes from its latest intact
+  checkpoint; a finished one is reported, not retrained. A different run there is refused, or
+  with `overwrite` replaced once every check has passed (crash-safe: `checkpointing.set_aside`);
+  `restart_on_new_teacher` replaces it when only the teacher changed (the pipeline's choice).
+  SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
   `preemption.Preempted`; a non-finite loss raises TrainingDivergedError before anything is saved.
   """
   workdir = pathlib.Path(workdir)
   mesh = parallelism.make_mesh()
   parallelism.check_batch_divides(config.batch_size, mesh, "batch_size")
-  parallelism.check_batch_divides(config.eval_batch_size, mesh, "eval_batch_size")
+  with checkpointing.locked(workdir):
+    checkpointing.recover_replacement(workdir)
+    if not overwrite:  # Fail fast on a config mismatch, before loading anything.
+      _refuse_mismatch(workdir, checkpointing.run_mismatch(workdir, config, {}))
+    return _train(config, workdir, mesh, overwrite, restart_on_new_teacher)
+
+
+def _refuse_mismatch(workdir: pathlib.Path, mismatch: str | None) -> None:
+  if mismatch is None:
+    return
+  error = DataError if mismatch.startswith("different data") else CheckpointError
+  raise error(f"{workdir} already holds a run with {mismatch}. Use another --workdir, or pass "
+              "--overwrite to replace that run (it is deleted once the new one has started).")
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.sharding.Mesh,
+           overwrite: bool, restart_on_new_teacher: bool) -> dict[str, Any]:
   replicated = parallelism.replicated(mesh)
-  checkpointing.prepare_workdir(workdir, config, overwrite)
   setup = put_data(config, mesh)
   members = config_lib.population_members(config)
   member_batch = parallelism.member_batch(config.member_batch, len(members))
@@ -150,28 +188,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                       f"{num_train} training examples.")
   optimizer = steps.make_optimizer(config, steps_per_epoch)
   loss_fn, teacher = losses.hard_label_loss, Teacher(targets.no_targets, None, None)
+  records = {checkpointing.DATA_FILE: setup.fingerprint}
   if config_lib.is_distillation(config):
     loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble)
     teacher = load_teacher(config, setup, mesh, member_batch)
+    records[checkpointing.TEACHER_FILE] = teacher.provenance
     if teacher.cached_logits is not None:
       setup = setup.replace(train_data={**setup.train_data,
                                         "teacher_logits": teacher.cached_logits})
+  mismatch = checkpointing.run_mismatch(workdir, config, records)
+  if mismatch and not overwrite and not (restart_on_new_teacher
+                                         and mismatch.startswith("a different teacher")):
+    _refuse_mismatch(workdir, mismatch)
 
   state = init_population(model, optimizer(config.learning_rate), members, mesh)
   hparams = jax.device_put(member_hparams(config, members), replicated)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if mismatch:  # Every check passed: only now is the old run moved out of the way.
+    checkpointing.set_aside(workdir)
   checkpointing.discard_partial_checkpoints(workdir)
-  manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
-  start_epoch = 0
-  if manager.latest_step() is not None:
-    state, start_epoch = _resume(manager, state, replicated, workdir)
-  evaluator = evaluation.make_evaluator(model, config.eval_batch_size, mesh, member_batch)
+  manager, state, start_epoch = _resume(workdir, config, state, replicated)
+  evaluator = evaluation.make_evaluator(
+      model, parallelism.eval_batch_size(config.eval_batch_size, mesh), mesh, member_batch)
   if start_epoch >= config.num_epochs:
     reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
                   f"(checkpoint step {int(state.step[0])}); nothing to train.")
     test = evaluator(state.params, setup.eval_splits["test"])
   else:
-    checkpointing.save_config(workdir, config)
+    checkpointing.save_config(workdir, config, records)
+    checkpointing.discard_set_aside(workdir)
     writer = reporting.MetricsWriter(workdir, keep_epochs_up_to=start_epoch)
     population = f"{len(members)} members, " if len(members) > 1 else ""
     reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
@@ -275,7 +319,6 @@ class EpochLoop:
                              {"epoch": epoch + 1,
                               "test_errors": results["test"]["ensemble"]["errors"]})
         if stopping and epoch + 1 < config.num_epochs:
-          self.manager.wait_until_finished()
           raise preemption.Preempted(
               f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
               f"{int(state.step[0])} (epoch {epoch + 1} of {config.num_epochs}) in {workdir}. "
@@ -297,8 +340,9 @@ class EpochLoop:
     which = f" of member {member}" if len(first_bad) > 1 else ""
     raise TrainingDivergedError(
         f"The training loss{which} became non-finite at step {step_before + step + 1} (epoch "
-        f"{epoch + 1}); stopped without saving: {kept}. Lower the learning rate or check the "
-        "config.")
+        f"{epoch + 1}); stopped without saving: {kept}. Usual causes: a learning rate too high, a "
+        "very low temperature, or a teacher checkpoint that is corrupted or diverged (evaluate "
+        "it with kd_jax.evaluate).")
 
 
 def _resume_item(state: steps.TrainState) -> dict[str, Any]:
@@ -306,12 +350,31 @@ def _resume_item(state: steps.TrainState) -> dict[str, Any]:
   return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
 
 
-def _resume(manager, state: steps.TrainState, sharding,
-            workdir: pathlib.Path) -> tuple[steps.TrainState, int]:
-  step = manager.latest_step()
-  restored = checkpointing.restore(
-      manager, step, {"params": state.params, "train": _resume_item(state), "meta": None},
-      sharding, workdir)
+def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: steps.TrainState,
+            sharding) -> tuple[ocp.CheckpointManager, steps.TrainState, int]:
+  """Opens the checkpoint manager and restores the newest intact checkpoint, if any: one that
+  fails its checksums is moved to WORKDIR/corrupted_checkpoints/ with a warning, and the one
+  before it is used. Returns (manager, state, epoch to start from)."""
+  manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
+  while (step := manager.latest_step()) is not None:
+    try:
+      restored = checkpointing.restore(
+          manager, step, {"params": state.params, "train": _resume_item(state)}, sharding,
+          workdir)
+      break
+    except CorruptCheckpointError as e:
+      manager.close()
+      quarantine = workdir / checkpointing.CORRUPTED_DIR / str(step)
+      if reporting.is_main_process():
+        quarantine.parent.mkdir(exist_ok=True)
+        shutil.rmtree(quarantine, ignore_errors=True)
+        (workdir / checkpointing.CHECKPOINT_DIR / str(step)).rename(quarantine)
+      parallelism.sync_processes("kd_jax_quarantine")
+      reporting.say(f"Warning: {e} Moved it to {quarantine}; resuming from the checkpoint "
+                    "before it.")
+      manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
+  else:
+    return manager, state, 0
   train = restored["train"]
   state = steps.TrainState(step=train["step"], params=restored["params"],
                            opt_state=train["opt_state"], rng=train["rng"])
@@ -319,4 +382,4 @@ def _resume(manager, state: steps.TrainState, sharding,
     raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step[0])}.")
   epoch = int(restored["meta"]["epoch"])
   reporting.say(f"Resuming {workdir} from checkpoint step {step} (epoch {epoch}).")
-  return state, epoch
+  return manager, state, epoch

@@ -43,8 +43,9 @@ def tiny_mnist_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def snapshot(folder: pathlib.Path) -> dict:
-  """(mtime, size) of every file below `folder`: equal snapshots mean nothing was rewritten."""
-  return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+  """(mtime, size) of every run file below `folder`: equal snapshots mean nothing was rewritten."""
+  return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")
+          if p.is_file() and p.name != ".lock"}  # The lock file names its latest holder.
 
 
 def run_command(module: str, *args: str, mnist_dir: pathlib.Path | str | None = None,
@@ -81,3 +82,13 @@ def signal_after_epoch(command: list[str], env: dict, epoch: int,
       process.kill()
       process.wait()
   return process.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduction(tiny_mnist_dir, tmp_path_factory) -> tuple[pathlib.Path, str]:
+  """`kd_jax.reproduce` run to the end with the tiny profile: (root, its stdout). Shared by the
+  reproduce, bias-correction, export and frontier tests, which read its runs."""
+  root = tmp_path_factory.mktemp("reproduce") / "root"
+  result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
+                       mnist_dir=tiny_mnist_dir, timeout=600)
+  return root, result.stdout

@@ -1,0 +1,75 @@
+"""The paper's MNIST experiments, as run by `python -m kd_jax.reproduce --profile PROFILE`.
+
+Profiles (`configs/reproduce.py:quick` etc.):
+  quick   a 2-core CPU in about 35 minutes: 10 teachers of 5 epochs, students of 8 epochs
+          (the temperature sweeps 6), students on the 3% subset 60 epochs; 3 seeds per figure.
+  paper   schedules long enough to approach the paper's numbers (teachers 60 epochs, students
+          60): hours on a CPU, minutes per stage on a GPU.
+  tiny    seconds, on a tiny IDX folder (the tests' end-to-end run).
+
+`teacher` is the teacher population: `teacher.members` seeds, which are the ensemble of the
+ensemble experiment; member `teacher_member` is "the teacher" of every other experiment. `student`
+is the 2x800 distilled at T=20 on the un-jittered training set; the other experiments are
+variations of it (see `kd_jax.reproduce.stage_configs`).
+"""
+
+import ml_collections
+
+from kd_jax import config_lib
+
+
+def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
+  if profile not in ("quick", "paper", "tiny"):
+    raise ValueError(f"unknown profile {profile!r}: expected quick, paper or tiny")
+  config = ml_collections.ConfigDict()
+  config.profile = profile
+  config.seeds = 3  # Members (seeds) behind every mean +- sd of a student.
+  config.teacher_member = 0
+  config.teacher = config_lib.quick_teacher() if profile != "paper" else config_lib.paper_teacher()
+  config.teacher.members = 10
+  config.student = config_lib.add_distillation(config_lib.base_config(), temperature=20.0,
+                                               alpha=0.9)
+  # Temperature versus student size (section 3): distilled and alone, every T with `seeds` seeds.
+  config.temperature_sweep = ml_collections.ConfigDict()
+  config.temperature_sweep.hidden_sizes = ((300, 300), (30, 30))
+  config.temperature_sweep.temperatures = (1.0, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 30.0)
+  config.temperature_sweep.num_epochs = 0  # 0: the student's.
+  # Transfer sets without classes, and the bias correction tuned on this many held-out images.
+  config.validation_size = 5000
+  config.mythical_digit = 3
+  config.only_classes = (7, 8)
+  # Soft targets as a regulariser: a class-balanced subset of the training set (3% = 1,800).
+  config.regulariser = ml_collections.ConfigDict()
+  config.regulariser.subset = 1800
+  config.regulariser.subset_seed = 0
+  config.regulariser.num_epochs = 150
+  config.regulariser.checkpoint_every = 25
+
+  if profile == "quick":
+    config.teacher.num_epochs = 5
+    config.student.num_epochs = 8
+    config.temperature_sweep.num_epochs = 6
+    config.regulariser.num_epochs = 60
+    config.regulariser.checkpoint_every = 20
+  elif profile == "paper":
+    config.teacher.num_epochs = 60
+    config.student.num_epochs = 60
+    config.regulariser.num_epochs = 600
+    config.regulariser.checkpoint_every = 100
+  else:  # tiny: the tests' tiny IDX folder of 480 training and 200 test images.
+    config.seeds = 2
+    config.teacher.members = 2
+    config.teacher.model.hidden_sizes = (32, 32)
+    config.student.model.hidden_sizes = (16, 16)
+    config.temperature_sweep.hidden_sizes = ((12, 12), (4, 4))
+    config.temperature_sweep.temperatures = (1.0, 4.0)
+    config.validation_size = 80
+    config.regulariser.subset = 40
+    config.regulariser.num_epochs = 6
+    config.regulariser.checkpoint_every = 3
+    for run in (config.teacher, config.student):
+      run.num_epochs = 2
+      run.batch_size = 20
+      run.eval_batch_size = 40
+      run.data.check_counts = False
+  return config

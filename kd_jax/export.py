@@ -1,0 +1,158 @@
+"""A trained run as a self-contained serving artifact: uint8 images in, class probabilities out.
+
+  python -m kd_jax.export --workdir runs/distilled --out exported/distilled [--member i]
+
+Writes OUT/model.jax_exported (the forward pass with its parameters, serialised StableHLO from
+`jax.export`, batch dimension symbolic, lowered for CPU and CUDA) and OUT/metadata.json (what it
+was made from, its input and output). Normalisation is inside, so callers need no constants; the
+output is softmax at T = 1, for a population the average of its members' probabilities (its
+arithmetic ensemble) unless --member picks one. Serving needs jax alone, not kd_jax:
+
+  from jax import export
+  model = export.deserialize(open("OUT/model.jax_exported", "rb").read())
+  probabilities = model.call(images)  # uint8 [B, 28, 28] -> float32 [B, 10]
+
+With tensorflow installed, --saved_model also writes OUT/saved_model/ through jax2tf.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from kd_jax import checkpointing, cli, data, models, parallelism, reporting, steps, targets
+from kd_jax.errors import CheckpointError, ConfigError
+
+MODEL_FILE = "model.jax_exported"
+METADATA_FILE = "metadata.json"
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+
+def serving_fn(model: models.MLP, member_params: Any) -> Callable[[jax.Array], jax.Array]:
+  """uint8 [B, 28, 28] -> probabilities [B, C]: the members' softmax (T = 1), averaged."""
+
+  def serve(images: jax.Array) -> jax.Array:
+    logits = targets.member_logits(model, member_params, data.normalize(images))
+    return jnp.exp(steps.ensemble_log_probabilities(logits))
+
+  return serve
+
+
+def _finished_epochs(workdir: pathlib.Path, step: int) -> int | None:
+  manager = checkpointing.open_manager(workdir, read_only=True)
+  try:
+    meta = checkpointing.restore(manager, step, {"meta": None}, None, workdir)["meta"]
+  finally:
+    manager.close()
+  return int(meta["epoch"]) if meta and "epoch" in meta else None
+
+
+def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None,
+               member: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS,
+               overwrite: bool = False, saved_model: bool = False) -> dict[str, Any]:
+  """Exports the run's checkpoint (latest or `step`; one member or the ensemble) into `out`.
+
+  Everything is checked before `out` is touched; an existing `out` is refused unless `overwrite`.
+  Returns (and writes as OUT/metadata.json) what was exported.
+  """
+  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
+  if out.exists() and not overwrite:
+    raise ConfigError(f"{out} already exists; pass --overwrite to replace it, or choose another "
+                      "--out.")
+  if member is not None and member < 0:
+    raise ConfigError(f"--member={member} is invalid: expected a member index >= 0.")
+  mesh = parallelism.make_mesh(jax.devices()[:1])
+  params, run_config, step = checkpointing.restore_params(
+      workdir, mesh, step, members=None if member is None else (member,))
+  epochs = _finished_epochs(workdir, step)
+  if epochs is not None and epochs < run_config.num_epochs:
+    reporting.say(f"Warning: checkpoint step {step} of {workdir} is from epoch {epochs} of "
+                  f"{run_config.num_epochs}: the run has not finished.")
+  model = models.model_from_config(run_config.model)
+  num_members = jax.tree.leaves(params)[0].shape[0]
+  batch = jax.export.symbolic_shape("batch")[0]
+  images_spec = jax.ShapeDtypeStruct((batch, *data.IMAGE_SHAPE), jnp.uint8)
+  try:
+    exported = jax.export.export(jax.jit(serving_fn(model, params)),
+                                 platforms=tuple(platforms))(images_spec)
+  except (ValueError, NotImplementedError) as e:
+    raise ConfigError(f"could not lower the model for --platforms={','.join(platforms)}: "
+                      f"{e}") from e
+  metadata = {
+      "source_workdir": str(workdir.absolute()), "step": step, "epochs": epochs,
+      "model": models.describe(run_config.model),
+      "members": [member] if member is not None else list(range(num_members)),
+      "output": ("class probabilities at T = 1" if num_members == 1 else
+                 f"class probabilities at T = 1, averaged over {num_members} members"),
+      "input": f"uint8 [batch, {data.IMAGE_SHAPE[0]}, {data.IMAGE_SHAPE[1]}] (raw MNIST pixels)",
+      "platforms": list(exported.platforms), "jax": jax.__version__,
+      "num_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+      "files": [MODEL_FILE, METADATA_FILE] + (["saved_model"] if saved_model else [])}
+  staging = out.with_name(out.name + ".tmp")
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  (staging / MODEL_FILE).write_bytes(exported.serialize())
+  if saved_model:
+    _write_saved_model(serving_fn(model, params), staging / "saved_model")
+  reporting.write_json(staging / METADATA_FILE, metadata)
+  if out.exists():
+    shutil.rmtree(out)
+  staging.rename(out)
+  reporting.say(f"Exported {workdir} (step {step}, {metadata['model']}, "
+                f"{'member ' + str(member) if member is not None else f'{num_members} member(s)'}"
+                f") to {out} for {', '.join(exported.platforms)}.")
+  return metadata
+
+
+def _write_saved_model(serve: Callable[[jax.Array], jax.Array], path: pathlib.Path) -> None:
+  """A TF SavedModel with the same signature (jax2tf, polymorphic batch)."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ConfigError(f"--saved_model needs tensorflow and jax2tf ({e}).") from e
+  module = tf.Module()
+  module.serve = tf.function(
+      jax2tf.convert(serve, polymorphic_shapes=["(b, 28, 28)"], with_gradient=False),
+      input_signature=[tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.uint8)], autograph=False)
+  tf.saved_model.save(module, str(path))
+
+
+def load(folder: str | pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
+  """The exported model as a function: uint8 images [B, 28, 28] -> probabilities [B, C]."""
+  path = pathlib.Path(folder) / MODEL_FILE
+  if not path.exists():
+    raise CheckpointError(f"{path} does not exist: {folder} is not a kd_jax export.")
+  exported = jax.export.deserialize(bytearray(path.read_bytes()))
+  return lambda images: np.asarray(exported.call(jnp.asarray(images, jnp.uint8)))
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so the library imports without them)."""
+  flags.DEFINE_string("workdir", None, "Run directory to export.", required=True)
+  flags.DEFINE_string("out", None, "Folder for the artifact (must not exist, unless --overwrite).",
+                      required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("member", None, "Export this member of a population alone (default: the "
+                       "whole population as its ensemble).")
+  flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS),
+                    "Platforms the artifact is lowered for (cpu, cuda, rocm, tpu).")
+  flags.DEFINE_bool("saved_model", False, "Also write a TF SavedModel through jax2tf (needs "
+                    "tensorflow).")
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  export_run(f.workdir, f.out, f.step, f.member, f.platforms, f.overwrite, f.saved_model)
+
+
+if __name__ == "__main__":
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,31 @@
+"""Test hooks: KD_JAX_FAULT=ACTION:POINT makes a command crash, or signal itself, at a named point.
+
+Tests of crash safety and signal handling then hit exact moments instead of racing a timer:
+  kill:POINT             SIGKILL, as a power cut or the OOM killer would
+  signal:POINT           SIGTERM, as a scheduler preempting the job
+  signal_twice:POINT     SIGTERM twice (an impatient scheduler, or Ctrl-C pressed twice)
+  signal_and_hang:POINT  SIGTERM, then hang, as a run stuck in a collective would
+Points: put_data, set_aside:<entry moved>, discard_set_aside. Unset (always, outside tests): no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "KD_JAX_FAULT"
+
+
+def point(name: str) -> None:
+  action, _, where = os.environ.get(ENV, "").partition(":")
+  if where != name:
+    return
+  if action == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+  elif action in ("signal", "signal_twice", "signal_and_hang"):
+    os.kill(os.getpid(), signal.SIGTERM)
+    if action == "signal_twice":
+      os.kill(os.getpid(), signal.SIGTERM)
+    if action == "signal_and_hang":
+      threading.Event().wait()

@@ -1,0 +1,191 @@
+"""The paper's experiments: transfer-set selection, the bias correction and `kd_jax.reproduce`."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import make_tiny_mnist, run_command, snapshot
+from kd_jax import bias_correction, checkpointing, config_lib, data, parallelism, reproduce
+from kd_jax.errors import ConfigError, DataError
+
+
+# ----------------------------------------------------------------------------- transfer sets
+
+
+def test_select_examples_keeps_only_the_listed_classes():
+  labels = np.arange(100) % 10
+  kept = data.select_examples(labels, classes=(7, 8))
+  assert set(labels[kept]) == {7, 8} and len(kept) == 20
+  assert list(data.select_examples(labels)) == list(range(100))  # Empty: every class.
+  assert 3 not in labels[data.select_examples(labels, classes=(0, 1, 2, 4, 5, 6, 7, 8, 9))]
+
+
+def test_subset_is_class_balanced_fixed_by_its_seed_and_within_the_classes():
+  labels = np.random.default_rng(0).integers(0, 10, size=5000)
+  subset = data.select_examples(labels, subset_size=1800, seed=3)
+  assert len(subset) == len(set(subset)) == 1800
+  assert list(np.bincount(labels[subset], minlength=10)) == [180] * 10
+  assert list(subset) == list(data.select_examples(labels, subset_size=1800, seed=3))
+  assert set(subset) != set(data.select_examples(labels, subset_size=1800, seed=4))
+  uneven = data.select_examples(labels, classes=(1, 2, 3), subset_size=11, seed=0)
+  assert list(np.bincount(labels[uneven], minlength=10)[1:4]) == [4, 4, 3]
+  with pytest.raises(DataError, match="only"):
+    data.select_examples(labels, classes=(5,), subset_size=5000)
+
+
+def test_only_the_training_split_is_filtered(tiny_mnist_dir):
+  config = config_lib.base_config()
+  config.data.check_counts = False
+  config.data.validation_size = 80
+  config.data.train_classes = (7, 8)
+  splits = data.load_mnist_from_config(config.data, str(tiny_mnist_dir))
+  assert set(splits.train_labels) == {7, 8}
+  assert set(splits.validation_labels) == set(range(10)) == set(splits.test_labels)
+  assert len(splits.validation_labels) == 80
+
+
+def test_bad_selection_fields_are_config_errors():
+  for field, value in (("train_classes", (3, 3)), ("train_classes", (10,)),
+                       ("train_subset", -1)):
+    config = config_lib.base_config()
+    config.data[field] = value
+    with pytest.raises(ConfigError, match=f"data.{field}"):
+      config_lib.validate(config)
+
+
+def test_runs_saved_before_the_selection_fields_resume_unchanged():
+  saved = config_lib.base_config()
+  for field in ("train_classes", "train_subset", "subset_seed"):
+    del saved.data[field]
+  assert checkpointing.config_differences(saved, config_lib.base_config()) == []
+  changed = config_lib.base_config()
+  changed.data.train_subset = 100
+  assert checkpointing.config_differences(saved, changed) == ["data.train_subset"]
+
+
+# ----------------------------------------------------------------------------- bias correction
+
+
+def test_offset_search_finds_the_bias_that_was_taken_away():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 10, size=400)
+  logits = rng.normal(0, 0.3, size=(2, 400, 10)) + 3 * np.eye(10)[labels]
+  logits[0, :, 3] -= 4.0  # Member 0 learnt class 3 with too low a bias; member 1 did not.
+  offsets, errors = bias_correction.search_offsets(jnp.asarray(logits, jnp.float32),
+                                                   jnp.asarray(labels), (3,))
+  # Member 0's 3s need an offset above ~1 (their 3 logit sits 1 below the rest) and below ~4
+  # (where the 3 logit overtakes every other class's +3); ties go to the smallest |offset|.
+  assert 1.0 < offsets[0] < 4.0 and offsets[1] == 0.0
+  assert list(errors) == [0, 0]
+  shifted = bias_correction.shift_output_bias(
+      {"output": {"bias": jnp.zeros((2, 10))}, "hidden_0": {"bias": jnp.ones((2, 4))}},
+      (7, 8), jnp.asarray([-7.6, 1.0]))
+  np.testing.assert_allclose(shifted["output"]["bias"][:, 7:9], [[-7.6, -7.6], [1.0, 1.0]])
+  assert float(jnp.abs(shifted["output"]["bias"][:, :7]).sum()) == 0.0
+  assert float(shifted["hidden_0"]["bias"].sum()) == 8.0
+
+
+def test_correction_is_tuned_without_the_test_set(tiny_reproduction, tiny_mnist_dir, tmp_path):
+  """Same training data, a scrambled test set: the same offsets and validation figures."""
+  root, _ = tiny_reproduction
+  arrays = make_tiny_mnist()
+  rng = np.random.default_rng(1)
+  arrays["test_images"] = rng.integers(0, 256, arrays["test_images"].shape).astype(np.uint8)
+  arrays["test_labels"] = rng.permutation(arrays["test_labels"])
+  other = tmp_path / "other_test_set"
+  data.write_idx_folder(other, arrays)
+  report = bias_correction.correct_run(root / "mythical" / "distilled", tmp_path / "corrected",
+                                       (3,), mnist_dir=str(other))
+  original = json.loads((root / "mythical" / "corrected" / "bias_correction.json").read_text())
+  for key in ("offsets", "validation_errors_before", "validation_errors_after"):
+    assert report[key] == original[key]
+  assert report["tuned_on"] == "validation" and report["validation_examples"] == 80
+  # The corrected run is a run: its biases moved by exactly the offsets, nothing else.
+  mesh = parallelism.make_mesh()
+  before, _, _ = checkpointing.restore_params(root / "mythical" / "distilled", mesh)
+  after, _, _ = checkpointing.restore_params(tmp_path / "corrected", mesh)
+  moved = np.asarray(after["output"]["bias"] - before["output"]["bias"])
+  np.testing.assert_allclose(moved[:, 3], report["offsets"], atol=1e-6)
+  assert np.abs(np.delete(moved, 3, axis=1)).max() == 0.0
+  np.testing.assert_array_equal(after["hidden_0"]["kernel"], before["hidden_0"]["kernel"])
+
+
+def test_correction_refuses_a_run_without_a_validation_split(tiny_reproduction, tmp_path):
+  root, _ = tiny_reproduction
+  with pytest.raises(ConfigError, match="never on the test set"):
+    bias_correction.correct_run(root / "table" / "distilled", tmp_path / "corrected", (3,))
+  assert not (tmp_path / "corrected").exists()
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction):
+  root, stdout = tiny_reproduction
+  results = json.loads((root / "results.json").read_text())
+  experiments = results["experiments"]
+  assert set(experiments) == {"table", "temperature", "ensemble", "mythical", "only_classes",
+                              "regulariser"}
+  table = experiments["table"]
+  assert table["alone_errors"]["n"] == table["distilled_errors"]["n"] == 2
+  assert table["paper"] == {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
+                            "transfer": 0.91}
+  for sweep in experiments["temperature"]["sizes"].values():
+    assert set(sweep["by_temperature"]) == {"1.0", "4.0"}
+    assert all(s["n"] == 2 for s in sweep["by_temperature"].values())
+    assert sweep["best_temperature"] in (1.0, 4.0)
+  ensemble = experiments["ensemble"]
+  assert ensemble["member_errors"]["n"] == 2
+  assert ensemble["paper"].startswith("No MNIST figure")
+  mythical = experiments["mythical"]
+  assert mythical["class_test_examples"] == 20  # The tiny test set has 20 of each class.
+  assert mythical["corrected_paper"]["offsets"] == [3.5, 3.5]
+  assert experiments["only_classes"]["corrected_paper"]["offsets"] == [-7.6, -7.6]
+  regulariser = experiments["regulariser"]
+  assert regulariser["subset_size"] == 40
+  assert all(1 <= e <= 6 for e in regulariser["hard_subset"]["early_stopping_epochs"])
+  # The subset runs trained on 40 class-balanced images (2 steps of 20 per epoch).
+  records = [json.loads(line) for line in
+             (root / "regulariser" / "soft_subset" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == [2 * e for e in range(1, 7)]
+  assert len(results["claims"]) == 6 and results["machine"]["host_cores"] >= 1
+  markdown = (root / "RESULTS.md").read_text()
+  for heading in ("## 1. The MNIST table", "## 2. Temperature", "## 3. Ensembles",
+                  "## 4. The mythical digit", "## 5. Only 7 and 8", "## 6. Soft targets"):
+    assert heading in markdown
+  assert "| 74 |" in markdown  # The paper's figure beside ours.
+  assert (root / "temperature.png").stat().st_size > 0
+  assert (root / "regulariser.png").stat().st_size > 0
+  assert set(json.loads((root / "timings.json").read_text())) == set(
+      results["wall_time_s"]) and len(results["wall_time_s"]) == 17
+  assert "claims hold" in stdout
+
+
+def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir):
+  root, _ = tiny_reproduction
+  checkpoints = {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)}
+  result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
+                       mnist_dir=tiny_mnist_dir)
+  assert result.stdout.count("is finished; skipped") == 13
+  assert "Bias correction" not in result.stdout  # Finished corrections are kept as they are.
+  assert {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)} == checkpoints
+
+
+def test_profiles_and_their_bad_uses(tmp_path):
+  for profile in ("quick", "paper", "tiny"):
+    config = reproduce.load_config(None, profile)
+    for name, stage in reproduce.training_stages(config, tmp_path).items():
+      config_lib.validate(stage)
+      assert stage.members == (config.teacher.members if name == "teachers" else config.seeds)
+  quick = reproduce.load_config(None, "quick")
+  stages = reproduce.training_stages(quick, tmp_path)
+  assert stages["regulariser/hard_subset"].data.train_subset == 1800
+  assert stages["mythical/distilled"].data.train_classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
+  assert stages["table/distilled"].data.jitter == 0  # The paper's un-jittered transfer set.
+  assert stages["ensemble/distilled"].teacher_members == ()
+  result = run_command("reproduce", "--config=configs/reproduce.py:tiny", "--profile=paper",
+                       f"--workdir={tmp_path}", check=False)
+  assert result.returncode == 2 and "contradicts" in result.stderr
+  assert not list(tmp_path.iterdir())
