@@ -17,7 +17,6 @@ With tensorflow installed, --saved_model also writes OUT/saved_model/ through ja
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 from typing import Any, Callable, Sequence

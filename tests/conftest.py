@@ -6,13 +6,26 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
+import jax
 import numpy as np
 import pytest
 
-from kd_jax import data
+from kd_jax import config_lib, data
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent compilation cache for the session, fresh each time, shared by the in-process
+# runs and every command the tests start: most tests compile the same tiny programs, and XLA's
+# compile time, not training, dominates them. The compiled code is the same, cached or not.
+COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="kd_jax_xla_cache_"),
+                     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+os.environ.update(COMPILATION_CACHE)
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 TINY_OVERRIDES = ["--config.data.check_counts=False", "--config.batch_size=32",
                   "--config.eval_batch_size=40", "--config.num_epochs=2"]
 
@@ -40,6 +53,27 @@ def tiny_mnist_dir(tmp_path_factory) -> pathlib.Path:
   folder = tmp_path_factory.mktemp("tiny_mnist")
   data.write_idx_folder(folder, make_tiny_mnist())
   return folder
+
+
+def tiny_config(mnist_dir, teacher=None, **overrides):
+  """A validated config for the tiny IDX folder, distilling from `teacher` when given; overrides
+  name nested fields with '__' (model__hidden_sizes=(32,))."""
+  config = config_lib.base_config()
+  if teacher is not None:
+    config = config_lib.add_distillation(config, temperature=4.0, alpha=0.7)
+    config.teacher_workdir = str(teacher)
+  config.batch_size = 32
+  config.eval_batch_size = 40
+  config.data.mnist_dir = str(mnist_dir)
+  config.data.check_counts = False
+  for field, value in overrides.items():
+    *parents, name = field.split("__")
+    holder = config
+    for parent in parents:
+      holder = holder[parent]
+    holder[name] = value
+  config_lib.validate(config)
+  return config
 
 
 def snapshot(folder: pathlib.Path) -> dict:
@@ -92,3 +126,9 @@ def tiny_reproduction(tiny_mnist_dir, tmp_path_factory) -> tuple[pathlib.Path, s
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
                        mnist_dir=tiny_mnist_dir, timeout=600)
   return root, result.stdout
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -14,34 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, config_lib, data, evaluation, models, parallelism, trainer
-from conftest import TINY_OVERRIDES, run_command, signal_after_epoch
+from kd_jax import checkpointing, data, evaluation, models, parallelism, trainer
+from conftest import TINY_OVERRIDES, run_command, signal_after_epoch, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
 
 
 def _config(mnist_dir, teacher=None, **overrides):
   """A tiny run: 32 hidden units with dropout and jitter (so masks and data order matter)."""
-  config = config_lib.base_config()
-  if teacher is not None:
-    config = config_lib.add_distillation(config, temperature=4.0, alpha=0.7)
-    config.teacher_workdir = str(teacher)
-  config.num_epochs = 3
-  config.batch_size = 32
-  config.eval_batch_size = 40
-  config.model.hidden_sizes = (32,)
-  config.model.hidden_dropout = 0.2
-  config.data.jitter = 1
-  config.data.mnist_dir = str(mnist_dir)
-  config.data.check_counts = False
-  for field, value in overrides.items():
-    *parents, name = field.split("__")
-    holder = config
-    for parent in parents:
-      holder = holder[parent]
-    holder[name] = value
-  config_lib.validate(config)
-  return config
+  return tiny_config(mnist_dir, teacher, **{"num_epochs": 3, "model__hidden_sizes": (32,),
+                                            "model__hidden_dropout": 0.2, "data__jitter": 1,
+                                            **overrides})
 
 
 def _train(config, workdir):

@@ -4,8 +4,6 @@ data fingerprints, signals and environment failures (issue 8's hostile cases, on
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import jax
@@ -14,31 +12,15 @@ import pytest
 
 from kd_jax import checkpointing, cli, config_lib, data, parallelism, reporting, trainer
 from kd_jax.errors import CheckpointError, ConfigError, DataError
-from conftest import REPO_ROOT, TINY_OVERRIDES, make_tiny_mnist, run_command, snapshot
+from conftest import TINY_OVERRIDES, make_tiny_mnist, run_command, snapshot, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
 STUDENT = ["--config=configs/student.py", *TINY_OVERRIDES, "--config.model.hidden_sizes=(16,)"]
 
 
 def _config(mnist_dir, teacher=None, **overrides):
-  config = config_lib.base_config()
-  if teacher is not None:
-    config = config_lib.add_distillation(config, temperature=4.0, alpha=0.7)
-    config.teacher_workdir = str(teacher)
-  config.num_epochs = 2
-  config.batch_size = 32
-  config.eval_batch_size = 40
-  config.model.hidden_sizes = (16,)
-  config.data.mnist_dir = str(mnist_dir)
-  config.data.check_counts = False
-  for field, value in overrides.items():
-    *parents, name = field.split("__")
-    holder = config
-    for parent in parents:
-      holder = holder[parent]
-    holder[name] = value
-  config_lib.validate(config)
-  return config
+  return tiny_config(mnist_dir, teacher, **{"num_epochs": 2, "model__hidden_sizes": (16,),
+                                            **overrides})
 
 
 def _params(workdir):
