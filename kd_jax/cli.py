@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
+import threading
 import traceback
 from typing import Callable, Sequence
 
@@ -79,6 +81,12 @@ def run(main: Callable[[list[str]], None],
     if not FLAGS.debug and not FLAGS["verbosity"].present:
       # orbax logs every file it writes at INFO and notices at WARNING; ours are printed.
       logging.set_verbosity(logging.ERROR)
+    if not FLAGS.debug:
+      # A failed orbax/tensorstore read leaves worker threads and asyncio tasks that print their
+      # own tracebacks, racing our one-line message; the error reaches us through the main
+      # thread anyway. --debug shows them.
+      threading.excepthook = lambda args: None
+      std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
       os.environ["XLA_FLAGS"] = " ".join(
           [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()

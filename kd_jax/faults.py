@@ -5,6 +5,7 @@ Tests of crash safety and signal handling then hit exact moments instead of raci
   signal:POINT           SIGTERM, as a scheduler preempting the job
   signal_twice:POINT     SIGTERM twice (an impatient scheduler, or Ctrl-C pressed twice)
   signal_and_hang:POINT  SIGTERM, then hang, as a run stuck in a collective would
+  oom:POINT              XLA's out-of-memory error
 Points: put_data, set_aside:<entry moved>, discard_set_aside. Unset (always, outside tests): no-op.
 """
 
@@ -29,3 +30,6 @@ def point(name: str) -> None:
       os.kill(os.getpid(), signal.SIGTERM)
     if action == "signal_and_hang":
       threading.Event().wait()
+  elif action == "oom":
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.00GiB "
+                       "(injected by KD_JAX_FAULT).")

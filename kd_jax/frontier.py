@@ -26,13 +26,6 @@ from absl import flags
 from kd_jax import checkpointing, cli, data, export, plots, reporting, reproduce
 from kd_jax.errors import CheckpointError
 
-_ROOT = flags.DEFINE_string("root", None, "A kd_jax.reproduce workdir.", required=True)
-_OUT = flags.DEFINE_string("out", None, "Folder for frontier.json and frontier.png.",
-                           required=True)
-_CALLS = flags.DEFINE_integer("latency_calls", 500, "Batch-1 calls timed per model.")
-_THROUGHPUT_CALLS = flags.DEFINE_integer("throughput_calls", 20, "Batch-1000 calls per model.")
-
-
 def frontier_models(root: pathlib.Path) -> list[dict[str, Any]]:
   """The models to compare: name, kind, run directory, which member to export (None: all, an
   ensemble) and the members whose test errors it stands for."""
@@ -125,9 +118,17 @@ def write_plot(entries: list[dict[str, Any]], path: pathlib.Path) -> None:
   plots.save(fig, path)
 
 
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so the library imports without them)."""
+  flags.DEFINE_string("root", None, "A kd_jax.reproduce workdir.", required=True)
+  flags.DEFINE_string("out", None, "Folder for frontier.json and frontier.png.", required=True)
+  flags.DEFINE_integer("latency_calls", 500, "Batch-1 calls timed per model.")
+  flags.DEFINE_integer("throughput_calls", 20, "Batch-1000 calls timed per model.")
+
+
 def main(argv):
   del argv
-  root, out = pathlib.Path(_ROOT.value), pathlib.Path(_OUT.value)
+  root, out = pathlib.Path(flags.FLAGS.root), pathlib.Path(flags.FLAGS.out)
   if not (root / "results.json").exists():
     raise CheckpointError(f"{root / 'results.json'} does not exist: run `python -m "
                           f"kd_jax.reproduce --workdir {root}` first.")
@@ -141,7 +142,7 @@ def main(argv):
           jax.default_backend(),), overwrite=True)
     metadata = json.loads((folder / export.METADATA_FILE).read_text())
     report = json.loads((root / entry["run"] / "eval.json").read_text())
-    cost = measure(folder, images, _CALLS.value, _THROUGHPUT_CALLS.value)
+    cost = measure(folder, images, flags.FLAGS.latency_calls, flags.FLAGS.throughput_calls)
     hidden_sizes = checkpointing.load_config(root / entry["run"]).model.hidden_sizes
     cost["flops_per_image"] = matmul_flops(hidden_sizes, len(metadata["members"]))
     entries.append({**entry, "model": metadata["model"],
@@ -163,4 +164,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -132,3 +132,16 @@ def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   import shutil  # pylint: disable=import-outside-toplevel
   shutil.rmtree(COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+SHARED_WORKER = {"test_export": "reproduction", "test_reproduce": "reproduction"}
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups from the markers.
+def pytest_collection_modifyitems(config, items):
+  """With pytest-xdist's loadgroup, a group runs on one worker: one group per test file, the
+  files that read the tiny reproduction in one group (see pyproject's addopts)."""
+  del config
+  for item in items:
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))

@@ -1,7 +1,7 @@
 """End to end on the real MNIST through the real commands (CI points KD_JAX_MNIST_DIR at it).
 
-Teacher -> orbax checkpoint -> distilled student -> evaluation, against the same student trained
-alone for the same budget. Also TFDS preparing MNIST offline from the same files.
+The main job (teacher -> orbax checkpoint -> distilled student -> evaluation, against the same
+student trained alone for the same budget) in one process. Also TFDS preparing MNIST offline from the same files.
 """
 
 import json
@@ -19,26 +19,19 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not MNIST_DIR, reason=f"{data.MNIST_DIR_ENV} is not set"),
 ]
-EPOCHS = "--config.num_epochs=3"  # Enough for the ordering; the suite stays short.
 
 
-def test_teacher_checkpoint_distill_evaluate_beats_student_alone(tmp_path):
-  teacher, distilled, baseline = tmp_path / "teacher", tmp_path / "distilled", tmp_path / "alone"
-  run_command("train", "--config=configs/quick_teacher.py", f"--workdir={teacher}", EPOCHS,
-              mnist_dir=MNIST_DIR, timeout=600)
-  run_command("distill", "--config=configs/quick_distill.py", f"--workdir={distilled}",
-              f"--config.teacher_workdir={teacher}", EPOCHS, mnist_dir=MNIST_DIR, timeout=600)
-  run_command("train", "--config=configs/student.py", f"--workdir={baseline}", EPOCHS,
-              mnist_dir=MNIST_DIR, timeout=600)
-  reports = {}
-  for run in (teacher, distilled, baseline):
-    run_command("evaluate", f"--workdir={run}", mnist_dir=MNIST_DIR)
-    reports[run.name] = json.loads((run / "eval.json").read_text())
-    assert reports[run.name]["num_test_examples"] == 10_000
-  print({name: r["test_errors"] for name, r in reports.items()})
-  assert reports["teacher"]["test_errors"] < 200
-  assert reports["distilled"]["test_errors"] < 200  # A clear floor: under 2% test error.
-  assert reports["distilled"]["test_errors"] < reports["alone"]["test_errors"]
+def test_pipeline_teacher_distilled_beats_student_alone(tmp_path):
+  """The main job on real MNIST, 5 epochs each: teacher, distilled 2x800, the 2x800 alone."""
+  run_command("pipeline", f"--workdir={tmp_path}", "--teacher_config.num_epochs=5",
+              "--student_config.num_epochs=5", mnist_dir=MNIST_DIR, timeout=900)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  print({name: r["test_errors"] for name, r in summary.items()})
+  assert all(r["num_test_examples"] == 10_000 for r in summary.values())
+  assert summary["teacher"]["test_errors"] < 200
+  assert summary["distilled"]["test_errors"] < 200  # A clear floor: under 2% test error.
+  assert summary["distilled"]["test_errors"] < summary["baseline"]["test_errors"]
+  assert (tmp_path / "test_errors.png").stat().st_size > 0
 
 
 def test_tfds_prepares_mnist_offline_from_the_idx_files(tmp_path):
