@@ -159,7 +159,7 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
   assert (root / "temperature.png").stat().st_size > 0
   assert (root / "regulariser.png").stat().st_size > 0
   assert set(json.loads((root / "timings.json").read_text())) == set(
-      results["wall_time_s"]) and len(results["wall_time_s"]) == 17
+      results["wall_time_s"]) and len(results["wall_time_s"]) == 15
   assert "claims hold" in stdout
 
 
@@ -168,7 +168,7 @@ def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir)
   checkpoints = {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)}
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
                        mnist_dir=tiny_mnist_dir)
-  assert result.stdout.count("is finished; skipped") == 13
+  assert result.stdout.count("is finished; skipped") == 11
   assert "Bias correction" not in result.stdout  # Finished corrections are kept as they are.
   assert {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)} == checkpoints
 
