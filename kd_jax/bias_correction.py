@@ -79,7 +79,7 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
     raise ConfigError(f"{source} has no validation split (data.validation_size=0), and the "
                       "offset is tuned on held-out training data, never on the test set: train "
                       "it with --config.data.validation_size=N, or give a fixed offset.")
-  splits = data.load_mnist_from_config(run_config.data, mnist_dir)
+  splits = data.load_dataset(run_config.data, mnist_dir)
   model = models.model_from_config(run_config.model)
   validation_logits = jnp.swapaxes(targets.member_logits(
       model, params, data.normalize(jnp.asarray(splits.validation_images)), member_batch=1), 0, 1)

@@ -438,7 +438,7 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
 def abstract_member_params(model_config: ml_collections.ConfigDict, num_members: int) -> Any:
   """Shapes and dtypes of `num_members` stacked parameter sets of the configured model."""
   model = models.model_from_config(model_config)
-  init = lambda key: model.init(key, jnp.zeros((1, 784)), train=False)["params"]
+  init = lambda key: model.init(key, models.dummy_input(model), train=False)["params"]
   return jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.PRNGKey(0), num_members))
 
 

@@ -24,7 +24,10 @@ LR_SCHEDULES = ("constant", "cosine")
 # Fields added after the first runs were saved: a saved config without one held its default.
 ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_rate",
                 "member_batch", "model.compute_dtype", "data.train_classes", "data.train_subset",
-                "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits")
+                "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits",
+                "data.name", "data.pairs.num_train", "data.pairs.num_validation",
+                "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
+                "class_subsets", "init_workdir")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
 
@@ -50,8 +53,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.hidden_dropout = 0.0
   config.model.max_norm = 0.0  # 0 disables the constraint.
   config.model.compute_dtype = "float32"  # Or "bfloat16" matmuls (parameters stay float32).
+  config.model.input_shape = data.IMAGE_SHAPE  # The dataset's image shape.
+  config.model.num_classes = data.NUM_CLASSES  # The dataset's classes (a specialist's: its own).
 
   config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"  # Or "mnist_pairs" (100 two-digit classes), or "tfds:NAME".
+  config.data.pairs = ml_collections.ConfigDict()  # mnist_pairs: how many pairs, from which seed.
+  config.data.pairs.num_train = 60_000
+  config.data.pairs.num_validation = 10_000  # Drawn from the held-out digits (validation_size).
+  config.data.pairs.num_test = 10_000
+  config.data.pairs.seed = 0
   config.data.mnist_dir = ""  # Empty: $KD_JAX_MNIST_DIR, else tensorflow-datasets.
   config.data.tfds_data_dir = ""  # Empty: TFDS's default (~/tensorflow_datasets).
   config.data.tfds_manual_dir = ""  # The four original .gz files, for TFDS to prepare offline.
@@ -67,6 +78,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1
   config.checkpoint.max_to_keep = 3
+
+  # Specialists (kd_jax.specialists): one member per class subset, each predicting its subset's
+  # classes plus a dustbin, initialised from the run in init_workdir (the generalist).
+  config.class_subsets = ()
+  config.init_workdir = ""
   return config
 
 
@@ -110,6 +126,11 @@ def is_distillation(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get("teacher_workdir"))
 
 
+def is_specialist(config: ml_collections.ConfigDict) -> bool:
+  """A run with class subsets trains specialists: member i knows subset i plus a dustbin."""
+  return bool(config.get("class_subsets"))
+
+
 def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The per-member hyperparameters of a run: the learning rate, and T and alpha to distil."""
   return SWEEPABLE if is_distillation(config) else ("learning_rate",)
@@ -118,16 +139,18 @@ def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def population_members(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The members of the run, in order: every sweep point (temperature, alpha, learning_rate, in
   that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]}.
+  A specialist run has these for every class subset in turn, each with its `subset` index.
 
   Reads saved configs of older runs too (no `members` or `sweep`: one member).
   """
   names = hparam_names(config)
   sweep = config.get("sweep") or {}
   grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
+  subsets = [{"subset": i} for i in range(len(config.get("class_subsets") or ()))] or [{}]
   members = []
-  for point in itertools.product(*grids):
+  for subset, point in itertools.product(subsets, itertools.product(*grids)):
     for offset in range(config.get("members", 1)):
-      members.append({"index": len(members), "seed": config.seed + offset,
+      members.append({"index": len(members), **subset, "seed": config.seed + offset,
                       **{name: float(value) for name, value in zip(names, point)}})
   return members
 
@@ -171,9 +194,41 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("data.validation_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
   check("data.jitter", lambda v: is_int(v) and 0 <= v < 14,
         "an integer number of pixels in [0, 14)")
-  check("data.train_classes", lambda v: isinstance(v, tuple) and len(set(v)) == len(v) and all(
-      is_int(c) and 0 <= c < data.NUM_CLASSES for c in v),
-        f"a tuple of distinct class labels in [0, {data.NUM_CLASSES}) (empty: all classes)")
+  check("model.input_shape", lambda v: isinstance(v, tuple) and len(v) in (2, 3) and all(
+      is_int(s) and s > 0 for s in v), "the dataset's image shape, (H, W) or (H, W, C)")
+  check("model.num_classes", lambda v: is_int(v) and v > 1, "an integer > 1")
+  check("data.name", lambda v: isinstance(v, str) and (v in ("mnist", "mnist_pairs") or (
+      v.startswith("tfds:") and len(v) > 5)), f"one of {data.DATASETS}")
+  for count in ("num_train", "num_validation", "num_test"):
+    check(f"data.pairs.{count}", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+  check("data.pairs.seed", is_int, "an integer")
+  known_shapes = {"mnist": (data.IMAGE_SHAPE, data.NUM_CLASSES),
+                  "mnist_pairs": ((28, 28 * 2), data.PAIR_BASE**2)}
+  if config.data.name in known_shapes:
+    shape, classes = known_shapes[config.data.name]
+    check("model.input_shape", lambda v: tuple(v) == shape,
+          f"{shape}, the shape of {config.data.name} images")
+    if not is_specialist(config):
+      check("model.num_classes", lambda v: v == classes,
+            f"{classes}, the number of {config.data.name} classes")
+  num_classes = known_shapes.get(config.data.name, (None, 2**31))[1]
+  is_classes = lambda v: isinstance(v, tuple) and len(set(v)) == len(v) and all(
+      is_int(c) and 0 <= c < num_classes for c in v)
+  check("data.train_classes", is_classes,
+        "a tuple of distinct class labels of the dataset (empty: all classes)")
+  check("class_subsets", lambda v: isinstance(v, tuple) and all(
+      is_classes(tuple(s)) and s for s in v) and len({c for s in v for c in s}) == sum(
+          len(s) for s in v), "a tuple of disjoint, non-empty tuples of class labels")
+  if is_specialist(config):
+    check("init_workdir", lambda v: isinstance(v, str) and v,
+          "the workdir of the generalist the specialists start from")
+    largest = max(len(s) for s in config.class_subsets)
+    check("model.num_classes", lambda v: v == largest + 1,
+          f"{largest + 1}: the largest class subset's size plus the dustbin")
+    if is_distillation(config):
+      check("soft_loss", lambda v: v == "soft_cross_entropy",
+            "soft_cross_entropy: a specialist's soft targets are probabilities summed into its "
+            "classes and dustbin")
   check("data.train_subset", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: all)")
   check("data.subset_seed", is_int, "an integer")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")

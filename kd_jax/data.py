@@ -1,6 +1,9 @@
-"""MNIST on the host (IDX files or TFDS) and the input pipeline that runs on the device.
+"""Datasets on the host (MNIST IDX files, MNIST pairs, TFDS) and the input pipeline on the device.
 
-The host side reads the whole dataset once as uint8 numpy arrays. Everything per-epoch —
+A config names its dataset (`config.data.name`): "mnist" (the LeCun files or TFDS), "mnist_pairs"
+(100 classes 00..99, two MNIST digits side by side, see `make_pairs`) or "tfds:NAME" (any TFDS
+image classification dataset, e.g. "tfds:cifar100", where TFDS can download it). The host side
+reads the whole dataset once as uint8 numpy arrays. Everything per-epoch —
 shuffling, batching, jitter and normalisation — is a pure JAX function of a PRNG key so it can be
 traced into the compiled epoch (see `kd_jax.steps`).
 """
@@ -25,6 +28,8 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+PAIR_BASE = 10  # mnist_pairs: label = 10 * left digit + right digit.
+DATASETS = ("mnist", "mnist_pairs", "tfds:NAME")
 MNIST_DIR_ENV = "KD_JAX_MNIST_DIR"
 
 # name -> (file stem, IDX magic number, number of records)
@@ -43,8 +48,8 @@ _HOW_TO_GET = (
 
 
 @dataclasses.dataclass(frozen=True)
-class MnistSplits:
-  """Host copies of MNIST as uint8 images [N, 28, 28] and int32 labels [N]."""
+class Splits:
+  """Host copies of a dataset: uint8 images [N, H, W(, C)] and int32 labels [N] per split."""
 
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -53,6 +58,7 @@ class MnistSplits:
   validation_images: np.ndarray
   validation_labels: np.ndarray
   source: str
+  num_classes: int = NUM_CLASSES
 
 
 # ----------------------------------------------------------------------------- host side
@@ -122,26 +128,31 @@ def load_idx_folder(folder: str | os.PathLike, check_counts: bool = True) -> dic
   return arrays
 
 
-def load_tfds(data_dir: str | None = None, manual_dir: str | None = None) -> dict[str, np.ndarray]:
-  """Loads MNIST through tensorflow-datasets (imported here so the IDX path never needs it).
+def load_tfds(data_dir: str | None = None, manual_dir: str | None = None,
+              name: str = "mnist") -> dict[str, np.ndarray]:
+  """Loads a TFDS image classification dataset (MNIST by default) through tensorflow-datasets,
+  imported here so the IDX path never needs it. Single-channel images lose their channel axis.
 
-  With `manual_dir` (a folder of the four original .gz files) TFDS prepares offline.
+  With `manual_dir` (for MNIST: a folder of the four original .gz files) TFDS prepares offline.
   """
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from e
   try:
-    builder = tfds.builder("mnist", data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=download_config)
     splits = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1))
   except Exception as e:  # pylint: disable=broad-except  # TFDS raises many kinds offline.
-    raise DataError(f"tensorflow-datasets could not load MNIST ({one_line(e)}). "
-                    f"{_HOW_TO_GET}") from e
-  arrays = {}
+    raise DataError(f"tensorflow-datasets could not load {'MNIST' if name == 'mnist' else name} "
+                    f"({one_line(e)}). "
+                    f"{_HOW_TO_GET if name == 'mnist' else ''}") from e
+  arrays = {"num_classes": builder.info.features["label"].num_classes}
   for split, examples in zip(("train", "test"), splits):
-    arrays[f"{split}_images"] = examples["image"][..., 0].astype(np.uint8)
+    images = examples["image"]
+    arrays[f"{split}_images"] = (images[..., 0] if images.shape[-1] == 1 else images).astype(
+        np.uint8)
     arrays[f"{split}_labels"] = examples["label"]
   return arrays
 
@@ -152,33 +163,70 @@ def resolve_mnist_dir(config_dir: str | None) -> str | None:
 
 
 def load_mnist(mnist_dir: str | None, validation_size: int = 0, tfds_data_dir: str | None = None,
-               tfds_manual_dir: str | None = None, check_counts: bool = True) -> MnistSplits:
-  """Loads MNIST and carves the last `validation_size` training examples off as validation."""
-  if mnist_dir:
+               tfds_manual_dir: str | None = None, check_counts: bool = True,
+               tfds_name: str = "mnist") -> Splits:
+  """Loads MNIST (or with `tfds_name` another TFDS dataset) and carves the last `validation_size`
+  training examples off as validation."""
+  if mnist_dir and tfds_name == "mnist":
     arrays, source = load_idx_folder(mnist_dir, check_counts), f"idx:{mnist_dir}"
   else:
-    arrays, source = load_tfds(tfds_data_dir, tfds_manual_dir), "tfds"
+    arrays = load_tfds(tfds_data_dir, tfds_manual_dir, tfds_name)
+    source = "tfds" if tfds_name == "mnist" else f"tfds:{tfds_name}"
   train_images, train_labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
   if not 0 <= validation_size < len(train_images):
     raise ConfigError(f"config.data.validation_size={validation_size} is invalid: expected an "
                       f"integer in [0, {len(train_images)}) for this dataset.")
   cut = len(train_images) - validation_size
-  return MnistSplits(
+  return Splits(
       train_images=train_images[:cut], train_labels=train_labels[:cut],
       validation_images=train_images[cut:], validation_labels=train_labels[cut:],
       test_images=arrays["test_images"], test_labels=arrays["test_labels"].astype(np.int32),
-      source=source)
+      source=source, num_classes=arrays.get("num_classes", NUM_CLASSES))
+
+
+def make_pairs(images: np.ndarray, labels: np.ndarray, num_pairs: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`num_pairs` two-digit examples from one pool of MNIST digits: images [N, 28, 56] (left digit
+  beside right digit), labels 10 * left + right in [0, 100), and the pool indices [N, 2] used.
+
+  Both digits are drawn uniformly (with replacement) from the pool by a generator seeded with
+  `seed`, so the same pool and seed give the same pairs on every machine.
+  """
+  if num_pairs and not len(images):
+    raise ConfigError("data.pairs asks for pairs from an empty pool of digits (for validation "
+                      "pairs, set data.validation_size > 0).")
+  indices = np.random.default_rng(seed).integers(0, len(images), size=(num_pairs, 2))
+  pair_images = np.concatenate([images[indices[:, 0]], images[indices[:, 1]]], axis=2)
+  pair_labels = (PAIR_BASE * labels[indices[:, 0]] + labels[indices[:, 1]]).astype(np.int32)
+  return pair_images, pair_labels, indices
+
+
+def mnist_pairs(digits: Splits, pairs_config) -> Splits:
+  """The 100-class two-digit dataset: training pairs only from MNIST's training digits,
+  validation pairs only from the held-out training digits, test pairs only from its test digits
+  (so no MNIST image is in two splits). Each split has its own seed (pairs.seed + 0, 1, 2)."""
+  made = {}
+  for offset, split in enumerate(("train", "validation", "test")):
+    made[split] = make_pairs(getattr(digits, f"{split}_images"),
+                             getattr(digits, f"{split}_labels"),
+                             pairs_config[f"num_{split}"], pairs_config.seed + offset)
+  return Splits(
+      train_images=made["train"][0], train_labels=made["train"][1],
+      validation_images=made["validation"][0], validation_labels=made["validation"][1],
+      test_images=made["test"][0], test_labels=made["test"][1],
+      source=f"mnist_pairs(seed {pairs_config.seed}) of {digits.source}",
+      num_classes=PAIR_BASE**2)
 
 
 def select_examples(labels: np.ndarray, classes: tuple[int, ...] = (), subset_size: int = 0,
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, num_classes: int = NUM_CLASSES) -> np.ndarray:
   """Indices (sorted) of the examples whose label is in `classes` (empty: all), then, with
   `subset_size`, a class-balanced subset of that many drawn from `seed`.
 
   Balanced means each kept class gets subset_size // len(classes) examples, the first
   subset_size % len(classes) classes one more; a class with too few examples is an error.
   """
-  kept_classes = tuple(classes) or tuple(range(NUM_CLASSES))
+  kept_classes = tuple(classes) or tuple(range(num_classes))
   indices = np.flatnonzero(np.isin(labels, kept_classes))
   if not subset_size:
     return indices
@@ -195,25 +243,30 @@ def select_examples(labels: np.ndarray, classes: tuple[int, ...] = (), subset_si
   return np.sort(np.concatenate(chosen))
 
 
-def load_mnist_from_config(data_config, mnist_dir: str | None = None) -> MnistSplits:
-  """`load_mnist` with the fields of config.data; `mnist_dir` overrides the configured folder.
+def load_dataset(data_config, mnist_dir: str | None = None) -> Splits:
+  """The dataset config.data names, with its fields; `mnist_dir` overrides the configured folder.
 
   The training split (the transfer set, when distilling) keeps only `data.train_classes` and,
   with `data.train_subset`, a class-balanced subset of it; validation and test stay whole.
   """
+  name = data_config.name
+  tfds_name = name.removeprefix("tfds:") if name.startswith("tfds:") else "mnist"
   splits = load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
                       data_config.validation_size, data_config.tfds_data_dir or None,
-                      data_config.tfds_manual_dir or None, data_config.check_counts)
+                      data_config.tfds_manual_dir or None, data_config.check_counts, tfds_name)
+  if name == "mnist_pairs":
+    splits = mnist_pairs(splits, data_config.pairs)
   classes = tuple(data_config.get("train_classes", ()))
   subset = data_config.get("train_subset", 0)
   if not classes and not subset:
     return splits
-  kept = select_examples(splits.train_labels, classes, subset, data_config.get("subset_seed", 0))
+  kept = select_examples(splits.train_labels, classes, subset, data_config.get("subset_seed", 0),
+                         splits.num_classes)
   return dataclasses.replace(splits, train_images=splits.train_images[kept],
                              train_labels=splits.train_labels[kept])
 
 
-def fingerprint(splits: MnistSplits) -> dict[str, str]:
+def fingerprint(splits: Splits) -> dict[str, str]:
   """sha256 (16 hex digits) of each split's images and labels, as the run used them (after any
   class filter or subset), and where they came from: recorded in a run so that resuming or
   evaluating on other data is noticed."""
@@ -247,25 +300,32 @@ def write_idx_folder(folder: str | os.PathLike, arrays: dict[str, np.ndarray],
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """uint8 [B, 28, 28] -> float32 [B, 784] with MNIST's mean and std."""
+  """uint8 [B, ...] -> float32 [B, features] with MNIST's mean and std.
+
+  Other datasets get the same fixed affine map of [0, 255]: the first Dense layer absorbs any
+  affine input scaling, so only the optimiser's conditioning, not the model, depends on it.
+  """
   flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
   return (flat - MNIST_MEAN) / MNIST_STD
 
 
 def jitter(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
-  """Shifts each image by up to `max_shift` pixels in each direction (pad with 0, random crop).
+  """Shifts each image [H, W(, C)] by up to `max_shift` pixels in each direction (pad with 0,
+  random crop).
 
   This is torchvision's RandomCrop(28, padding=max_shift), as in the reference notebook. Offsets
   are drawn for the whole batch from one key, so the result does not depend on how the batch is
   sharded across devices.
   """
-  chex.assert_rank(images, 3)
+  chex.assert_rank(images, {3, 4})
   if max_shift == 0:
     return images
-  height, width = images.shape[1:]
-  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+  shape = images.shape[1:]
+  channels = ((0, 0),) * (images.ndim - 3)
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + channels)
   offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * max_shift + 1)
-  crop = lambda image, offset: jax.lax.dynamic_slice(image, offset, (height, width))
+  offsets = jnp.pad(offsets, ((0, 0), (0, images.ndim - 3)))
+  crop = lambda image, offset: jax.lax.dynamic_slice(image, offset, shape)
   return jax.vmap(crop)(padded, offsets)
 
 

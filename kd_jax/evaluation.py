@@ -15,10 +15,11 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, config_lib, data, models, parallelism, reporting, steps
-from kd_jax.errors import CheckpointError
+from kd_jax import checkpointing, config_lib, data, models, parallelism, reporting, steps, targets
+from kd_jax.errors import CheckpointError, ConfigError
 
 
 class DeviceSplit(flax.struct.PyTreeNode):
@@ -37,6 +38,30 @@ def put_eval_split(images: np.ndarray, labels: np.ndarray, batch_size: int,
                      num_examples=len(images))
 
 
+def logits_of(model, params: Any, images: jax.Array, batch_size: int, mesh: jax.sharding.Mesh,
+              member_batch: int | None) -> jax.Array:
+  """Eval-mode logits [N, M, C] of M stacked parameter sets on uint8 images [N, ...], any N
+  (padded to whole batches, sharded over the mesh, one compiled scan)."""
+  num_pad = -images.shape[0] % batch_size
+  logits_fn = jax.jit(functools.partial(
+      targets.teacher_logits, teacher=model, batch_size=batch_size, member_batch=member_batch,
+      batch_sharding=parallelism.batch_sharded(mesh)),
+      out_shardings=parallelism.replicated(mesh))
+  padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
+  return logits_fn(params, padded)[:images.shape[0]]
+
+
+def logits_on(workdir: str | pathlib.Path, images: np.ndarray,
+              mesh: jax.sharding.Mesh) -> np.ndarray:
+  """Logits [N, M, C] of every member of the run in `workdir` (latest checkpoint) on `images`."""
+  params, run_config, _ = checkpointing.restore_params(workdir, mesh)
+  num_members = jax.tree.leaves(params)[0].shape[0]
+  return np.array(logits_of(
+      models.model_from_config(run_config.model), params, jnp.asarray(images),
+      parallelism.eval_batch_size(run_config.eval_batch_size, mesh), mesh,
+      parallelism.member_batch(run_config.get("member_batch", 0), num_members)))
+
+
 def _figures(totals: dict[str, Any], num_examples: int) -> dict[str, Any]:
   errors = int(totals["errors"])
   return {"errors": errors, "accuracy": 1.0 - errors / num_examples,
@@ -45,21 +70,25 @@ def _figures(totals: dict[str, Any], num_examples: int) -> dict[str, Any]:
 
 
 def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int,
-                   ensemble: str = "arithmetic"):
+                   ensemble: str = "arithmetic", label_maps: jax.Array | None = None):
   """A jitted (stacked params, split) -> {'members': [figures...], 'ensemble': figures}.
 
-  Figures are host numbers: errors, accuracy, loss, per_class_errors.
+  Figures are host numbers: errors, accuracy, loss, per_class_errors. With `label_maps`
+  (specialists, see `steps.evaluate`) each member is scored on its own classes and 'ensemble' is
+  None.
   """
   evaluate_fn = jax.jit(functools.partial(
       steps.evaluate, model=model, batch_size=batch_size, member_batch=member_batch,
       batch_sharding=parallelism.batch_sharded(mesh), ensemble=ensemble))
 
   def run(member_params: Any, split: DeviceSplit) -> dict[str, Any]:
-    totals = jax.device_get(evaluate_fn(member_params, split.images, split.labels, split.mask))
+    totals = jax.device_get(evaluate_fn(member_params, split.images, split.labels, split.mask,
+                                        label_maps))
     num_members = len(totals["members"]["errors"])
     return {"members": [_figures(steps.take_member(totals["members"], i), split.num_examples)
                         for i in range(num_members)],
-            "ensemble": _figures(totals["ensemble"], split.num_examples)}
+            "ensemble": (_figures(totals["ensemble"], split.num_examples)
+                         if "ensemble" in totals else None)}
 
   return run
 
@@ -69,8 +98,15 @@ def errors_summary(result: dict[str, Any]) -> str:
   errors = [m["errors"] for m in result["members"]]
   if len(errors) == 1:
     return f"{errors[0]}"
-  return (f"best {min(errors)} / mean {statistics.mean(errors):.1f} / ensemble "
-          f"{result['ensemble']['errors']}")
+  ensemble = f" / ensemble {result['ensemble']['errors']}" if result["ensemble"] else ""
+  return f"best {min(errors)} / mean {statistics.mean(errors):.1f}{ensemble}"
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+  """The figures a run is summed up by: its ensemble's, else (one model, or specialists, which
+  have no ensemble) member 0's."""
+  return result["ensemble"] if len(result["members"]) > 1 and result["ensemble"] else (
+      result["members"][0])
 
 
 def _test_report(figures: dict[str, Any]) -> dict[str, Any]:
@@ -88,10 +124,14 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   For a population, eval.json also holds `members` (one dict per member) and `ensemble`; its
   top-level test figures are then the ensemble's. For a single model they are the model's.
   """
+  if config_lib.is_specialist(checkpointing.load_config(workdir)):
+    raise ConfigError(f"{workdir} holds specialists, which predict classes of their own: "
+                      "evaluate them with `python -m kd_jax.specialists --workdir ROOT` (its "
+                      "eval.json holds the generalist's and the combined accuracy).")
   mesh = parallelism.make_mesh()
   params, run_config, step = checkpointing.restore_params(workdir, mesh, step)
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
-  splits = data.load_mnist_from_config(run_config.data, mnist_dir)
+  splits = data.load_dataset(run_config.data, mnist_dir)
   fingerprint = data.fingerprint(splits)
   trained_on = _read_record(workdir, checkpointing.DATA_FILE)
   if trained_on and trained_on.get("test") != fingerprint["test"]:

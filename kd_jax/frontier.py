@@ -132,7 +132,7 @@ def main(argv):
   if not (root / "results.json").exists():
     raise CheckpointError(f"{root / 'results.json'} does not exist: run `python -m "
                           f"kd_jax.reproduce --workdir {root}` first.")
-  splits = data.load_mnist_from_config(checkpointing.load_config(root / "table" / "alone").data)
+  splits = data.load_dataset(checkpointing.load_config(root / "table" / "alone").data)
   images = np.resize(splits.test_images, (1000, *data.IMAGE_SHAPE))
   entries = []
   for entry in frontier_models(root):

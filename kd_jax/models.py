@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax.data import NUM_CLASSES
+from kd_jax.data import IMAGE_SHAPE, NUM_CLASSES
 
 
 DROPOUT_LEVELS = 256  # A dropout decision compares one random byte with a threshold.
@@ -41,7 +42,7 @@ def dropout(key: jax.Array, x: jax.Array, rate: float) -> jax.Array:
 
 
 class MLP(nn.Module):
-  """784 -> hidden_sizes (ReLU, dropout) -> num_classes logits.
+  """Flattened images (784 for MNIST) -> hidden_sizes (ReLU, dropout) -> num_classes logits.
 
   The teacher is MLP((1200, 1200), input_dropout=0.2, hidden_dropout=0.5); students are the same
   module with smaller sizes and usually no dropout.
@@ -49,6 +50,7 @@ class MLP(nn.Module):
 
   hidden_sizes: Sequence[int]
   num_classes: int = NUM_CLASSES
+  input_shape: Sequence[int] = IMAGE_SHAPE  # Of one image; the input is it flattened.
   input_dropout: float = 0.0
   hidden_dropout: float = 0.0
   dtype: Any = jnp.float32  # Of the matmuls and activations; parameters stay float32.
@@ -71,8 +73,15 @@ def compute_dtype(model_config: ml_collections.ConfigDict) -> Any:
   return jnp.dtype(model_config.get("compute_dtype", "float32"))
 
 
+def dummy_input(model: MLP) -> jax.Array:
+  """A batch of one zero input of the model's size, for `model.init`."""
+  return jnp.zeros((1, math.prod(model.input_shape)), jnp.float32)
+
+
 def model_from_config(model_config: ml_collections.ConfigDict) -> MLP:
   return MLP(hidden_sizes=tuple(model_config.hidden_sizes),
+             num_classes=model_config.get("num_classes", NUM_CLASSES),
+             input_shape=tuple(model_config.get("input_shape", IMAGE_SHAPE)),
              input_dropout=float(model_config.input_dropout),
              hidden_dropout=float(model_config.hidden_dropout),
              dtype=compute_dtype(model_config))
@@ -80,7 +89,9 @@ def model_from_config(model_config: ml_collections.ConfigDict) -> MLP:
 
 def describe(model_config: ml_collections.ConfigDict) -> str:
   """A one-line description such as 'MLP 784-1200-1200-10, dropout 0.2/0.5, max-norm 3.5'."""
-  sizes = "-".join(str(s) for s in (784, *model_config.hidden_sizes, NUM_CLASSES))
+  model = model_from_config(model_config)
+  sizes = "-".join(str(s) for s in (math.prod(model.input_shape), *model.hidden_sizes,
+                                    model.num_classes))
   text = f"MLP {sizes}"
   if model_config.input_dropout or model_config.hidden_dropout:
     text += f", dropout {model_config.input_dropout:g}/{model_config.hidden_dropout:g}"

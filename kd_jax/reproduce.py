@@ -262,7 +262,7 @@ def regulariser_results(root: pathlib.Path, config: ml_collections.ConfigDict,
 
 def summarise(root: pathlib.Path, config: ml_collections.ConfigDict,
               reports: dict[str, Any], geometric: dict[str, Any]) -> dict[str, Any]:
-  splits = data.load_mnist_from_config(config.student.data)
+  splits = data.load_dataset(config.student.data)
   class_counts = np.bincount(splits.test_labels, minlength=data.NUM_CLASSES)
   return {
       "table": table_results(reports, config),

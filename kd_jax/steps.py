@@ -56,7 +56,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
 def create_train_state(rng: jax.Array, model: nn.Module,
                        tx: optax.GradientTransformation) -> TrainState:
   init_key, run_key = jax.random.split(rng)
-  params = model.init(init_key, jnp.zeros((1, 784), jnp.float32), train=False)["params"]
+  params = model.init(init_key, models.dummy_input(model), train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=run_key)
 
@@ -101,20 +101,31 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+Sampler = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array], int], jax.Array]
+
+
+def shuffled_batches(key: jax.Array, train_data: dict[str, jax.Array],
+                     hparams: dict[str, jax.Array], batch_size: int) -> jax.Array:
+  """The default `Sampler`: a fresh permutation of the training set in batches [steps, batch]."""
+  del hparams
+  return data.epoch_batch_indices(key, train_data["image"].shape[0], batch_size)
+
+
 def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
                 teacher_params: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
-                max_shift: int,
-                batch_sharding: jax.sharding.Sharding) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One member's pass over the training set as a single lax.scan; returns epoch-mean metrics.
+                max_shift: int, batch_sharding: jax.sharding.Sharding,
+                sampler: Sampler = shuffled_batches) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One member's epoch as a single lax.scan; returns epoch-mean metrics.
 
-  `train_data` maps names to arrays indexed by example ('image' uint8 [N, 28, 28], 'label', and
-  optionally cached 'teacher_logits' [N, M, C]); each batch gathers all of them. Order, jitter and
-  dropout keys are folded from (member key, epoch, step), so a resumed run sees exactly the data
-  and masks an uninterrupted one would.
+  `train_data` maps names to arrays indexed by example ('image' uint8 [N, H, W], 'label', and
+  optionally cached 'teacher_logits' [N, M, C]); each batch gathers all of them, at the indices
+  `sampler(key, train_data, hparams, batch_size)` gives (by default one shuffled pass). Order,
+  jitter and dropout keys are folded from (member key, epoch, step), so a resumed run sees exactly
+  the data and masks an uninterrupted one would.
   """
   epoch_key = jax.random.fold_in(state.rng, epoch)
   order_key, jitter_key, dropout_key = jax.random.split(epoch_key, 3)
-  batch_indices = data.epoch_batch_indices(order_key, train_data["image"].shape[0], batch_size)
+  batch_indices = sampler(order_key, train_data, hparams, batch_size)
 
   def body(state, inputs):
     step_in_epoch, indices = inputs
@@ -163,19 +174,21 @@ def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dic
   """Sums (not means) over the real examples of a padded batch, so totals add up exactly."""
   nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
   wrong = (jnp.argmax(log_probs, -1) != labels) & mask
-  per_class = jnp.zeros(data.NUM_CLASSES, jnp.int32).at[labels].add(wrong.astype(jnp.int32))
+  per_class = jnp.zeros(log_probs.shape[-1], jnp.int32).at[labels].add(wrong.astype(jnp.int32))
   return {"loss_sum": jnp.sum(jnp.where(mask, nll, 0.0)), "errors": jnp.sum(wrong),
           "per_class_errors": per_class}
 
 
-def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array, *,
-             model: nn.Module, batch_size: int, member_batch: int,
-             batch_sharding: jax.sharding.Sharding,
+def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
+             label_maps: jax.Array | None = None, *, model: nn.Module, batch_size: int,
+             member_batch: int, batch_sharding: jax.sharding.Sharding,
              ensemble: str = "arithmetic") -> dict[str, dict[str, jax.Array]]:
   """Totals of `eval_counts` over a split padded to a multiple of `batch_size`.
 
   `member_params` are stacked [P, ...]; returns {'members': totals with a leading [P] axis,
-  'ensemble': totals of the members' averaged probabilities}.
+  'ensemble': totals of the members' averaged probabilities}. With `label_maps` [P, C] (members
+  that predict classes of their own, e.g. specialists) member p is scored on label_maps[p][labels]
+  and there is no ensemble.
   """
   num_batches = images.shape[0] // batch_size
 
@@ -184,18 +197,22 @@ def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax
         jax.lax.with_sharding_constraint(x, batch_sharding) for x in inputs]
     logits = targets.member_logits(model, member_params, data.normalize(batch_images),
                                    member_batch)
-    counts = {
-        "members": jax.vmap(eval_counts, in_axes=(1, None, None))(
-            jax.nn.log_softmax(logits), batch_labels, batch_mask),
-        "ensemble": eval_counts(ensemble_log_probabilities(logits, ensemble), batch_labels,
-                                batch_mask)}
+    if label_maps is not None:
+      counts = {"members": jax.vmap(eval_counts, in_axes=(1, 0, None))(
+          jax.nn.log_softmax(logits), label_maps[:, batch_labels], batch_mask)}
+    else:
+      counts = {
+          "members": jax.vmap(eval_counts, in_axes=(1, None, None))(
+              jax.nn.log_softmax(logits), batch_labels, batch_mask),
+          "ensemble": eval_counts(ensemble_log_probabilities(logits, ensemble), batch_labels,
+                                  batch_mask)}
     return jax.tree.map(jnp.add, totals, counts), None
 
   split = lambda x: x.reshape((num_batches, batch_size) + x.shape[1:])
   num_members = jax.tree.leaves(member_params)[0].shape[0]
   zeros = {"loss_sum": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
-           "per_class_errors": jnp.zeros(data.NUM_CLASSES, jnp.int32)}
+           "per_class_errors": jnp.zeros(model.num_classes, jnp.int32)}
   zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype), zeros),
-           "ensemble": zeros}
+           **({"ensemble": zeros} if label_maps is None else {})}
   totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask)))
   return totals

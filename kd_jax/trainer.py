@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kd_jax import (checkpointing, config_lib, data, evaluation, faults, losses, models,
-                    parallelism, preemption, reporting, steps, targets)
+                    parallelism, preemption, reporting, specialist_lib, steps, targets)
 from kd_jax.errors import (CheckpointError, ConfigError, CorruptCheckpointError, DataError,
                            TrainingDivergedError)
 
@@ -41,7 +41,10 @@ class RunSetup:
 
 def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
   faults.point("put_data")
-  splits = data.load_mnist_from_config(config.data)
+  splits = data.load_dataset(config.data)
+  if tuple(splits.train_images.shape[1:]) != tuple(config.model.input_shape):
+    raise ConfigError(f"config.model.input_shape={tuple(config.model.input_shape)} does not match "
+                      f"the images of {splits.source}, {splits.train_images.shape[1:]}.")
   eval_batch = parallelism.eval_batch_size(config.eval_batch_size, mesh)
   eval_splits = {"test": evaluation.put_eval_split(splits.test_images, splits.test_labels,
                                                    eval_batch, mesh)}
@@ -98,14 +101,9 @@ def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: 
   if config.data.jitter or not config.cache_teacher_logits:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), params, None)
   start = time.perf_counter()
-  batch_size = parallelism.eval_batch_size(config.eval_batch_size, mesh)
-  num_pad = -train_images.shape[0] % batch_size
-  logits_fn = jax.jit(functools.partial(
-      targets.teacher_logits, teacher=teacher, batch_size=batch_size,
-      member_batch=member_batch, batch_sharding=parallelism.batch_sharded(mesh)),
-      out_shardings=parallelism.replicated(mesh))
-  padded_images = jnp.pad(train_images, ((0, num_pad), (0, 0), (0, 0)))
-  logits = jax.block_until_ready(logits_fn(params, padded_images)[:train_images.shape[0]])
+  logits = jax.block_until_ready(evaluation.logits_of(
+      teacher, params, train_images, parallelism.eval_batch_size(config.eval_batch_size, mesh),
+      mesh, member_batch))
   reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images in "
                 f"{time.perf_counter() - start:.1f}s.")
   return Teacher(targets.cached_targets, None, logits)
@@ -123,7 +121,8 @@ def init_population(model: nn.Module, tx, members: list[dict[str, Any]],
 
 def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module,
                   optimizer: steps.Optimizer, loss_fn: losses.LossFn,
-                  targets_fn: targets.TargetsFn, mesh: jax.sharding.Mesh, member_batch: int):
+                  targets_fn: targets.TargetsFn, mesh: jax.sharding.Mesh, member_batch: int,
+                  sampler: steps.Sampler = steps.shuffled_batches):
   """The jitted population epoch (state donated): (state, train_data, hparams, teacher_params,
   epoch) -> (state, per-member metrics)."""
   step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
@@ -132,15 +131,41 @@ def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module,
   return jax.jit(
       functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
                         batch_size=config.batch_size, max_shift=config.data.jitter,
-                        batch_sharding=parallelism.batch_sharded(mesh)),
+                        batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler),
       out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
 
 
 def member_hparams(config: ml_collections.ConfigDict,
                    members: list[dict[str, Any]]) -> dict[str, jax.Array]:
-  """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch."""
-  return {name: jnp.asarray([m[name] for m in members], jnp.float32)
-          for name in config_lib.hparam_names(config)}
+  """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch; specialists add
+  their `class_map` i32[P, C] (see `specialist_lib.class_maps`)."""
+  hparams = {name: jnp.asarray([m[name] for m in members], jnp.float32)
+             for name in config_lib.hparam_names(config)}
+  if config_lib.is_specialist(config):
+    maps = specialist_class_maps(config)
+    hparams["class_map"] = jnp.asarray(maps[[m["subset"] for m in members]])
+  return hparams
+
+
+def specialist_class_maps(config: ml_collections.ConfigDict) -> np.ndarray:
+  """[subsets, C] class maps of a specialist run; C from the dataset the generalist learnt."""
+  generalist = checkpointing.load_config(config.init_workdir)
+  return specialist_lib.class_maps([tuple(s) for s in config.class_subsets],
+                                   generalist.model.num_classes)
+
+
+def start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainState,
+                          members: list[dict[str, Any]],
+                          mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """Specialists' parameters from the generalist in config.init_workdir (its member 0); the
+  optimizer state (Adam's zero moments) and keys stay as initialised."""
+  generalist, _, step = checkpointing.restore_params(config.init_workdir, mesh)
+  generalist = steps.take_member(generalist, 0)
+  reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step {step}).")
+  params = steps.stack_members([
+      specialist_lib.specialist_params(generalist, tuple(config.class_subsets[m["subset"]]),
+                                       config.model.num_classes) for m in members])
+  return state.replace(params=jax.device_put(params, parallelism.replicated(mesh)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -196,19 +221,30 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
     if teacher.cached_logits is not None:
       setup = setup.replace(train_data={**setup.train_data,
                                         "teacher_logits": teacher.cached_logits})
+  sampler, label_maps = steps.shuffled_batches, None
+  if config_lib.is_specialist(config):
+    dustbin = config.model.num_classes - 1
+    loss_fn = specialist_lib.specialist_loss(loss_fn, config.model.num_classes,
+                                             soft_targets=config_lib.is_distillation(config))
+    sampler = specialist_lib.half_subset_batches(dustbin)
+    label_maps = jax.device_put(jnp.asarray(specialist_class_maps(config)[
+        [m["subset"] for m in members]]), replicated)
   mismatch = checkpointing.run_mismatch(workdir, config, records)
   if mismatch and not overwrite and not (restart_on_new_teacher
                                          and mismatch.startswith("a different teacher")):
     _refuse_mismatch(workdir, mismatch)
 
   state = init_population(model, optimizer(config.learning_rate), members, mesh)
+  if config_lib.is_specialist(config):
+    state = start_from_generalist(config, state, members, mesh)
   hparams = jax.device_put(member_hparams(config, members), replicated)
   if mismatch:  # Every check passed: only now is the old run moved out of the way.
     checkpointing.set_aside(workdir)
   checkpointing.discard_partial_checkpoints(workdir)
   manager, state, start_epoch = _resume(workdir, config, state, replicated)
   evaluator = evaluation.make_evaluator(
-      model, parallelism.eval_batch_size(config.eval_batch_size, mesh), mesh, member_batch)
+      model, parallelism.eval_batch_size(config.eval_batch_size, mesh), mesh, member_batch,
+      label_maps=label_maps)
   if start_epoch >= config.num_epochs:
     reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
                   f"(checkpoint step {int(state.step[0])}); nothing to train.")
@@ -224,7 +260,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
     epoch_fn = make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
-                             member_batch)
+                             member_batch, sampler)
     loop = EpochLoop(config=config, workdir=workdir, setup=setup, hparams=hparams,
                      teacher_params=teacher.params, evaluator=evaluator, manager=manager,
                      writer=writer)
@@ -236,13 +272,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
   manager.close()
 
   step = int(state.step[0])
-  figures = test["ensemble"] if len(members) > 1 else test["members"][0]
+  figures = evaluation.headline(test)
   summary = {"test_errors": figures["errors"], "test_accuracy": figures["accuracy"],
              "step": step,
              "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(step)).absolute())}
   reporting.say(f"Done: {evaluation.errors_summary(test)} test errors "
                 f"({100 * summary['test_accuracy']:.2f}% accuracy"
-                f"{' of the ensemble' if len(members) > 1 else ''}) after {config.num_epochs} "
+                f"{' of the ensemble' if len(members) > 1 and test['ensemble'] else ''}) after "
+                f"{config.num_epochs} "
                 f"epochs. Checkpoint: {summary['checkpoint']}")
   return summary
 
@@ -259,7 +296,7 @@ def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[s
     for figure in ("loss", "errors", "accuracy"):
       values = [m[figure] for m in result["members"]]
       record[f"{split}_{figure}"] = values[0] if single else values
-      if not single:
+      if not single and result["ensemble"]:
         record[f"ensemble_{split}_{figure}"] = result["ensemble"][figure]
   return record
 
@@ -310,14 +347,14 @@ class EpochLoop:
         bar.set_postfix(loss=f"{mean_loss:.4f}", test_errors=test_errors)
         if reporting.is_main_process():
           bar.write(f"epoch {epoch + 1:3d}  train_loss {mean_loss:.4f}  test_loss "
-                    f"{results['test']['ensemble']['loss']:.4f}  test_errors {test_errors}  "
+                    f"{evaluation.headline(results['test'])['loss']:.4f}  test_errors {test_errors}  "
                     f"time {epoch_time:.1f}s")
         stopping = guard.requested()
         if (stopping or epoch + 1 == config.num_epochs
             or (epoch + 1) % config.checkpoint.every_epochs == 0):
           checkpointing.save(self.manager, int(state.step[0]), state.params, _resume_item(state),
                              {"epoch": epoch + 1,
-                              "test_errors": results["test"]["ensemble"]["errors"]})
+                              "test_errors": evaluation.headline(results["test"])["errors"]})
         if stopping and epoch + 1 < config.num_epochs:
           raise preemption.Preempted(
               f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "

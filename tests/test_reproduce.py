@@ -40,7 +40,7 @@ def test_only_the_training_split_is_filtered(tiny_mnist_dir):
   config.data.check_counts = False
   config.data.validation_size = 80
   config.data.train_classes = (7, 8)
-  splits = data.load_mnist_from_config(config.data, str(tiny_mnist_dir))
+  splits = data.load_dataset(config.data, str(tiny_mnist_dir))
   assert set(splits.train_labels) == {7, 8}
   assert set(splits.validation_labels) == set(range(10)) == set(splits.test_labels)
   assert len(splits.validation_labels) == 80
