@@ -36,7 +36,11 @@ def get_config(profile: str = "default") -> ml_collections.ConfigDict:
   config.temperature = 2.0  # With soft_targets.
   config.alpha = 0.5  # With soft_targets: the weight of the soft term.
   # Inference: specialists whose subset holds one of the generalist's top_n classes are active.
-  config.top_n = 1
+  config.top_n = 1  # The paper's n.
+  config.top_n_sweep = (1, 2, 3)  # Also reported.
+  # The dustbin offset of the headline: "oversampling" (the paper's rule) or "validation" (tuned
+  # per specialist on the validation split); both are reported.
+  config.dustbin_offset = "oversampling"
   config.combine_steps = 200
   config.combine_learning_rate = 0.5
 
@@ -53,6 +57,7 @@ def get_config(profile: str = "default") -> ml_collections.ConfigDict:
     config.num_clusters = 6
     config.specialist_epochs = 1
     config.combine_steps = 50
+    config.top_n_sweep = (1, 2)
   elif profile != "default":
     raise ValueError(f"Unknown profile {profile!r}: default or tiny.")
   return config

@@ -195,7 +195,8 @@ def combine(generalist_probs: jax.Array, specialist_probs: jax.Array, active: ja
   generalist_probs [B, C]; specialist_probs [B, M, S] over each specialist's outputs (dustbin
   last); q_m is q summed into specialist m's outputs. q = softmax(z), z starting at log p_g,
   optimised by Adam on the sum over examples (the examples are independent, so this is each
-  example's own descent), all in one compiled loop.
+  example's own descent), all in one compiled loop. An example with no active specialist keeps
+  p_g exactly (Adam would turn rounding noise in its zero gradient into steps).
   """
   num_outputs = specialist_probs.shape[-1]
   to_local = jax.nn.one_hot(maps, num_outputs)  # [M, C, S]
@@ -218,4 +219,4 @@ def combine(generalist_probs: jax.Array, specialist_probs: jax.Array, active: ja
     return (optax.apply_updates(z, updates), opt_state), None
 
   (z, _), _ = jax.lax.scan(step, (z, optimizer.init(z)), None, length=num_steps)
-  return jax.nn.softmax(z)
+  return jnp.where(active.any(axis=1, keepdims=True), jax.nn.softmax(z), generalist_probs)

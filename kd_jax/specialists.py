@@ -27,8 +27,8 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from kd_jax import (checkpointing, cli, config_lib, data, evaluation, parallelism, reporting,
-                    specialist_lib, trainer)
+from kd_jax import (bias_correction, checkpointing, cli, config_lib, data, evaluation,
+                    parallelism, reporting, specialist_lib, trainer)
 from kd_jax.errors import ConfigError
 
 # The paper's own figures (JFT, section 5), typed in; everything else is measured.
@@ -36,6 +36,9 @@ PAPER = {"dataset": "JFT (15,000 classes, 100M images)", "num_specialists": 61,
          "generalist_top1": 0.250, "combined_top1": 0.261,
          "by_coverage": "Relative accuracy gains grow with the number of specialists covering the "
                         "correct class (Table 4)."}
+# How a specialist's dustbin logit is raised after training: by the log of its oversampling
+# factor (the paper's rule), by the offset that suits it best on the validation split, or not.
+OFFSET_RULES = ("oversampling", "validation", "none")
 
 
 def define_flags() -> flags.FlagHolder:
@@ -57,6 +60,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                     ("top_n", 1), ("combine_steps", 1)):
     if not isinstance(config[name], int) or config[name] < low:
       raise ConfigError(f"config.{name}={config[name]!r} is invalid: expected an integer >= {low}.")
+  if config.dustbin_offset not in OFFSET_RULES:
+    raise ConfigError(f"config.dustbin_offset={config.dustbin_offset!r} is invalid: expected one "
+                      f"of {OFFSET_RULES}.")
+  if not all(isinstance(n, int) and n >= 1 for n in config.top_n_sweep):
+    raise ConfigError(f"config.top_n_sweep={config.top_n_sweep!r} is invalid: expected a tuple "
+                      "of integers >= 1.")
 
 
 def specialist_config(config: ml_collections.ConfigDict, root: pathlib.Path,
@@ -64,6 +73,7 @@ def specialist_config(config: ml_collections.ConfigDict, root: pathlib.Path,
   """The specialists' run: the generalist's config with the subsets, its own epochs and rate,
   and (with soft targets) the generalist as teacher."""
   run = config.generalist.copy_and_resolve_references()
+  run.unlock()
   run.class_subsets = tuple(tuple(s) for s in subsets)
   run.init_workdir = str(root / "generalist")
   run.model.num_classes = max(len(s) for s in subsets) + 1
@@ -120,71 +130,115 @@ def coverage_table(covering: np.ndarray, generalist_right: np.ndarray,
   return rows
 
 
-def combined_evaluation(config: ml_collections.ConfigDict, generalist_logits: np.ndarray,
-                        specialists: pathlib.Path, clusters: dict[str, Any], splits: data.Splits,
-                        mesh: jax.sharding.Mesh) -> dict[str, Any]:
-  """Test accuracy of the generalist combined with the specialists in `specialists`."""
-  subsets = [tuple(s) for s in clusters["subsets"]]
-  maps = jnp.asarray(specialist_lib.class_maps(subsets, splits.num_classes))
-  dustbin = max(len(s) for s in subsets)
-  special_logits = evaluation.logits_on(specialists, splits.test_images, mesh)
-  special_logits[..., dustbin] += np.asarray(clusters["dustbin_offsets"])[None]
-  generalist_probs = jax.nn.softmax(generalist_logits)
-  active = specialist_lib.active_specialists(generalist_probs, maps, dustbin, config.top_n)
+def tuned_offsets(logits: np.ndarray, labels: np.ndarray, maps: np.ndarray) -> np.ndarray:
+  """Per specialist, the dustbin offset with the most right answers on its own task (its classes
+  and the dustbin) on held-out data of natural class frequencies (see
+  `bias_correction.search_offsets`; ties go to the smallest offset)."""
+  dustbin = logits.shape[-1] - 1
+  return np.array([bias_correction.search_offsets(logits[None, :, m], maps[m, labels],
+                                                  (dustbin,))[0][0]
+                   for m in range(len(maps))], np.float32)
+
+
+def combined_accuracy(config: ml_collections.ConfigDict, generalist_probs: jax.Array,
+                      special_logits: np.ndarray, offsets: np.ndarray, maps: np.ndarray,
+                      labels: np.ndarray, top_n: int) -> dict[str, Any]:
+  """Test accuracy of the generalist combined with specialists whose dustbin logits are raised
+  by `offsets`, activating those that hold one of the generalist's `top_n` classes."""
+  dustbin = special_logits.shape[-1] - 1
+  special_logits = special_logits.copy()
+  special_logits[..., dustbin] += offsets[None]
+  active = specialist_lib.active_specialists(generalist_probs, jnp.asarray(maps), dustbin, top_n)
   combine = jax.jit(lambda *args: specialist_lib.combine(
-      *args, maps, config.combine_steps, config.combine_learning_rate))
-  chunk = 2000
-  num = len(splits.test_labels)
+      *args, jnp.asarray(maps), config.combine_steps, config.combine_learning_rate))
+  chunk, num = 2000, len(labels)
   pad = lambda x: jnp.pad(x, [(0, -num % chunk)] + [(0, 0)] * (x.ndim - 1))
   inputs = [pad(x) for x in (generalist_probs, jax.nn.softmax(special_logits), active)]
   combined = np.concatenate([np.asarray(combine(*(x[i:i + chunk] for x in inputs)))
                              for i in range(0, num + -num % chunk, chunk)])[:num]
-  labels = splits.test_labels
-  generalist_right = np.argmax(generalist_logits, -1) == labels
-  combined_right = combined.argmax(-1) == labels
-  covering = np.sum(np.asarray(active) & (np.asarray(maps)[:, labels].T != dustbin), axis=1)
-  local_right = [np.mean(np.argmax(special_logits[:, m], -1)[np.asarray(maps)[m, labels] !=
-                                                                dustbin] ==
-                         np.asarray(maps)[m, labels][np.asarray(maps)[m, labels] != dustbin])
-                 for m in range(len(subsets))]
-  return {"combined_test_accuracy": float(combined_right.mean()),
-          "combined_test_errors": int((~combined_right).sum()),
-          "examples_with_active_specialist": int(np.asarray(active).any(1).sum()),
-          "mean_active_specialists": float(np.asarray(active).sum(1).mean()),
-          "specialist_accuracy_on_own_classes": [float(a) for a in local_right],
-          "by_coverage": coverage_table(covering, generalist_right, combined_right)}
+  right = combined.argmax(-1) == labels
+  active = np.asarray(active)
+  covering = np.sum(active & (maps[:, labels].T != dustbin), axis=1)
+  local_right = [np.mean(np.argmax(special_logits[:, m], -1) == maps[m, labels])
+                 for m in range(len(maps))]
+  return {"top_n": top_n, "combined_test_accuracy": float(right.mean()),
+          "combined_test_errors": int((~right).sum()),
+          "mean_active_specialists": float(active.sum(1).mean()),
+          "specialist_test_accuracy_on_own_task": [float(a) for a in local_right],
+          "by_coverage": coverage_table(covering, np.argmax(generalist_probs, -1) == labels,
+                                        right)}
+
+
+def evaluate_variant(config: ml_collections.ConfigDict, generalist_probs: jax.Array,
+                     specialists: pathlib.Path, clusters: dict[str, Any], splits: data.Splits,
+                     mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """One set of specialists combined with the generalist, under each dustbin offset rule (the
+  paper's log oversampling factor; tuned on the validation split) and each n of top_n_sweep."""
+  maps = specialist_lib.class_maps([tuple(s) for s in clusters["subsets"]], splits.num_classes)
+  offsets = {"oversampling": np.asarray(clusters["dustbin_offsets"], np.float32),
+             "validation": tuned_offsets(
+                 evaluation.logits_on(specialists, splits.validation_images, mesh),
+                 splits.validation_labels, maps),
+             "none": np.zeros(len(maps), np.float32)}
+  test_logits = evaluation.logits_on(specialists, splits.test_images, mesh)
+  variant = {}
+  for rule in OFFSET_RULES:
+    result = combined_accuracy(config, generalist_probs, test_logits, offsets[rule], maps,
+                               splits.test_labels, config.top_n)
+    result["dustbin_offsets"] = offsets[rule].tolist()
+    result["errors_by_top_n"] = {
+        n: (result["combined_test_errors"] if n == config.top_n else combined_accuracy(
+            config, generalist_probs, test_logits, offsets[rule], maps, splits.test_labels,
+            n)["combined_test_errors"]) for n in config.top_n_sweep}
+    variant[rule] = result
+  return variant
 
 
 def render_markdown(report: dict[str, Any]) -> str:
   """RESULTS.md: clusters, accuracies and the coverage table, ours beside the paper's."""
+  machine = report["machine"]
   lines = ["# Specialists for confusable classes (paper section 5)", "",
-           f"Dataset: {report['dataset']}. Machine: {report['machine']['device']} "
-           f"({report['machine']['host_cpu']}, {report['machine']['host_cores']} cores, jax "
-           f"{report['machine']['jax']}); code {report['code_version']}; wall time "
-           f"{report['wall_time_s'] / 60:.1f} min.", "",
+           f"Dataset: {report['dataset']} ({report['num_test_examples']} test pairs). Machine: "
+           f"{machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, jax "
+           f"{machine['jax']}); code {report['code_version']}. Wall time: "
+           + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in
+                       report["wall_time_s"].items())
+           + f". Headline: {report['headline']}.", "",
            "## Clusters found (k-means on the generalist's prediction covariance)", ""]
   lines += [f"- {len(s)} classes: {', '.join(f'{c:02d}' for c in s)}" for s in report["subsets"]]
-  lines += ["", "## Test accuracy", "", "| model | top-1 accuracy | errors |", "|---|---|---|",
-            f"| generalist | {100 * report['generalist_test_accuracy']:.2f}% | "
-            f"{report['generalist_test_errors']} |"]
+  top_ns = list(next(iter(report["variants"].values()))["oversampling"]["errors_by_top_n"])
+  lines += ["", "## Test accuracy", "",
+            f"Top-1 accuracy at n = {report['top_n']} (specialists active when they hold one of "
+            "the generalist's top n classes); errors for other n beside it.", "",
+            "| model | dustbin offset | top-1 accuracy | errors | "
+            + " | ".join(f"errors, n={n}" for n in top_ns) + " |",
+            "|---|---|---|---|" + "---|" * len(top_ns),
+            f"| generalist | | {100 * report['generalist_test_accuracy']:.2f}% | "
+            f"{report['generalist_test_errors']} |" + " |" * len(top_ns)]
   for name, variant in report["variants"].items():
-    lines.append(f"| generalist + {len(report['subsets'])} specialists ({name}) | "
-                 f"{100 * variant['combined_test_accuracy']:.2f}% | "
-                 f"{variant['combined_test_errors']} |")
+    for rule, result in variant.items():
+      lines.append(f"| + {report['num_specialists']} specialists ({name}) | {rule} | "
+                   f"{100 * result['combined_test_accuracy']:.2f}% | "
+                   f"{result['combined_test_errors']} | "
+                   + " | ".join(str(e) for e in result["errors_by_top_n"].values()) + " |")
   lines += [f"| paper, JFT: generalist / + {PAPER['num_specialists']} specialists | "
-            f"{100 * PAPER['generalist_top1']:.1f}% / {100 * PAPER['combined_top1']:.1f}% | |", ""]
+            f"oversampling | {100 * PAPER['generalist_top1']:.1f}% / "
+            f"{100 * PAPER['combined_top1']:.1f}% | |" + " |" * len(top_ns), ""]
   for name, variant in report["variants"].items():
-    lines += [f"## By specialists covering the true class ({name}; the paper's Table 4 layout)",
-              "", "| covering | test examples | generalist correct | combined correct | delta | "
-              "relative change |", "|---|---|---|---|---|---|"]
-    for row in variant["by_coverage"]:
-      change = row["relative_accuracy_change"]
-      lines.append(f"| {row['covering_specialists']} | {row['test_examples']} | "
-                   f"{row['generalist_correct']} | {row['combined_correct']} | "
-                   f"{row['delta_correct']:+d} | "
-                   f"{'' if change is None else f'{100 * change:+.2f}%'} |")
-    lines.append("")
-  lines += [f"Paper: {PAPER['by_coverage']}", ""]
+    for rule, result in variant.items():
+      lines += [f"## By specialists covering the true class ({name}, {rule} offsets, n = "
+                f"{report['top_n']}; the paper's Table 4 layout)", "",
+                "| covering | test examples | generalist correct | combined correct | delta | "
+                "relative change |", "|---|---|---|---|---|---|"]
+      for row in result["by_coverage"]:
+        change = row["relative_accuracy_change"]
+        lines.append(f"| {row['covering_specialists']} | {row['test_examples']} | "
+                     f"{row['generalist_correct']} | {row['combined_correct']} | "
+                     f"{row['delta_correct']:+d} | "
+                     f"{'' if change is None else f'{100 * change:+.2f}%'} |")
+      lines.append("")
+  lines += [f"Paper: {PAPER['by_coverage']} With disjoint clusters at most one active "
+            "specialist covers the true class here.", ""]
   return "\n".join(lines)
 
 
@@ -194,21 +248,35 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
   validate(config)
   start = time.perf_counter()
   mesh = parallelism.make_mesh()
+  timings_path = root / "timings.json"
+  timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+
+  def timed(stage: str, run_config: ml_collections.ConfigDict, **kwargs) -> None:
+    """Trains a stage; its wall time is recorded when it had work to do."""
+    if checkpointing.finished_step(root / stage, run_config) is not None:
+      trainer.train_and_evaluate(run_config, root / stage, **kwargs)
+      return
+    stage_start = time.perf_counter()
+    trainer.train_and_evaluate(run_config, root / stage, **kwargs)
+    timings[stage] = time.perf_counter() - stage_start
+    reporting.write_json(timings_path, timings)
+
   reporting.say("== 1/4 generalist ==")
-  trainer.train_and_evaluate(config.generalist, root / "generalist", overwrite)
+  timed("generalist", config.generalist, overwrite=overwrite)
   splits = data.load_dataset(config.generalist.data)
   reporting.say("== 2/4 clusters ==")
   clusters = find_clusters(config, root, splits, mesh)
   subsets = [tuple(s) for s in clusters["subsets"]]
   reporting.say(f"{len(subsets)} specialists for the clusters: "
                 + "; ".join(" ".join(f"{c:02d}" for c in s) for s in subsets))
-  variants = {"hard targets": False, **({"soft targets too": True} if config.soft_targets else {})}
+  variants = {"hard targets": "specialists"}
+  if config.soft_targets:
+    variants["soft targets too"] = "specialists_soft"
   reporting.say("== 3/4 specialists ==")
-  for name, soft in variants.items():
+  for name, folder in variants.items():
     # A config that differs (new clusters from a retrained generalist) replaces the old run.
-    trainer.train_and_evaluate(specialist_config(config, root, subsets, soft),
-                               root / ("specialists_soft" if soft else "specialists"),
-                               overwrite=True)
+    timed(folder, specialist_config(config, root, subsets, folder != "specialists"),
+          overwrite=True)
   reporting.say("== 4/4 combined evaluation ==")
   generalist_logits = evaluation.logits_on(root / "generalist", splits.test_images, mesh)[:, 0]
   generalist_right = np.argmax(generalist_logits, -1) == splits.test_labels
@@ -216,21 +284,24 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
             "generalist_test_accuracy": float(generalist_right.mean()),
             "generalist_test_errors": int((~generalist_right).sum()),
             "num_specialists": len(subsets), "subsets": clusters["subsets"],
-            "dustbin_offsets": clusters["dustbin_offsets"], "top_n": config.top_n,
-            "variants": {name: combined_evaluation(
-                config, generalist_logits, root / ("specialists_soft" if soft else "specialists"),
-                clusters, splits, mesh) for name, soft in variants.items()},
+            "top_n": config.top_n,
+            "variants": {name: evaluate_variant(config, jax.nn.softmax(generalist_logits),
+                                                root / folder, clusters, splits, mesh)
+                         for name, folder in variants.items()},
             "paper": PAPER, "machine": reporting.machine(),
             "code_version": reporting.code_version()}
-  report["combined_test_accuracy"] = report["variants"]["hard targets"]["combined_test_accuracy"]
-  report["wall_time_s"] = time.perf_counter() - start
+  headline = report["variants"]["hard targets"][config.dustbin_offset]
+  report["headline"] = f"hard targets, {config.dustbin_offset} offsets, n = {config.top_n}"
+  report["combined_test_accuracy"] = headline["combined_test_accuracy"]
+  report["combined_test_errors"] = headline["combined_test_errors"]
+  report["wall_time_s"] = {**timings, "this_invocation": time.perf_counter() - start}
   reporting.write_json(root / "eval.json", report)
   if reporting.is_main_process():
     (root / "RESULTS.md").write_text(render_markdown(report))
-  reporting.say(f"Generalist {100 * report['generalist_test_accuracy']:.2f}%, combined "
-                + ", ".join(f"({name}) {100 * v['combined_test_accuracy']:.2f}%"
-                            for name, v in report["variants"].items())
-                + f" test accuracy. Written: {root / 'eval.json'}, {root / 'RESULTS.md'}")
+  reporting.say(f"Generalist {100 * report['generalist_test_accuracy']:.2f}% test accuracy; "
+                + "; ".join(f"{name}, {rule} offsets: {100 * r['combined_test_accuracy']:.2f}%"
+                            for name, v in report["variants"].items() for rule, r in v.items())
+                + f". Written: {root / 'eval.json'}, {root / 'RESULTS.md'}")
   return report
 
 
