@@ -169,6 +169,24 @@ def combined_accuracy(config: ml_collections.ConfigDict, generalist_probs: jax.A
                                         right)}
 
 
+def within_cluster_accuracy(generalist_logits: np.ndarray, special_logits: np.ndarray,
+                            maps: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+  """Per cluster, on the test examples of its classes, the accuracy of choosing among just its
+  classes: the specialist's (dustbin ignored) beside the generalist's. Whether specialists know
+  their own classes better, apart from dustbins and the combination."""
+  dustbin = special_logits.shape[-1] - 1
+  accuracy = {"specialist": [], "generalist": []}
+  for m, class_map in enumerate(maps):
+    inside = class_map[labels] != dustbin
+    classes = np.flatnonzero(class_map != dustbin)[np.argsort(class_map[class_map != dustbin])]
+    truth = class_map[labels[inside]]
+    accuracy["specialist"].append(float(np.mean(
+        special_logits[inside, m, :len(classes)].argmax(-1) == truth)))
+    accuracy["generalist"].append(float(np.mean(
+        generalist_logits[inside][:, classes].argmax(-1) == truth)))
+  return accuracy
+
+
 def evaluate_variant(config: ml_collections.ConfigDict, generalist_probs: jax.Array,
                      specialists: pathlib.Path, clusters: dict[str, Any], splits: data.Splits,
                      mesh: jax.sharding.Mesh) -> dict[str, Any]:
@@ -181,7 +199,8 @@ def evaluate_variant(config: ml_collections.ConfigDict, generalist_probs: jax.Ar
                  splits.validation_labels, maps),
              "none": np.zeros(len(maps), np.float32)}
   test_logits = evaluation.logits_on(specialists, splits.test_images, mesh)
-  variant = {}
+  variant = {"within_cluster_accuracy": within_cluster_accuracy(
+      np.log(np.asarray(generalist_probs)), test_logits, maps, splits.test_labels)}
   for rule in OFFSET_RULES:
     result = combined_accuracy(config, generalist_probs, test_logits, offsets[rule], maps,
                                splits.test_labels, config.top_n)
@@ -207,6 +226,7 @@ def render_markdown(report: dict[str, Any]) -> str:
            "## Clusters found (k-means on the generalist's prediction covariance)", ""]
   lines += [f"- {len(s)} classes: {', '.join(f'{c:02d}' for c in s)}" for s in report["subsets"]]
   top_ns = list(next(iter(report["variants"].values()))["oversampling"]["errors_by_top_n"])
+  rules = lambda variant: {rule: variant[rule] for rule in OFFSET_RULES}
   lines += ["", "## Test accuracy", "",
             f"Top-1 accuracy at n = {report['top_n']} (specialists active when they hold one of "
             "the generalist's top n classes); errors for other n beside it.", "",
@@ -216,7 +236,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| generalist | | {100 * report['generalist_test_accuracy']:.2f}% | "
             f"{report['generalist_test_errors']} |" + " |" * len(top_ns)]
   for name, variant in report["variants"].items():
-    for rule, result in variant.items():
+    for rule, result in rules(variant).items():
       lines.append(f"| + {report['num_specialists']} specialists ({name}) | {rule} | "
                    f"{100 * result['combined_test_accuracy']:.2f}% | "
                    f"{result['combined_test_errors']} | "
@@ -224,8 +244,18 @@ def render_markdown(report: dict[str, Any]) -> str:
   lines += [f"| paper, JFT: generalist / + {PAPER['num_specialists']} specialists | "
             f"oversampling | {100 * PAPER['generalist_top1']:.1f}% / "
             f"{100 * PAPER['combined_top1']:.1f}% | |" + " |" * len(top_ns), ""]
+  lines += ["## Within each cluster (test pairs of its classes, choosing among its classes only)",
+            "", "| cluster | classes | generalist | " + " | ".join(
+                f"specialist ({name})" for name in report["variants"]) + " |",
+            "|---|---|---|" + "---|" * len(report["variants"])]
+  first = next(iter(report["variants"].values()))["within_cluster_accuracy"]
+  for m, subset in enumerate(report["subsets"]):
+    lines.append(f"| {m} | {len(subset)} | {100 * first['generalist'][m]:.1f}% | " + " | ".join(
+        f"{100 * v['within_cluster_accuracy']['specialist'][m]:.1f}%"
+        for v in report["variants"].values()) + " |")
+  lines.append("")
   for name, variant in report["variants"].items():
-    for rule, result in variant.items():
+    for rule, result in rules(variant).items():
       lines += [f"## By specialists covering the true class ({name}, {rule} offsets, n = "
                 f"{report['top_n']}; the paper's Table 4 layout)", "",
                 "| covering | test examples | generalist correct | combined correct | delta | "
@@ -299,8 +329,8 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
   if reporting.is_main_process():
     (root / "RESULTS.md").write_text(render_markdown(report))
   reporting.say(f"Generalist {100 * report['generalist_test_accuracy']:.2f}% test accuracy; "
-                + "; ".join(f"{name}, {rule} offsets: {100 * r['combined_test_accuracy']:.2f}%"
-                            for name, v in report["variants"].items() for rule, r in v.items())
+                + "; ".join(f"{name}, {rule} offsets: {100 * v[rule]['combined_test_accuracy']:.2f}%"
+                            for name, v in report["variants"].items() for rule in OFFSET_RULES)
                 + f". Written: {root / 'eval.json'}, {root / 'RESULTS.md'}")
   return report
 

@@ -278,10 +278,16 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
              "checkpoint": str((workdir / checkpointing.CHECKPOINT_DIR / str(step)).absolute())}
   reporting.say(f"Done: {evaluation.errors_summary(test)} test errors "
                 f"({100 * summary['test_accuracy']:.2f}% accuracy"
-                f"{' of the ensemble' if len(members) > 1 and test['ensemble'] else ''}) after "
-                f"{config.num_epochs} "
-                f"epochs. Checkpoint: {summary['checkpoint']}")
+                f"{_whose(test)}) after {config.num_epochs} epochs. "
+                f"Checkpoint: {summary['checkpoint']}")
   return summary
+
+
+def _whose(result: dict[str, Any]) -> str:
+  """Whose accuracy `evaluation.headline` gave: the ensemble's, one model's, or member 0's."""
+  if len(result["members"]) == 1:
+    return ""
+  return " of the ensemble" if result["ensemble"] else " of member 0, on its own classes"
 
 
 def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[str, np.ndarray],
