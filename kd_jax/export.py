@@ -76,7 +76,8 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   model = models.model_from_config(run_config.model)
   num_members = jax.tree.leaves(params)[0].shape[0]
   batch = jax.export.symbolic_shape("batch")[0]
-  images_spec = jax.ShapeDtypeStruct((batch, *data.IMAGE_SHAPE), jnp.uint8)
+  image_shape = tuple(run_config.model.input_shape)
+  images_spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
   try:
     exported = jax.export.export(jax.jit(serving_fn(model, params)),
                                  platforms=tuple(platforms))(images_spec)
@@ -89,7 +90,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
       "members": [member] if member is not None else list(range(num_members)),
       "output": ("class probabilities at T = 1" if num_members == 1 else
                  f"class probabilities at T = 1, averaged over {num_members} members"),
-      "input": f"uint8 [batch, {data.IMAGE_SHAPE[0]}, {data.IMAGE_SHAPE[1]}] (raw MNIST pixels)",
+      "input": f"uint8 [batch, {', '.join(str(d) for d in image_shape)}] (raw pixels)",
       "platforms": list(exported.platforms), "jax": jax.__version__,
       "num_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
       "files": [MODEL_FILE, METADATA_FILE] + (["saved_model"] if saved_model else [])}
@@ -98,7 +99,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   staging.mkdir(parents=True)
   (staging / MODEL_FILE).write_bytes(exported.serialize())
   if saved_model:
-    _write_saved_model(serving_fn(model, params), staging / "saved_model")
+    _write_saved_model(serving_fn(model, params), image_shape, staging / "saved_model")
   reporting.write_json(staging / METADATA_FILE, metadata)
   if out.exists():
     shutil.rmtree(out)
@@ -109,7 +110,8 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   return metadata
 
 
-def _write_saved_model(serve: Callable[[jax.Array], jax.Array], path: pathlib.Path) -> None:
+def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
+                       path: pathlib.Path) -> None:
   """A TF SavedModel with the same signature (jax2tf, polymorphic batch)."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -118,13 +120,14 @@ def _write_saved_model(serve: Callable[[jax.Array], jax.Array], path: pathlib.Pa
     raise ConfigError(f"--saved_model needs tensorflow and jax2tf ({e}).") from e
   module = tf.Module()
   module.serve = tf.function(
-      jax2tf.convert(serve, polymorphic_shapes=["(b, 28, 28)"], with_gradient=False),
-      input_signature=[tf.TensorSpec([None, *data.IMAGE_SHAPE], tf.uint8)], autograph=False)
+      jax2tf.convert(serve, polymorphic_shapes=[f"(b, {', '.join(map(str, image_shape))})"],
+                     with_gradient=False),
+      input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8)], autograph=False)
   tf.saved_model.save(module, str(path))
 
 
 def load(folder: str | pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
-  """The exported model as a function: uint8 images [B, 28, 28] -> probabilities [B, C]."""
+  """The exported model as a function: uint8 images [B, H, W] -> probabilities [B, C]."""
   path = pathlib.Path(folder) / MODEL_FILE
   if not path.exists():
     raise CheckpointError(f"{path} does not exist: {folder} is not a kd_jax export.")

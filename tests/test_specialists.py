@@ -3,6 +3,7 @@ and the command end to end on a tiny MNIST folder."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import jax
@@ -10,9 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_command
-from kd_jax import config_lib, data, losses, specialist_lib
+from conftest import REPO_ROOT, run_command
+from kd_jax import config_lib, data, evaluation, losses, specialist_lib, specialists
 from kd_jax.errors import ConfigError
+
+_SPEC = importlib.util.spec_from_file_location("specialists_config",
+                                               REPO_ROOT / "configs" / "specialists.py")
+specialists_config = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(specialists_config)
 
 
 def test_pairs_never_share_an_mnist_image_across_splits(tiny_mnist_dir):
@@ -185,7 +191,8 @@ def test_specialists_command_end_to_end_and_resume(tmp_path, tiny_mnist_dir):
   report = json.loads((tmp_path / "eval.json").read_text())
   assert 0 <= report["generalist_test_accuracy"] <= 1
   assert 0 <= report["combined_test_accuracy"] <= 1
-  assert set(report["variants"]["hard targets"]) == {"oversampling", "validation", "none"}
+  assert set(report["variants"]["hard targets"]) == {"oversampling", "validation", "none",
+                                                     "within_cluster_accuracy"}
   headline = report["variants"]["hard targets"]["oversampling"]
   assert headline["combined_test_accuracy"] == report["combined_test_accuracy"]
   assert set(headline["errors_by_top_n"]) == {"1", "2"}
@@ -198,5 +205,15 @@ def test_specialists_command_end_to_end_and_resume(tmp_path, tiny_mnist_dir):
   second = run_command("specialists", *args)
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stdout.count("nothing to train") == 2  # Generalist and specialists were done.
-  refused = run_command("evaluate", "--workdir", str(tmp_path / "specialists"), check=False)
-  assert refused.returncode == 2 and "holds specialists" in refused.stderr
+  with pytest.raises(ConfigError, match="holds specialists"):  # The evaluate command: exit 2.
+    evaluation.evaluate_checkpoint(tmp_path / "specialists")
+
+
+def test_shipped_specialists_config_is_valid(tmp_path):
+  config = specialists_config.get_config()
+  specialists.validate(config)
+  run = specialists.specialist_config(config, tmp_path, [(1, 2, 3), (40, 90)], soft_targets=True)
+  assert run.model.num_classes == 4 and run.teacher_workdir == str(tmp_path / "generalist")
+  config.dustbin_offset = "half"
+  with pytest.raises(ConfigError, match="dustbin_offset"):
+    specialists.validate(config)
