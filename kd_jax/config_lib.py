@@ -27,7 +27,10 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits",
                 "data.name", "data.pairs.num_train", "data.pairs.num_validation",
                 "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
-                "class_subsets", "init_workdir")
+                "class_subsets", "init_workdir", "optimizer", "sgd.momentum_start",
+                "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
+                "soft_t_squared")
+OPTIMIZERS = ("adam", "sgd_momentum")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
 
@@ -38,7 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_epochs = 30
   config.batch_size = 128
   config.learning_rate = 1e-3
-  config.lr_schedule = "cosine"
+  config.lr_schedule = "cosine"  # Of Adam; sgd_momentum has its own schedule (config.sgd).
+  config.optimizer = "adam"  # Or "sgd_momentum", the 2012 dropout paper's recipe.
+  config.sgd = ml_collections.ConfigDict()  # With optimizer="sgd_momentum".
+  config.sgd.momentum_start = 0.5
+  config.sgd.momentum_end = 0.99
+  config.sgd.momentum_epochs = 500
+  config.sgd.decay_per_epoch = 0.998
   config.eval_batch_size = 1000
 
   config.members = 1  # Seeds per setting: seed, seed + 1, ...
@@ -118,6 +127,7 @@ def add_distillation(config: ml_collections.ConfigDict, temperature: float = 20.
   config.teacher_members = ()  # Indices into a population teacher; empty: all its members.
   config.teacher_ensemble = "arithmetic"  # How members' tempered probabilities are combined.
   config.cache_teacher_logits = True  # Without jitter, compute teacher logits once per run.
+  config.soft_t_squared = True  # The paper's T^2 on the soft term (False: an ablation).
   return config
 
 
@@ -182,6 +192,12 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("eval_batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
   check("learning_rate", lambda v: is_num(v) and v > 0, "a positive number")
   check("lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {LR_SCHEDULES}")
+  check("optimizer", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
+  if config.optimizer == "sgd_momentum":
+    check("sgd.momentum_start", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    check("sgd.momentum_end", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+    check("sgd.momentum_epochs", lambda v: is_num(v) and v > 0, "a number of epochs > 0")
+    check("sgd.decay_per_epoch", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
   check("seed", lambda v: is_int(v) and 0 <= v and v + config.get("members", 1) <= 2**32,
         "an integer in [0, 2**32 - members] (PRNG seeds are 32-bit: 2**32 would equal 0)")
   check("model.hidden_sizes", lambda v: len(v) > 0 and all(is_int(s) and s > 0 for s in v),
@@ -249,6 +265,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
     check("teacher_ensemble", lambda v: v in losses.ENSEMBLE_MEANS,
           f"one of {losses.ENSEMBLE_MEANS}")
     check("cache_teacher_logits", lambda v: isinstance(v, bool), "True or False")
+    check("soft_t_squared", lambda v: isinstance(v, bool), "True or False")
     check("sweep.temperature", is_tuple_of(lambda x: is_num(x) and x > 0),
           "a tuple of numbers > 0 (empty: not swept)")
     check("sweep.alpha", is_tuple_of(lambda x: is_num(x) and 0 <= x <= 1),

@@ -109,6 +109,49 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
       result["members"][0])
 
 
+def fit_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array,
+                   ensemble: str = "arithmetic") -> dict[str, np.ndarray]:
+  """How closely each student member fits its teacher on the same images: `agreement`, the
+  fraction where their top classes match, and `kl`, the mean KL(teacher || student) at T = 1.
+
+  student_logits [N, P, C]; teacher_logits [N, M, C] (the teacher's ensemble of M). Measured on
+  the transfer set, it tells a student that cannot fit its teacher (low agreement, high KL) from
+  one that fits it but learnt too little from the transfer set (high agreement, yet test errors
+  above the teacher's).
+  """
+  teacher = steps.ensemble_log_probabilities(teacher_logits, ensemble)
+  student = jax.nn.log_softmax(student_logits)
+  agreement = jnp.mean(jnp.argmax(student, -1) == jnp.argmax(teacher, -1)[:, None], axis=0)
+  kl = jnp.mean(jnp.sum(jnp.exp(teacher)[:, None] * (teacher[:, None] - student), -1), axis=0)
+  return {"agreement": np.asarray(agreement), "kl": np.asarray(kl)}
+
+
+def _transfer_fit(run_config, params: Any, train_images: np.ndarray, mesh: jax.sharding.Mesh,
+                  num_members: int) -> dict[str, Any] | None:
+  """`fit_to_teacher` of a distilled run on its (un-jittered) transfer set; None, with a
+  warning, when its teacher can no longer be read."""
+  try:
+    teacher_params, teacher_config, _ = checkpointing.restore_params(
+        run_config.teacher_workdir, mesh, members=tuple(run_config.teacher_members) or None)
+  except CheckpointError as e:
+    reporting.say(f"Warning: no fit to the teacher measured: {e}")
+    return None
+  images = jnp.asarray(train_images)
+  batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
+  member_batch = parallelism.member_batch(run_config.get("member_batch", 0), num_members)
+  fit = fit_to_teacher(
+      logits_of(models.model_from_config(run_config.model), params, images, batch_size, mesh,
+                member_batch),
+      logits_of(models.model_from_config(teacher_config.model), teacher_params, images,
+                batch_size, mesh, member_batch),
+      run_config.teacher_ensemble)
+  reporting.say(f"Fit to the teacher on the {len(train_images)} training images: agreement "
+                f"{100 * fit['agreement'].mean():.2f}%, KL(teacher || student) "
+                f"{fit['kl'].mean():.4f}{' (mean over members)' if num_members > 1 else ''}.")
+  return {"train_agreement": [float(a) for a in fit["agreement"]],
+          "train_kl": [float(k) for k in fit["kl"]], "num_train_examples": len(train_images)}
+
+
 def _test_report(figures: dict[str, Any]) -> dict[str, Any]:
   return {"test_errors": figures["errors"], "test_accuracy": figures["accuracy"],
           "test_loss": figures["loss"], "per_class_errors": figures["per_class_errors"]}
@@ -154,6 +197,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                      "same_as_training": (trained_on.get("test") == fingerprint["test"]
                                           if trained_on else None)},
             "teacher": _read_record(workdir, checkpointing.TEACHER_FILE)}
+  if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
+    report["transfer_fit"] = _transfer_fit(run_config, params, splits.train_images, mesh,
+                                           num_members)
   if num_members > 1:
     report.update(num_members=num_members, ensemble_mean=ensemble,
                   members=[{**setting, **_test_report(figures)}

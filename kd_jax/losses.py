@@ -47,11 +47,14 @@ def hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def soft_cross_entropy(student_logits: jax.Array, soft_targets: jax.Array,
-                       temperature: float | jax.Array) -> jax.Array:
-  """T^2 * CE(soft_targets, softmax(student / T)); soft_targets are the teacher's at T."""
+                       temperature: float | jax.Array, t_squared: bool = True) -> jax.Array:
+  """T^2 * CE(soft_targets, softmax(student / T)); soft_targets are the teacher's at T.
+  `t_squared=False` drops the T^2 factor (an ablation: the soft term's gradients then shrink
+  as 1/T^2 against the hard term's)."""
   chex.assert_equal_shape([student_logits, soft_targets])
   log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-  return temperature**2 * -(soft_targets * log_probs).sum(axis=-1).mean()
+  scale = temperature**2 if t_squared else 1.0
+  return scale * -(soft_targets * log_probs).sum(axis=-1).mean()
 
 
 def logit_matching(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
@@ -68,22 +71,25 @@ def softmax_mse(student_logits: jax.Array, soft_targets: jax.Array,
 
 
 def soft_loss(name: str, student_logits: jax.Array, teacher_logits: jax.Array,
-              temperature: float | jax.Array, ensemble: str = "arithmetic") -> jax.Array:
+              temperature: float | jax.Array, ensemble: str = "arithmetic",
+              t_squared: bool = True) -> jax.Array:
   """The soft term `name` against teacher logits [B, M, C] (an ensemble of M >= 1 teachers)."""
   if name == "logit_matching":
     return logit_matching(student_logits, teacher_logits.mean(axis=1))
   targets = ensemble_probabilities(teacher_logits, temperature, ensemble)
   if name == "softmax_mse":
     return softmax_mse(student_logits, targets, temperature)
-  return soft_cross_entropy(student_logits, targets, temperature)
+  return soft_cross_entropy(student_logits, targets, temperature, t_squared)
 
 
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
                       *, temperature: float | jax.Array, alpha: float | jax.Array,
                       soft_loss_name: str = "soft_cross_entropy",
-                      ensemble: str = "arithmetic") -> tuple[jax.Array, dict]:
+                      ensemble: str = "arithmetic",
+                      t_squared: bool = True) -> tuple[jax.Array, dict]:
   """alpha * soft + (1 - alpha) * hard; returns the total and both parts for logging."""
-  soft = soft_loss(soft_loss_name, student_logits, teacher_logits, temperature, ensemble)
+  soft = soft_loss(soft_loss_name, student_logits, teacher_logits, temperature, ensemble,
+                   t_squared)
   hard = hard_cross_entropy(student_logits, labels)
   return alpha * soft + (1.0 - alpha) * hard, {"soft_loss": soft, "hard_loss": hard}
 
@@ -96,12 +102,13 @@ def hard_label_loss(logits: jax.Array, batch: dict, targets: Any,
 
 
 def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
-                           ensemble: str = "arithmetic") -> LossFn:
+                           ensemble: str = "arithmetic", t_squared: bool = True) -> LossFn:
   """A `LossFn` mixing the soft term against teacher logits with the hard-label term."""
 
   def loss_fn(logits, batch, teacher_logits, hparams):
     return distillation_loss(logits, teacher_logits, batch["label"],
                              temperature=hparams["temperature"], alpha=hparams["alpha"],
-                             soft_loss_name=soft_loss_name, ensemble=ensemble)
+                             soft_loss_name=soft_loss_name, ensemble=ensemble,
+                             t_squared=t_squared)
 
   return loss_fn

@@ -113,11 +113,13 @@ def correction_stages(config: ml_collections.ConfigDict) -> dict[str, dict[str, 
   }
 
 
-def run_stages(config: ml_collections.ConfigDict, root: pathlib.Path,
-               overwrite: bool = False) -> dict[str, float]:
-  """Trains and corrects every stage in order; returns wall seconds per stage, summed over the
-  invocations that worked on it (kept in ROOT/timings.json across resumes)."""
-  stages = training_stages(config, root)
+def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
+               overwrite: bool = False, corrections: dict[str, dict[str, Any]] | None = None,
+               command: str = "reproduce") -> dict[str, float]:
+  """Trains (then bias-corrects) every stage in order, skipping finished ones; returns wall
+  seconds per stage, summed over the invocations that worked on it (kept in ROOT/timings.json
+  across resumes)."""
+  corrections = corrections or {}
   for name, run in stages.items():  # Every config is checked before the first one trains.
     try:
       config_lib.validate(run)
@@ -125,10 +127,9 @@ def run_stages(config: ml_collections.ConfigDict, root: pathlib.Path,
       raise ConfigError(f"stage {name}: {e}") from e
   timings_path = root / "timings.json"
   timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-  corrections = correction_stages(config)
   total = len(stages) + len(corrections)
   for number, name in enumerate([*stages, *corrections], start=1):
-    reporting.say(f"== reproduce {number}/{total}: {name} ==")
+    reporting.say(f"== {command} {number}/{total}: {name} ==")
     start = time.perf_counter()
     if name in stages:
       if not overwrite and checkpointing.finished_step(root / name, stages[name]) is not None:
@@ -501,7 +502,8 @@ def main(argv):
   config = load_config(flags.FLAGS.config, flags.FLAGS.profile, flags.FLAGS["profile"].present)
   root = pathlib.Path(flags.FLAGS.workdir)
   start = time.perf_counter()
-  timings = run_stages(config, root, flags.FLAGS.overwrite)
+  timings = run_stages(training_stages(config, root), root, flags.FLAGS.overwrite,
+                       correction_stages(config))
   reporting.say("== reproduce: evaluating every stage ==")
   reports, geometric = evaluate_stages(config, root)
   results = {"profile": config.profile, "machine": reporting.machine(),

@@ -38,11 +38,30 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
-  """learning_rate -> Adam with the config's schedule; the rate may be a traced (swept) value.
+  """learning_rate -> the config's optimizer; the rate may be a traced (swept) value.
 
-  The optimizer state does not depend on the rate, so members with different rates share one
-  state structure and one compiled step.
+  "adam" (default): Adam with `lr_schedule` (constant or cosine). "sgd_momentum": the 2012
+  dropout paper's recipe (Srivastava et al. 2014, appendix): momentum rising linearly from
+  `sgd.momentum_start` to `sgd.momentum_end` over `sgd.momentum_epochs` epochs, the rate decayed by
+  `sgd.decay_per_epoch` each epoch and scaled by (1 - momentum). The optimizer state does not
+  depend on the rate, so members with different rates share one state structure and one compiled
+  step.
   """
+
+  if config.get("optimizer", "adam") == "sgd_momentum":
+    sgd = config.sgd
+
+    def momentum(count):
+      progress = jnp.minimum(count / (steps_per_epoch * sgd.momentum_epochs), 1.0)
+      return sgd.momentum_start + (sgd.momentum_end - sgd.momentum_start) * progress
+
+    def optimizer(learning_rate):
+      def rate(count):
+        epoch = count // steps_per_epoch
+        return learning_rate * sgd.decay_per_epoch**epoch * (1.0 - momentum(count))
+      return optax.inject_hyperparams(optax.sgd)(learning_rate=rate, momentum=momentum)
+
+    return optimizer
 
   def optimizer(learning_rate):
     if config.lr_schedule == "cosine":

@@ -215,7 +215,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
   loss_fn, teacher = losses.hard_label_loss, Teacher(targets.no_targets, None, None)
   records = {checkpointing.DATA_FILE: setup.fingerprint}
   if config_lib.is_distillation(config):
-    loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble)
+    loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble,
+                                            config.soft_t_squared)
     teacher = load_teacher(config, setup, mesh, member_batch)
     records[checkpointing.TEACHER_FILE] = teacher.provenance
     if teacher.cached_logits is not None:

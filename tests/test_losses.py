@@ -36,6 +36,15 @@ def test_t_squared_keeps_gradient_magnitude_across_temperatures():
   assert max(norms) / min(norms) < 1.5, norms
 
 
+def test_t_squared_can_be_switched_off_for_the_ablation():
+  student, teacher = _logits(0, (4, 10)), _logits(1, (4, 1, 10))
+  on = losses.make_distillation_loss()(student, {"label": jnp.zeros(4, jnp.int32)}, teacher,
+                                       {"temperature": 8.0, "alpha": 1.0})[0]
+  off = losses.make_distillation_loss(t_squared=False)(
+      student, {"label": jnp.zeros(4, jnp.int32)}, teacher, {"temperature": 8.0, "alpha": 1.0})[0]
+  np.testing.assert_allclose(on, 64.0 * off, rtol=1e-5)
+
+
 def test_high_temperature_gradient_approaches_logit_difference_over_n():
   """Paper eq. 3-4: with zero-mean logits, dC/dz_i -> (z_i - v_i) / N as T grows."""
   z = _logits(2)

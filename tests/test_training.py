@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import data, evaluation, losses, models, parallelism, steps, targets
+from kd_jax import config_lib, data, evaluation, losses, models, parallelism, steps, targets
 from conftest import make_tiny_mnist
 
 ADAM = optax.adam
@@ -64,6 +64,42 @@ def test_learning_rate_is_an_argument_not_a_constant(batch):
   moved, _ = step(state, batch, jax.random.PRNGKey(0), {"learning_rate": 1e-2})
   _assert_trees_close(frozen.params, state.params, rtol=0, atol=0)
   assert not np.allclose(moved.params["output"]["kernel"], state.params["output"]["kernel"])
+
+
+def test_sgd_momentum_follows_the_2012_schedule(batch):
+  """Momentum 0.5 -> 0.99 linearly over momentum_epochs, the rate x0.998 per epoch and x(1 - m)."""
+  config = config_lib.base_config()
+  config.optimizer = "sgd_momentum"
+  config.sgd.momentum_epochs = 4
+  config_lib.validate(config)
+  optimizer = steps.make_optimizer(config, steps_per_epoch=2)
+  model = models.MLP((16,))
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, optimizer(0.1))
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer))
+  hparams = {"learning_rate": jnp.float32(0.1)}
+  seen = []
+  for _ in range(6):
+    seen.append(jax.tree.map(float, state.opt_state.hyperparams))
+    state, metrics = step(state, batch, jax.random.PRNGKey(1), hparams)
+  for count, values in enumerate(seen):
+    momentum = 0.5 + 0.49 * min(count / 8, 1.0)
+    assert values["momentum"] == pytest.approx(momentum, rel=1e-5)
+    assert values["learning_rate"] == pytest.approx(0.1 * 0.998**(count // 2) * (1 - momentum),
+                                                    rel=1e-5)
+  assert np.isfinite(float(metrics["loss"]))
+
+
+def test_fit_to_teacher_measures_agreement_and_kl():
+  teacher = jax.random.normal(jax.random.PRNGKey(0), (50, 1, 10))
+  same = evaluation.fit_to_teacher(teacher, teacher)
+  assert same["agreement"].tolist() == [1.0] and same["kl"][0] == pytest.approx(0.0, abs=1e-6)
+  students = jnp.concatenate([teacher, -teacher], axis=1)  # Member 1 ranks everything backwards.
+  fit = evaluation.fit_to_teacher(students, teacher)
+  assert fit["agreement"][1] == 0.0 and fit["kl"][1] > 1.0
+  # The KL is the textbook one: sum p_t (log p_t - log p_s), averaged over examples.
+  p_t, log_p_s = jax.nn.softmax(teacher[:, 0]), jax.nn.log_softmax(-teacher[:, 0])
+  expected = np.mean(np.sum(p_t * (np.log(p_t) - log_p_s), -1))
+  assert fit["kl"][1] == pytest.approx(expected, rel=1e-5)
 
 
 def test_teacher_targets_do_not_depend_on_the_dropout_key(batch):

@@ -1,0 +1,55 @@
+"""The distillation-gap ablation (kd_jax.fidelity): cells as configs, stage order, the report."""
+
+import json
+import pathlib
+
+import pytest
+
+from conftest import run_command
+from kd_jax import config_lib, fidelity
+from kd_jax.errors import ConfigError
+
+KEYS = {"teacher_errors", "distilled_errors_mean", "distilled_errors_sd", "alone_errors_mean",
+        "transfer", "seeds", "student_epochs"}
+
+
+def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
+  config = fidelity.load_config("cpu")
+  runs = fidelity.stages(config, tmp_path)
+  names = list(runs)
+  # Hard-label cells need no teacher: first; then the teachers; then every distilled cell.
+  first_teacher = names.index("teachers/sqrt15")
+  assert all(not config_lib.is_distillation(runs[n]) for n in names[:first_teacher])
+  assert all(config_lib.is_distillation(runs[n]) for n in names[first_teacher + 2:])
+  paper = runs["cells/paper"]
+  assert (paper.temperature, paper.alpha, paper.data.jitter, paper.members) == (20.0, 0.9, 0, 3)
+  assert paper.teacher_workdir == str(tmp_path / "teachers" / "sqrt15")
+  assert runs["teachers/sqrt15"].model.max_norm == pytest.approx(15**0.5)
+  assert runs["cells/teacher_maxnorm4"].teacher_workdir.endswith("maxnorm4")
+  assert runs["cells/jittered_relabelled"].data.jitter == 2
+  assert runs["cells/no_t_squared"].soft_t_squared is False
+  assert runs["cells/sgd_momentum"].optimizer == "sgd_momentum"
+  assert len(config_lib.population_members(runs["cells/t_alpha"])) == 27
+  for run in runs.values():
+    config_lib.validate(run)
+  with pytest.raises(ConfigError, match="does not have"):
+    fidelity.cell_config(config, tmp_path, (("model.width", 3),))
+  with pytest.raises(ConfigError, match="names teacher 'big'"):
+    fidelity.cell_config(config, tmp_path, (("teacher", "big"),))
+
+
+def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
+  run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}", mnist_dir=tiny_mnist_dir)
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert set(results["teachers"]) == {"sqrt15"}
+  cells = results["cells"]
+  assert [(r["temperature"], r["alpha"]) for r in cells["t_alpha"]] == [(4.0, 0.9), (20.0, 0.9)]
+  assert cells["jittered_relabelled"][0]["paper_protocol"] is False
+  for name, rows in cells.items():
+    for row in rows:
+      assert row["test_errors"]["n"] == 2
+      assert ("train_agreement" in row) == (row["teacher"] is not None), name
+  assert KEYS <= set(results["paper_protocol"]) and KEYS <= set(results["best_overall"])
+  assert results["paper_protocol"]["cell"] != "jittered_relabelled"
+  assert "† a jittered transfer set" in (tmp_path / "RESULTS.md").read_text()
+  assert pathlib.Path(tmp_path / "cells" / "paper" / "eval.json").exists()
