@@ -77,15 +77,13 @@ def test_sgd_momentum_follows_the_2012_schedule(batch):
   state = steps.create_train_state(jax.random.PRNGKey(0), model, optimizer(0.1))
   step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer))
   hparams = {"learning_rate": jnp.float32(0.1)}
-  seen = []
-  for _ in range(6):
-    seen.append(jax.tree.map(float, state.opt_state.hyperparams))
+  for count in range(6):  # The state holds the values the update just used, at `count`.
     state, metrics = step(state, batch, jax.random.PRNGKey(1), hparams)
-  for count, values in enumerate(seen):
+    used = jax.tree.map(float, state.opt_state.hyperparams)
     momentum = 0.5 + 0.49 * min(count / 8, 1.0)
-    assert values["momentum"] == pytest.approx(momentum, rel=1e-5)
-    assert values["learning_rate"] == pytest.approx(0.1 * 0.998**(count // 2) * (1 - momentum),
-                                                    rel=1e-5)
+    assert used["momentum"] == pytest.approx(momentum, rel=1e-5)
+    assert used["learning_rate"] == pytest.approx(0.1 * 0.998**(count // 2) * (1 - momentum),
+                                                  rel=1e-5)
   assert np.isfinite(float(metrics["loss"]))
 
 
