@@ -142,16 +142,18 @@ def member_hparams(config: ml_collections.ConfigDict,
   hparams = {name: jnp.asarray([m[name] for m in members], jnp.float32)
              for name in config_lib.hparam_names(config)}
   if config_lib.is_specialist(config):
-    maps = specialist_class_maps(config)
-    hparams["class_map"] = jnp.asarray(maps[[m["subset"] for m in members]])
+    hparams["class_map"] = jnp.asarray(member_class_maps(config, members))
   return hparams
 
 
-def specialist_class_maps(config: ml_collections.ConfigDict) -> np.ndarray:
-  """[subsets, C] class maps of a specialist run; C from the dataset the generalist learnt."""
+def member_class_maps(config: ml_collections.ConfigDict,
+                      members: list[dict[str, Any]]) -> np.ndarray:
+  """[P, C] class map of each member of a specialist run (`specialist_lib.class_maps` of its
+  subset); C from the dataset the generalist learnt."""
   generalist = checkpointing.load_config(config.init_workdir)
-  return specialist_lib.class_maps([tuple(s) for s in config.class_subsets],
+  maps = specialist_lib.class_maps([tuple(s) for s in config.class_subsets],
                                    generalist.model.num_classes)
+  return maps[[m["subset"] for m in members]]
 
 
 def start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainState,
@@ -228,8 +230,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
     loss_fn = specialist_lib.specialist_loss(loss_fn, config.model.num_classes,
                                              soft_targets=config_lib.is_distillation(config))
     sampler = specialist_lib.half_subset_batches(dustbin)
-    label_maps = jax.device_put(jnp.asarray(specialist_class_maps(config)[
-        [m["subset"] for m in members]]), replicated)
+    label_maps = jax.device_put(jnp.asarray(member_class_maps(config, members)), replicated)
   mismatch = checkpointing.run_mismatch(workdir, config, records)
   if mismatch and not overwrite and not (restart_on_new_teacher
                                          and mismatch.startswith("a different teacher")):
