@@ -14,7 +14,7 @@ KEYS = {"teacher_errors", "distilled_errors_mean", "distilled_errors_sd", "alone
 
 
 def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
-  config = fidelity.load_config("cpu")
+  config = fidelity.load_config("gpu")
   runs = fidelity.stages(config, tmp_path)
   names = list(runs)
   # Hard-label cells need no teacher: first; then the teachers; then every distilled cell.
@@ -30,6 +30,9 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert runs["cells/no_t_squared"].soft_t_squared is False
   assert runs["cells/sgd_momentum"].optimizer == "sgd_momentum"
   assert len(config_lib.population_members(runs["cells/t_alpha"])) == 27
+  assert runs["cells/longest"].num_epochs == 1500 and runs["teachers/sqrt15"].num_epochs == 300
+  cpu = fidelity.stages(fidelity.load_config("cpu"), tmp_path)
+  assert "teachers/maxnorm4" not in cpu and cpu["cells/paper"].num_epochs == 8
   for run in runs.values():
     config_lib.validate(run)
   with pytest.raises(ConfigError, match="does not have"):
