@@ -145,7 +145,7 @@ def render_markdown(results: dict[str, Any]) -> str:
   lines = [f"# The distillation gap: ablation ({results['profile']} profile)", "",
            f"Machine: {machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, "
            f"jax {machine['jax']}); code {results['code_version']}; wall time "
-           f"{sum(results['wall_time_s'].values()) / 60:.1f} min. Test errors of 10,000, mean ± "
+           f"{sum(results['wall_time_s'].values()) / 60:.1f} min. Test errors, mean ± "
            "sd over seeds; fit to the teacher on the transfer set (top-class agreement, "
            "KL(teacher || student) at T = 1); transfer = (alone − distilled) / (alone − teacher) "
            f"against the hard-label cell of equal epochs. Paper: teacher {PAPER['teacher_errors']}"
@@ -167,13 +167,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                    f"{row['student_epochs']} | {stats['mean']:.1f} ± {stats['sd']:.1f} "
                    f"(n={stats['n']}) | {fit} | {transfer} |")
   lines += ["", f"† {JITTER_DEPARTS} protocol.", ""]
-  for key in ("paper_protocol", "best_overall"):
+  for key, label in (("paper_protocol", "under the paper's protocol"), ("best_overall", "overall")):
     best = results[key]
     if best:
-      lines.append(f"- Best {key.replace('_', ' ')}: {best['cell']} (T {best['temperature']}, "
+      transfer = "—" if best["transfer"] is None else f"{best['transfer']:.2f}"
+      lines.append(f"- Best {label}: {best['cell']} (T {best['temperature']}, "
                    f"alpha {best['alpha']}, {best['student_epochs']} epochs): "
                    f"{best['distilled_errors_mean']:.1f} ± {best['distilled_errors_sd']:.1f} "
-                   f"errors, teacher {best['teacher_errors']}, transfer {best['transfer']}.")
+                   f"errors, teacher {best['teacher_errors']}, transfer {transfer}.")
   return "\n".join(lines) + "\n"
 
 
