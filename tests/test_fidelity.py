@@ -32,7 +32,8 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert len(config_lib.population_members(runs["cells/t_alpha"])) == 27
   assert runs["cells/longest"].num_epochs == 1500 and runs["teachers/sqrt15"].num_epochs == 300
   cpu = fidelity.stages(fidelity.load_config("cpu"), tmp_path)
-  assert "teachers/maxnorm4" not in cpu and cpu["cells/paper"].num_epochs == 8
+  assert list(k for k in cpu if k.startswith("teachers/")) == ["teachers/quick"]
+  assert cpu["cells/paper"].num_epochs == 8 and cpu["cells/paper"].teacher_workdir.endswith("quick")
   for run in runs.values():
     config_lib.validate(run)
   with pytest.raises(ConfigError, match="does not have"):
