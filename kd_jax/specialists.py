@@ -36,6 +36,9 @@ PAPER = {"dataset": "JFT (15,000 classes, 100M images)", "num_specialists": 61,
          "generalist_top1": 0.250, "combined_top1": 0.261,
          "by_coverage": "Relative accuracy gains grow with the number of specialists covering the "
                         "correct class (Table 4)."}
+# Compiled once per shape and setting: a fresh jax.jit per call would recompile for every
+# dustbin rule, top n and variant.
+_combine = jax.jit(specialist_lib.combine, static_argnames=("num_steps", "learning_rate"))
 # How a specialist's dustbin logit is raised after training: by the log of its oversampling
 # factor (the paper's rule), by the offset that suits it best on the validation split, or not.
 OFFSET_RULES = ("oversampling", "validation", "none")
@@ -149,8 +152,8 @@ def combined_accuracy(config: ml_collections.ConfigDict, generalist_probs: jax.A
   special_logits = special_logits.copy()
   special_logits[..., dustbin] += offsets[None]
   active = specialist_lib.active_specialists(generalist_probs, jnp.asarray(maps), dustbin, top_n)
-  combine = jax.jit(lambda *args: specialist_lib.combine(
-      *args, jnp.asarray(maps), config.combine_steps, config.combine_learning_rate))
+  combine = lambda *args: _combine(*args, jnp.asarray(maps), config.combine_steps,
+                                   config.combine_learning_rate)
   chunk, num = 2000, len(labels)
   pad = lambda x: jnp.pad(x, [(0, -num % chunk)] + [(0, 0)] * (x.ndim - 1))
   inputs = [pad(x) for x in (generalist_probs, jax.nn.softmax(special_logits), active)]
