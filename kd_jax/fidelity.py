@@ -31,7 +31,8 @@ JITTER_DEPARTS = "a jittered transfer set relabelled by the teacher departs from
 
 def define_flags() -> None:
   """The command's flags (only when run as a command: importing this module defines none)."""
-  flags.DEFINE_enum("profile", "cpu", ["cpu", "gpu", "tiny"], "Schedules: configs/fidelity.py.")
+  flags.DEFINE_enum("profile", "cpu", ["cpu", "cpu_long", "gpu", "tiny"],
+                    "Schedules: configs/fidelity.py.")
   flags.DEFINE_string("workdir", None, "Root folder of the stages.", required=True)
 
 
