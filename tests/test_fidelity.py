@@ -34,7 +34,12 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   cpu = fidelity.stages(fidelity.load_config("cpu"), tmp_path)
   assert list(k for k in cpu if k.startswith("teachers/")) == ["teachers/quick"]
   assert cpu["cells/paper"].num_epochs == 8 and cpu["cells/paper"].teacher_workdir.endswith("quick")
-  for run in runs.values():
+  long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
+  assert set(long) == {"teachers/cpu_long", "cells/alone", "cells/alone_jittered", "cells/paper",
+                       "cells/jittered_relabelled"}
+  assert (long["teachers/cpu_long"].num_epochs, long["teachers/cpu_long"].data.jitter) == (100, 2)
+  assert {run.num_epochs for name, run in long.items() if name.startswith("cells/")} == {40}
+  for run in [*runs.values(), *long.values()]:
     config_lib.validate(run)
   with pytest.raises(ConfigError, match="does not have"):
     fidelity.cell_config(config, tmp_path, (("model.width", 3),))
