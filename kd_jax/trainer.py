@@ -224,13 +224,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
     if teacher.cached_logits is not None:
       setup = setup.replace(train_data={**setup.train_data,
                                         "teacher_logits": teacher.cached_logits})
+  hparams = jax.device_put(member_hparams(config, members), replicated)
   sampler, label_maps = steps.shuffled_batches, None
   if config_lib.is_specialist(config):
     dustbin = config.model.num_classes - 1
     loss_fn = specialist_lib.specialist_loss(loss_fn, config.model.num_classes,
                                              soft_targets=config_lib.is_distillation(config))
     sampler = specialist_lib.half_subset_batches(dustbin)
-    label_maps = jax.device_put(jnp.asarray(member_class_maps(config, members)), replicated)
+    label_maps = hparams["class_map"]
   mismatch = checkpointing.run_mismatch(workdir, config, records)
   if mismatch and not overwrite and not (restart_on_new_teacher
                                          and mismatch.startswith("a different teacher")):
@@ -239,7 +240,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
   state = init_population(model, optimizer(config.learning_rate), members, mesh)
   if config_lib.is_specialist(config):
     state = start_from_generalist(config, state, members, mesh)
-  hparams = jax.device_put(member_hparams(config, members), replicated)
   if mismatch:  # Every check passed: only now is the old run moved out of the way.
     checkpointing.set_aside(workdir)
   checkpointing.discard_partial_checkpoints(workdir)
