@@ -126,30 +126,34 @@ def fit_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array,
   return {"agreement": np.asarray(agreement), "kl": np.asarray(kl)}
 
 
-def _transfer_fit(run_config, params: Any, train_images: np.ndarray, mesh: jax.sharding.Mesh,
+def _transfer_fit(run_config, params: Any, splits: data.Splits, mesh: jax.sharding.Mesh,
                   num_members: int) -> dict[str, Any] | None:
-  """`fit_to_teacher` of a distilled run on its (un-jittered) transfer set; None, with a
-  warning, when its teacher can no longer be read."""
+  """`fit_to_teacher` of a distilled run on its (un-jittered) transfer set and on the test set:
+  fitting the teacher on the first but not the second is a transfer set that covers too little.
+  None, with a warning, when its teacher can no longer be read."""
   try:
     teacher_params, teacher_config, _ = checkpointing.restore_params(
         run_config.teacher_workdir, mesh, members=tuple(run_config.teacher_members) or None)
   except CheckpointError as e:
     reporting.say(f"Warning: no fit to the teacher measured: {e}")
     return None
-  images = jnp.asarray(train_images)
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
   member_batch = parallelism.member_batch(run_config.get("member_batch", 0), num_members)
-  fit = fit_to_teacher(
-      logits_of(models.model_from_config(run_config.model), params, images, batch_size, mesh,
-                member_batch),
-      logits_of(models.model_from_config(teacher_config.model), teacher_params, images,
-                batch_size, mesh, member_batch),
-      run_config.teacher_ensemble)
-  reporting.say(f"Fit to the teacher on the {len(train_images)} training images: agreement "
-                f"{100 * fit['agreement'].mean():.2f}%, KL(teacher || student) "
-                f"{fit['kl'].mean():.4f}{' (mean over members)' if num_members > 1 else ''}.")
-  return {"train_agreement": [float(a) for a in fit["agreement"]],
-          "train_kl": [float(k) for k in fit["kl"]], "num_train_examples": len(train_images)}
+  report = {"num_train_examples": len(splits.train_images)}
+  for split, images in (("train", splits.train_images), ("test", splits.test_images)):
+    images = jnp.asarray(images)
+    fit = fit_to_teacher(
+        logits_of(models.model_from_config(run_config.model), params, images, batch_size, mesh,
+                  member_batch),
+        logits_of(models.model_from_config(teacher_config.model), teacher_params, images,
+                  batch_size, mesh, member_batch),
+        run_config.teacher_ensemble)
+    report[f"{split}_agreement"] = [float(a) for a in fit["agreement"]]
+    report[f"{split}_kl"] = [float(k) for k in fit["kl"]]
+    reporting.say(f"Fit to the teacher on the {len(images)} {split} images: agreement "
+                  f"{100 * fit['agreement'].mean():.2f}%, KL(teacher || student) "
+                  f"{fit['kl'].mean():.4f}{' (mean over members)' if num_members > 1 else ''}.")
+  return report
 
 
 def _test_report(figures: dict[str, Any]) -> dict[str, Any]:
@@ -198,8 +202,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                                           if trained_on else None)},
             "teacher": _read_record(workdir, checkpointing.TEACHER_FILE)}
   if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
-    report["transfer_fit"] = _transfer_fit(run_config, params, splits.train_images, mesh,
-                                           num_members)
+    report["transfer_fit"] = _transfer_fit(run_config, params, splits, mesh, num_members)
   if num_members > 1:
     report.update(num_members=num_members, ensemble_mean=ensemble,
                   members=[{**setting, **_test_report(figures)}

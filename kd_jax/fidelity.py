@@ -5,9 +5,9 @@
 Stages (each an ordinary, resumable run directory; finished ones are skipped): RUN/teachers/<name>
 for each teacher of the config, then RUN/cells/<name>, each the paper's distilled student with a
 few fields changed (see configs/fidelity.py), `seeds` seeds as one population. Every cell is
-scored on the test set and, when distilled, by its fit to the teacher on the transfer set
-(agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`), which tells "cannot
-fit the teacher" from "fits it, but the transfer set covers too little". Writes RUN/results.json
+scored on the test set and, when distilled, by its fit to the teacher on the transfer set and on
+the test set (agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`), which
+tells "cannot fit the teacher" from "fits it, but the transfer set covers too little". Writes RUN/results.json
 (with `paper_protocol` and `best_overall`) and RUN/RESULTS.md.
 """
 
@@ -89,9 +89,9 @@ def cell_results(report: dict[str, Any], run: ml_collections.ConfigDict) -> list
     row = {"temperature": point[0], "alpha": point[1], "learning_rate": point[2],
            "student_epochs": run.num_epochs,
            "test_errors": reproduce.mean_sd([members[i]["test_errors"] for i in group])}
-    if fit:
-      row["train_agreement"] = reproduce.mean_sd([fit["train_agreement"][i] for i in group])
-      row["train_kl"] = reproduce.mean_sd([fit["train_kl"][i] for i in group])
+    for figure in ("train_agreement", "train_kl", "test_agreement", "test_kl"):
+      if figure in fit:  # Test-set figures are absent from reports made before they were.
+        row[figure] = reproduce.mean_sd([fit[figure][i] for i in group])
     rows.append(row)
   return rows
 
@@ -148,19 +148,22 @@ def render_markdown(results: dict[str, Any]) -> str:
            f"jax {machine['jax']}); code {results['code_version']}; wall time "
            f"{sum(results['wall_time_s'].values()) / 60:.1f} min. Test errors, mean ± "
            "sd over seeds; fit to the teacher on the transfer set (top-class agreement, "
-           "KL(teacher || student) at T = 1); transfer = (alone − distilled) / (alone − teacher) "
+           "KL(teacher || student) at T = 1) and on the test set; "
+           "transfer = (alone − distilled) / (alone − teacher) "
            f"against the hard-label cell of equal epochs. Paper: teacher {PAPER['teacher_errors']}"
            f", distilled {PAPER['distilled_errors']}, alone {PAPER['alone_errors']}, transfer "
            f"{PAPER['transfer']}.", "",
            "Teachers: " + ", ".join(f"{name} {errors}" for name, errors in
                                     results["teachers"].items()) + ".", "",
-           "| cell | T | alpha | epochs | test errors | train agreement | train KL | transfer |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| cell | T | alpha | epochs | test errors | train agreement | train KL | "
+           "test agreement | test KL | transfer |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for cell, rows in results["cells"].items():
     for row in rows:
       stats = row["test_errors"]
-      fit = (f"{100 * row['train_agreement']['mean']:.2f}% | {row['train_kl']['mean']:.4f}"
-             if "train_agreement" in row else "— | —")
+      fit = " | ".join(
+          f"{100 * row[f'{split}_agreement']['mean']:.2f}% | {row[f'{split}_kl']['mean']:.4f}"
+          if f"{split}_agreement" in row else "— | —" for split in ("train", "test"))
       transfer = "" if row["transfer"] is None else f"{row['transfer']:.2f}"
       lines.append(f"| {cell}{'' if row['paper_protocol'] else ' †'} | "
                    f"{row['temperature'] if row['temperature'] is not None else '—'} | "

@@ -61,6 +61,7 @@ def test_distill_then_evaluate_on_other_device_counts(teacher_run, tiny_mnist_di
   fit = reports[student_dir]["transfer_fit"]  # How well it fits its teacher on the 480 images.
   assert fit["num_train_examples"] == 480 and 0.5 < fit["train_agreement"][0] <= 1
   assert fit["train_kl"][0] >= 0 and "transfer_fit" not in reports[teacher_dir]
+  assert 0 <= fit["test_agreement"][0] <= 1 and fit["test_kl"][0] >= 0  # And on the test set.
   # The prototypes are easy: both nets learn them well in two epochs.
   assert reports[student_dir]["test_errors"] < 40
   # Evaluation of the last checkpoint agrees with what training logged for it.

@@ -58,6 +58,7 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
     for row in rows:
       assert row["test_errors"]["n"] == 2
       assert ("train_agreement" in row) == (row["teacher"] is not None), name
+      assert ("test_agreement" in row) == (row["teacher"] is not None), name
   assert KEYS <= set(results["paper_protocol"]) and KEYS <= set(results["best_overall"])
   assert results["paper_protocol"]["cell"] in ("paper", "t_alpha")  # Distilled, un-jittered.
   assert "† a jittered transfer set" in (tmp_path / "RESULTS.md").read_text()
