@@ -70,12 +70,8 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     del config.cells["teacher_maxnorm4"]  # A teacher comparison needs the gpu profile.
     config.cells.t_alpha = (("sweep.temperature", (4.0, 8.0, 20.0)), ("sweep.alpha", (0.5, 1.0)))
   elif profile == "cpu_long":  # ~80 minutes on a 2-core EPYC.
-    teacher = config_lib.paper_teacher()
-    teacher.num_epochs = 100
-    teacher.model.input_dropout = 0.1
-    teacher.model.hidden_dropout = 0.3
     config.teachers.sqrt15.num_epochs = 100
-    config.teachers = ml_collections.ConfigDict({"cpu_long": teacher,
+    config.teachers = ml_collections.ConfigDict({"cpu_long": config_lib.tuned_teacher(),
                                                  "sqrt15": config.teachers.sqrt15})
     config.teacher = "cpu_long"
     config.student.num_epochs = 40

@@ -1,10 +1,13 @@
-"""The paper's teacher: 784-1200-1200-10, dropout (0.2 input, 0.5 hidden), max-norm, +-2px jitter.
+"""The teacher configs/distill.py pairs with: 784-1200-1200-10, ReLU, +-2px jitter, max-norm 4,
+dropout 0.1 (input) / 0.3 (hidden), Adam with a cosine schedule, 100 epochs.
 
-The paper reports 67 test errors for it; 300 epochs of this config gave 69 on an H200 (README).
+The paper reports 67 test errors for its teacher; this config had 70 on a 2-core CPU in 17
+minutes (results/fidelity). The 2012 dropout recipe's 0.2/0.5 (`config_lib.paper_teacher`, with
+max-norm sqrt(15)) trains more slowly: see results/fidelity for it at the same 100 epochs.
 """
 
 from kd_jax import config_lib
 
 
 def get_config():
-  return config_lib.paper_teacher()
+  return config_lib.tuned_teacher()
