@@ -89,8 +89,8 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
   else:  # tiny: the tests' tiny IDX folder of 480 training and 200 test images; fewer cells.
     config.seeds = 2
     config.cells.t_alpha = (("sweep.temperature", (4.0, 20.0)), ("sweep.alpha", (0.9,)))
-    for cell in ("jittered_relabelled", "jittered_relabelled_longer", "constant_lr", "longer", "alone_longer", "no_t_squared",
-                 "teacher_maxnorm4", "sgd_momentum"):
+    for cell in ("jittered_relabelled", "jittered_relabelled_longer", "constant_lr", "longer",
+                 "alone_longer", "no_t_squared", "teacher_maxnorm4", "sgd_momentum"):
       del config.cells[cell]
     del config.teachers["maxnorm4"]
     for run in (config.teachers.sqrt15, config.student):

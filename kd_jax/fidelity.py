@@ -6,9 +6,9 @@ Stages (each an ordinary, resumable run directory; finished ones are skipped): R
 for each teacher of the config, then RUN/cells/<name>, each the paper's distilled student with a
 few fields changed (see configs/fidelity.py), `seeds` seeds as one population. Every cell is
 scored on the test set and, when distilled, by its fit to the teacher on the transfer set and on
-the test set (agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`), which
-tells "cannot fit the teacher" from "fits it, but the transfer set covers too little". Writes RUN/results.json
-(with `paper_protocol` and `best_overall`) and RUN/RESULTS.md.
+the test set (agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`),
+which tells "cannot fit the teacher" from "fits it, but the transfer set covers too little".
+Writes RUN/results.json (with `paper_protocol` and `best_overall`) and RUN/RESULTS.md.
 """
 
 from __future__ import annotations
