@@ -1,11 +1,12 @@
 """The best distillation recipe we measured overall, DEPARTING FROM THE PAPER: the 2x800 student
 on a jittered transfer set (+-2 px, the teacher's own augmentation), the teacher relabelling every
-jittered view inside the step (T = 20, alpha = 0.9, Adam with a cosine schedule, 40 epochs).
+jittered view inside the step (T = 20, alpha = 0.9, Adam with a cosine schedule, 80 epochs).
 
 The paper's transfer set "does not contain any translations" (configs/distill.py keeps that).
 Pairs with configs/teacher.py. Measured on a 2-core CPU, teacher 70 errors (results/fidelity,
-cell jittered_relabelled): 86.0 +- 4.4 test errors over 3 seeds, against 97.0 +- 4.6 without
-jitter and 91.3 +- 3.2 for the student alone on jittered data.
+cell jittered_relabelled_longer): 79.0 +- 4.6 test errors over 3 seeds (86.0 +- 4.4 in 40
+epochs), against 97.0 +- 4.6 without jitter and 91.3 +- 3.2 for the student alone on jittered
+data (both 40 epochs). The paper's 74 was not reached here; longer schedules are the next step.
 """
 
 from kd_jax import config_lib
@@ -13,6 +14,6 @@ from kd_jax import config_lib
 
 def get_config():
   config = config_lib.add_distillation(config_lib.base_config(), temperature=20.0, alpha=0.9)
-  config.num_epochs = 40
+  config.num_epochs = 80
   config.data.jitter = 2
   return config
