@@ -117,8 +117,8 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
                overwrite: bool = False, corrections: dict[str, dict[str, Any]] | None = None,
                command: str = "reproduce") -> dict[str, float]:
   """Trains (then bias-corrects) every stage in order, skipping finished ones; returns wall
-  seconds per stage, summed over the invocations that worked on it (kept in ROOT/timings.json
-  across resumes)."""
+  seconds per stage, summed over the invocations that worked on it, those stopped by a signal or
+  an error included (kept in ROOT/timings.json across resumes)."""
   corrections = corrections or {}
   for name, run in stages.items():  # Every config is checked before the first one trains.
     try:
@@ -130,19 +130,22 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
   total = len(stages) + len(corrections)
   for number, name in enumerate([*stages, *corrections], start=1):
     reporting.say(f"== {command} {number}/{total}: {name} ==")
+    if (name in stages and not overwrite
+        and checkpointing.finished_step(root / name, stages[name]) is not None):
+      reporting.say(f"{root / name} is finished; skipped.")
+      continue
     start = time.perf_counter()
-    if name in stages:
-      if not overwrite and checkpointing.finished_step(root / name, stages[name]) is not None:
-        reporting.say(f"{root / name} is finished; skipped.")
-        continue
-      trainer.train_and_evaluate(stages[name], root / name, overwrite)
-    else:
-      correction = corrections[name]
-      bias_correction.correct_run(root / correction["source"], root / name,
-                                  correction["classes"], correction["offset"])
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-    root.mkdir(parents=True, exist_ok=True)
-    reporting.write_json(timings_path, timings)
+    try:
+      if name in stages:
+        trainer.train_and_evaluate(stages[name], root / name, overwrite)
+      else:
+        correction = corrections[name]
+        bias_correction.correct_run(root / correction["source"], root / name,
+                                    correction["classes"], correction["offset"])
+    finally:  # A stage stopped by a signal resumes later: its time so far counts too.
+      timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+      root.mkdir(parents=True, exist_ok=True)
+      reporting.write_json(timings_path, timings)
   return timings
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import bias_correction, checkpointing, config_lib, data, parallelism, reproduce
+from kd_jax import (bias_correction, checkpointing, config_lib, data, parallelism, preemption,
+                    reproduce)
 from kd_jax.errors import ConfigError, DataError
 
 
@@ -189,3 +190,15 @@ def test_profiles_and_their_bad_uses(tmp_path):
                        f"--workdir={tmp_path}", check=False)
   assert result.returncode == 2 and "contradicts" in result.stderr
   assert not list(tmp_path.iterdir())
+
+
+def test_a_stage_stopped_by_a_signal_keeps_its_time(tmp_path, monkeypatch):
+  def stopped(config, workdir, overwrite):  # As a stage does after saving on SIGTERM.
+    raise preemption.Preempted("SIGTERM: saved checkpoint step 8 (epoch 2 of 5).")
+
+  monkeypatch.setattr(reproduce.trainer, "train_and_evaluate", stopped)
+  with pytest.raises(preemption.Preempted):
+    reproduce.run_stages({"first": config_lib.base_config(), "second": config_lib.base_config()},
+                         tmp_path)
+  timings = json.loads((tmp_path / "timings.json").read_text())
+  assert set(timings) == {"first"} and timings["first"] >= 0  # The second never started.
