@@ -69,7 +69,7 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     config.student.num_epochs = 8
     del config.cells["teacher_maxnorm4"]  # A teacher comparison needs the gpu profile.
     config.cells.t_alpha = (("sweep.temperature", (4.0, 8.0, 20.0)), ("sweep.alpha", (0.5, 1.0)))
-  elif profile == "cpu_long":  # ~80 minutes on a 2-core EPYC.
+  elif profile == "cpu_long":  # About 2 hours on a 2-core EPYC.
     config.teachers.sqrt15.num_epochs = 100
     config.teachers = ml_collections.ConfigDict({"cpu_long": config_lib.tuned_teacher(),
                                                  "sqrt15": config.teachers.sqrt15})
