@@ -37,14 +37,16 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
   assert set(long) == {"teachers/cpu_long", "teachers/sqrt15", "cells/alone",
                        "cells/alone_jittered", "cells/paper", "cells/jittered_relabelled",
-                       "cells/jittered_relabelled_longer", "cells/teacher_sqrt15"}
+                       "cells/jittered_relabelled_longer", "cells/jittered_relabelled_longest",
+                       "cells/teacher_sqrt15"}
   for name, dropout in (("cpu_long", (0.1, 0.3)), ("sqrt15", (0.2, 0.5))):
     teacher = long[f"teachers/{name}"]
     assert (teacher.num_epochs, teacher.data.jitter) == (100, 2)
     assert (teacher.model.input_dropout, teacher.model.hidden_dropout) == dropout
   assert long["cells/teacher_sqrt15"].teacher_workdir.endswith("sqrt15")
-  assert {run.num_epochs for name, run in long.items() if name.startswith("cells/")} == {40, 80}
-  assert long["cells/jittered_relabelled_longer"].data.jitter == 2
+  assert {run.num_epochs for name, run in long.items() if name.startswith("cells/")} == {40, 80, 200}
+  for cell in ("jittered_relabelled_longer", "jittered_relabelled_longest"):
+    assert long[f"cells/{cell}"].data.jitter == 2
   for run in [*runs.values(), *long.values()]:
     config_lib.validate(run)
   with pytest.raises(ConfigError, match="does not have"):
