@@ -43,12 +43,19 @@ def logits_of(model, params: Any, images: jax.Array, batch_size: int, mesh: jax.
   """Eval-mode logits [N, M, C] of M stacked parameter sets on uint8 images [N, ...], any N
   (padded to whole batches, sharded over the mesh, one compiled scan)."""
   num_pad = -images.shape[0] % batch_size
-  logits_fn = jax.jit(functools.partial(
+  padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
+  return _logits_fn(model, batch_size, mesh, member_batch)(params, padded)[:images.shape[0]]
+
+
+@functools.lru_cache(maxsize=16)
+def _logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None):
+  """`logits_of`'s jitted scan, one per (model, batch size, mesh, member batch), so that calls
+  with the same ones and image shape (a distilled run caching its teacher's logits, then
+  measuring its fit to that teacher; the cells of a study) compile once."""
+  return jax.jit(functools.partial(
       targets.teacher_logits, teacher=model, batch_size=batch_size, member_batch=member_batch,
       batch_sharding=parallelism.batch_sharded(mesh)),
       out_shardings=parallelism.replicated(mesh))
-  padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
-  return logits_fn(params, padded)[:images.shape[0]]
 
 
 def logits_on(workdir: str | pathlib.Path, images: np.ndarray,
@@ -139,14 +146,14 @@ def _transfer_fit(run_config, params: Any, splits: data.Splits, mesh: jax.shardi
     return None
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
   member_batch = parallelism.member_batch(run_config.get("member_batch", 0), num_members)
+  student_model = models.model_from_config(run_config.model)
+  teacher_model = models.model_from_config(teacher_config.model)
   report = {"num_train_examples": len(splits.train_images)}
   for split, images in (("train", splits.train_images), ("test", splits.test_images)):
     images = jnp.asarray(images)
     fit = fit_to_teacher(
-        logits_of(models.model_from_config(run_config.model), params, images, batch_size, mesh,
-                  member_batch),
-        logits_of(models.model_from_config(teacher_config.model), teacher_params, images,
-                  batch_size, mesh, member_batch),
+        logits_of(student_model, params, images, batch_size, mesh, member_batch),
+        logits_of(teacher_model, teacher_params, images, batch_size, mesh, member_batch),
         run_config.teacher_ensemble)
     report[f"{split}_agreement"] = [float(a) for a in fit["agreement"]]
     report[f"{split}_kl"] = [float(k) for k in fit["kl"]]
