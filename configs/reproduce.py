@@ -18,9 +18,12 @@ import ml_collections
 from kd_jax import config_lib
 
 
+PROFILES = ("quick", "paper", "tiny")
+
+
 def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
-  if profile not in ("quick", "paper", "tiny"):
-    raise ValueError(f"unknown profile {profile!r}: expected quick, paper or tiny")
+  if profile not in PROFILES:
+    raise ValueError(f"unknown profile {profile!r}: expected one of {PROFILES}")
   config = ml_collections.ConfigDict()
   config.profile = profile
   config.seeds = 3  # Members (seeds) behind every mean +- sd of a student.

@@ -12,7 +12,11 @@ them. The default, one member and no sweep, is a single model.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import itertools
+import pathlib
+import types
 from typing import Any
 
 import ml_collections
@@ -32,6 +36,17 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "soft_t_squared")
 OPTIMIZERS = ("adam", "sgd_momentum")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
+
+
+@functools.cache
+def config_file(name: str) -> types.ModuleType:
+  """The module of configs/NAME.py (a command's default config and its PROFILES), loaded by path:
+  configs/ sits beside the package, not inside it."""
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(f"kd_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:

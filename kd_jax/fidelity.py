@@ -13,7 +13,6 @@ Writes RUN/results.json (with `paper_protocol` and `best_overall`) and RUN/RESUL
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import pathlib
 import time
@@ -31,17 +30,14 @@ JITTER_DEPARTS = "a jittered transfer set relabelled by the teacher departs from
 
 def define_flags() -> None:
   """The command's flags (only when run as a command: importing this module defines none)."""
-  flags.DEFINE_enum("profile", "cpu", ["cpu", "cpu_long", "gpu", "tiny"],
+  flags.DEFINE_enum("profile", "cpu", config_lib.config_file("fidelity").PROFILES,
                     "Schedules: configs/fidelity.py.")
   flags.DEFINE_string("workdir", None, "Root folder of the stages.", required=True)
 
 
 def load_config(profile: str) -> ml_collections.ConfigDict:
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "fidelity.py"
-  spec = importlib.util.spec_from_file_location("fidelity_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(profile)
+  """configs/fidelity.py's config for `profile`."""
+  return config_lib.config_file("fidelity").get_config(profile)
 
 
 def cell_config(config: ml_collections.ConfigDict, root: pathlib.Path,

@@ -10,7 +10,6 @@ writes RUN/results.json, RUN/RESULTS.md, RUN/temperature.png and RUN/regulariser
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import statistics
@@ -26,7 +25,6 @@ from kd_jax import (bias_correction, checkpointing, cli, config_lib, data, evalu
                     plots, reporting, trainer)
 from kd_jax.errors import ConfigError
 
-PROFILES = ("quick", "paper", "tiny")
 # The paper's own figures (Hinton, Vinyals & Dean 2015), typed in; everything else is measured.
 PAPER = {
     "table": {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
@@ -475,7 +473,7 @@ def write_plots(root: pathlib.Path, results: dict[str, Any]) -> None:
 def define_flags() -> flags.FlagHolder:
   """The command's flags (defined only when it runs, so the library imports without them);
   returns the --config holder."""
-  flags.DEFINE_enum("profile", "quick", PROFILES, "Schedules: quick (a 2-core CPU, <45 min), "
+  flags.DEFINE_enum("profile", "quick", config_lib.config_file("reproduce").PROFILES, "Schedules: quick (a 2-core CPU, <45 min), "
                     "paper (long), tiny (seconds, for tests).")
   flags.DEFINE_string("workdir", None, "Root folder of every stage and the results.",
                       required=True)
@@ -489,11 +487,7 @@ def load_config(config: ml_collections.ConfigDict | None, profile: str,
   """`config` (--config) if given, which must agree with a `profile_given` --profile; else
   configs/reproduce.py's for `profile`."""
   if config is None:
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "reproduce.py"
-    spec = importlib.util.spec_from_file_location("kd_jax_reproduce_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(profile)
+    config = config_lib.config_file("reproduce").get_config(profile)
   elif profile_given and config.profile != profile:
     raise ConfigError(f"--profile={profile} contradicts --config, whose profile is "
                       f"{config.profile}; give one of them.")
