@@ -8,7 +8,8 @@ few fields changed (see configs/fidelity.py), `seeds` seeds as one population. E
 scored on the test set and, when distilled, by its fit to the teacher on the transfer set and on
 the test set (agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`),
 which tells "cannot fit the teacher" from "fits it, but the transfer set covers too little".
-Writes RUN/results.json (with `paper_protocol` and `best_overall`) and RUN/RESULTS.md.
+Writes RUN/results.json (with `paper_protocol` and `best_overall`), RUN/RESULTS.md and
+RUN/test_errors.png (every stage's curve, a cell's as its seeds' mean).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from kd_jax import cli, config_lib, reporting, reproduce
+from kd_jax import cli, config_lib, plots, reporting, reproduce
 from kd_jax.errors import ConfigError
 
 PAPER = {"teacher_errors": 67, "distilled_errors": 74, "alone_errors": 146, "transfer": 0.91}
@@ -191,8 +192,10 @@ def main(argv):
              **summarise(config, root, runs)}
   reporting.write_json(root / "results.json", results)
   (root / "RESULTS.md").write_text(render_markdown(results))
+  plots.test_errors(root, list(runs))
   reporting.say(f"Done in {(time.perf_counter() - start) / 60:.1f} min (this invocation). "
-                f"Written: {root / 'RESULTS.md'}, {root / 'results.json'}.")
+                f"Written: {root / 'RESULTS.md'}, {root / 'results.json'}, "
+                f"{root / 'test_errors.png'}.")
 
 
 if __name__ == "__main__":

@@ -25,25 +25,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Root folder: teacher/, distille
 _BASELINE = flags.DEFINE_bool("baseline", True, "Also train the student alone on hard labels.")
 
 
-def plot_test_errors(root: pathlib.Path, runs: list[str]) -> None:
-  """Test errors per epoch of each run, as ROOT/test_errors.png (skipped without matplotlib)."""
-  plt = plots.pyplot()
-  if plt is None:
-    return
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for run in runs:
-    records = reporting.read_metrics(root / run / "metrics.jsonl")
-    # A population's curve is its ensemble's.
-    errors = [r.get("ensemble_test_errors", r["test_errors"]) for r in records]
-    ax.plot([r["epoch"] for r in records], errors,
-            marker="o" if len(records) <= 40 else None, label=run)
-  ax.set(xlabel="epoch", ylabel="test errors (of 10,000)", yscale="log",
-         title="MNIST test errors")
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  plots.save(fig, root / "test_errors.png")
-
-
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR.value)
@@ -73,7 +54,7 @@ def main(argv):
   reporting.say("== 3/3 evaluation ==")
   summary = {run: evaluation.evaluate_checkpoint(root / run) for run in runs}
   reporting.write_json(root / "summary.json", summary)
-  plot_test_errors(root, runs)
+  plots.test_errors(root, runs)
   reporting.say("Test errors: " + ", ".join(f"{run} {summary[run]['test_errors']}" for run in runs)
                 + f". Written: {root / 'summary.json'}")
 

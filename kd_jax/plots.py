@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Sequence
+
+import numpy as np
 
 from kd_jax import reporting
 
@@ -26,3 +29,21 @@ def save(fig, path: str | pathlib.Path) -> None:
   if reporting.is_main_process():
     fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def test_errors(root: pathlib.Path, runs: Sequence[str]) -> None:
+  """Test errors per epoch of each run under `root` (a population's: its members' mean), as
+  ROOT/test_errors.png; skipped without matplotlib."""
+  plt = pyplot()
+  if plt is None:
+    return
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for run in runs:
+    records = reporting.read_metrics(root / run / "metrics.jsonl")
+    ax.plot([r["epoch"] for r in records], [np.mean(r["test_errors"]) for r in records],
+            marker="o" if len(records) <= 40 else None, markersize=3, label=run)
+  ax.set(xlabel="epoch", ylabel="test errors (of 10,000)", yscale="log",
+         title="MNIST test errors")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize="small")
+  save(fig, root / "test_errors.png")

@@ -71,3 +71,4 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   assert results["paper_protocol"]["cell"] in ("paper", "t_alpha")  # Distilled, un-jittered.
   assert "† a jittered transfer set" in (tmp_path / "RESULTS.md").read_text()
   assert pathlib.Path(tmp_path / "cells" / "paper" / "eval.json").exists()
+  assert (tmp_path / "test_errors.png").stat().st_size > 1000
