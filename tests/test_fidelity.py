@@ -35,10 +35,16 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert list(k for k in cpu if k.startswith("teachers/")) == ["teachers/quick"]
   assert cpu["cells/paper"].num_epochs == 8 and cpu["cells/paper"].teacher_workdir.endswith("quick")
   long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
-  assert set(long) == {"teachers/cpu_long", "teachers/sqrt15", "cells/alone",
-                       "cells/alone_jittered", "cells/paper", "cells/jittered_relabelled",
+  assert set(long) == {"teachers/cpu_long", "teachers/ensemble3", "teachers/sqrt15",
+                       "cells/alone", "cells/alone_jittered", "cells/paper",
+                       "cells/paper_ensemble", "cells/jittered_relabelled",
                        "cells/jittered_relabelled_longer", "cells/jittered_relabelled_longest",
-                       "cells/teacher_sqrt15"}
+                       "cells/jittered_relabelled_ensemble", "cells/teacher_sqrt15"}
+  ensemble = long["teachers/ensemble3"]
+  assert ensemble.to_dict() == {**long["teachers/cpu_long"].to_dict(), "members": 3}
+  assert [m["seed"] for m in config_lib.population_members(ensemble)] == [0, 1, 2]
+  for cell in ("paper_ensemble", "jittered_relabelled_ensemble"):
+    assert long[f"cells/{cell}"].teacher_workdir == str(tmp_path / "teachers" / "ensemble3")
   for name, dropout in (("cpu_long", (0.1, 0.3)), ("sqrt15", (0.2, 0.5))):
     teacher = long[f"teachers/{name}"]
     assert (teacher.num_epochs, teacher.data.jitter) == (100, 2)
