@@ -473,8 +473,9 @@ def write_plots(root: pathlib.Path, results: dict[str, Any]) -> None:
 def define_flags() -> flags.FlagHolder:
   """The command's flags (defined only when it runs, so the library imports without them);
   returns the --config holder."""
-  flags.DEFINE_enum("profile", "quick", config_lib.config_file("reproduce").PROFILES, "Schedules: quick (a 2-core CPU, <45 min), "
-                    "paper (long), tiny (seconds, for tests).")
+  flags.DEFINE_enum("profile", "quick", config_lib.config_file("reproduce").PROFILES,
+                    "Schedules: quick (a 2-core CPU, <45 min), paper (long), tiny (seconds, for "
+                    "tests).")
   flags.DEFINE_string("workdir", None, "Root folder of every stage and the results.",
                       required=True)
   return config_flags.DEFINE_config_file(
