@@ -9,12 +9,14 @@ scored on the test set and, when distilled, by its fit to the teacher on the tra
 the test set (agreement of top classes, KL(teacher || student): `evaluation.fit_to_teacher`),
 which tells "cannot fit the teacher" from "fits it, but the transfer set covers too little".
 Writes RUN/results.json (with `paper_protocol` and `best_overall`), RUN/RESULTS.md and
-RUN/test_errors.png (every stage's curve, a cell's as its seeds' mean).
+RUN/test_errors.png (every stage's curve, a cell's as its seeds' mean). --report_only trains
+nothing and reports the finished stages alone (a partial study, e.g. while the rest trains).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 import time
 from typing import Any
@@ -22,8 +24,8 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from kd_jax import cli, config_lib, plots, reporting, reproduce
-from kd_jax.errors import ConfigError
+from kd_jax import checkpointing, cli, config_lib, plots, reporting, reproduce
+from kd_jax.errors import CheckpointError, ConfigError
 
 PAPER = {"teacher_errors": 67, "distilled_errors": 74, "alone_errors": 146, "transfer": 0.91}
 JITTER_DEPARTS = "a jittered transfer set relabelled by the teacher departs from the paper's"
@@ -34,6 +36,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("profile", "cpu", config_lib.config_file("fidelity").PROFILES,
                     "Schedules: configs/fidelity.py.")
   flags.DEFINE_string("workdir", None, "Root folder of the stages.", required=True)
+  flags.DEFINE_bool("report_only", False, "Train nothing: write the report from the finished "
+                    "stages alone, leaving the others out.")
 
 
 def load_config(profile: str) -> ml_collections.ConfigDict:
@@ -71,6 +75,18 @@ def stages(config: ml_collections.ConfigDict,
            for name, changes in config.cells.items()}
   alone = {k: v for k, v in cells.items() if not config_lib.is_distillation(v)}
   return {**alone, **teachers, **{k: v for k, v in cells.items() if k not in alone}}
+
+
+def finished(runs: dict[str, ml_collections.ConfigDict],
+             root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
+  """The stages that completed all their epochs under ROOT; an error if none has."""
+  done = {name: run for name, run in runs.items()
+          if checkpointing.finished_step(root / name, run) is not None}
+  if not done:
+    raise CheckpointError(f"no stage of this profile has finished under {root}; nothing to report.")
+  reporting.say(f"Reporting {len(done)} finished stage(s) of {len(runs)}; left out: "
+                f"{', '.join(name for name in runs if name not in done) or 'none'}.")
+  return done
 
 
 def cell_results(report: dict[str, Any], run: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -118,7 +134,7 @@ def summarise(config: ml_collections.ConfigDict, root: pathlib.Path,
       row["alone_errors_mean"] = reference
       row["transfer"] = (reproduce.transfer_fraction(reference, row["test_errors"]["mean"],
                                                      teachers[teacher])
-                         if teacher and reference is not None else None)
+                         if teacher in teachers and reference is not None else None)
     cells[name.split("/", 1)[1]] = rows
 
   def best(protocol_only: bool) -> dict[str, Any] | None:
@@ -185,7 +201,13 @@ def main(argv):
   root = pathlib.Path(flags.FLAGS.workdir)
   start = time.perf_counter()
   runs = stages(config, root)
-  timings = reproduce.run_stages(runs, root, flags.FLAGS.overwrite, command="fidelity")
+  if flags.FLAGS.report_only:
+    runs = finished(runs, root)
+    timings_path = root / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings = {name: seconds for name, seconds in timings.items() if name in runs}
+  else:
+    timings = reproduce.run_stages(runs, root, flags.FLAGS.overwrite, command="fidelity")
   reporting.say("== fidelity: evaluating every stage ==")
   results = {"profile": config.profile, "machine": reporting.machine(),
              "code_version": reporting.code_version(), "wall_time_s": timings, "paper": PAPER,

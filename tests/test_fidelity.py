@@ -2,12 +2,13 @@
 
 import json
 import pathlib
+import shutil
 
 import pytest
 
 from conftest import run_command
 from kd_jax import config_lib, fidelity
-from kd_jax.errors import ConfigError
+from kd_jax.errors import CheckpointError, ConfigError
 
 KEYS = {"teacher_errors", "distilled_errors_mean", "distilled_errors_sd", "alone_errors_mean",
         "transfer", "seeds", "student_epochs"}
@@ -37,13 +38,14 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
   assert set(long) == {"teachers/cpu_long", "teachers/ensemble3", "teachers/sqrt15",
                        "cells/alone", "cells/alone_jittered", "cells/paper",
-                       "cells/paper_ensemble", "cells/jittered_relabelled",
+                       "cells/paper_ensemble", "cells/paper_ensemble_longer",
+                       "cells/jittered_relabelled",
                        "cells/jittered_relabelled_longer", "cells/jittered_relabelled_longest",
                        "cells/jittered_relabelled_ensemble", "cells/teacher_sqrt15"}
   ensemble = long["teachers/ensemble3"]
   assert ensemble.to_dict() == {**long["teachers/cpu_long"].to_dict(), "members": 3}
   assert [m["seed"] for m in config_lib.population_members(ensemble)] == [0, 1, 2]
-  for cell in ("paper_ensemble", "jittered_relabelled_ensemble"):
+  for cell in ("paper_ensemble", "paper_ensemble_longer", "jittered_relabelled_ensemble"):
     assert long[f"cells/{cell}"].teacher_workdir == str(tmp_path / "teachers" / "ensemble3")
   for name, dropout in (("cpu_long", (0.1, 0.3)), ("sqrt15", (0.2, 0.5))):
     teacher = long[f"teachers/{name}"]
@@ -59,6 +61,8 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
     fidelity.cell_config(config, tmp_path, (("model.width", 3),))
   with pytest.raises(ConfigError, match="names teacher 'big'"):
     fidelity.cell_config(config, tmp_path, (("teacher", "big"),))
+  with pytest.raises(CheckpointError, match="no stage of this profile has finished"):
+    fidelity.finished(runs, tmp_path)  # --report_only on a study not yet run.
 
 
 def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
@@ -78,3 +82,16 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   assert "† a jittered transfer set" in (tmp_path / "RESULTS.md").read_text()
   assert pathlib.Path(tmp_path / "cells" / "paper" / "eval.json").exists()
   assert (tmp_path / "test_errors.png").stat().st_size > 1000
+
+  # --report_only trains nothing: an unfinished cell is left out, not trained.
+  shutil.rmtree(tmp_path / "cells" / "alone_jittered")
+  (tmp_path / "results.json").unlink()
+  result = run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}", "--report_only",
+                       mnist_dir=tiny_mnist_dir)
+  assert "left out: cells/alone_jittered." in result.stdout
+  assert not (tmp_path / "cells" / "alone_jittered").exists()
+  partial = json.loads((tmp_path / "results.json").read_text())
+  assert set(partial["cells"]) == set(cells) - {"alone_jittered"}
+  assert partial["paper_protocol"] == results["paper_protocol"]
+  assert "alone_jittered" not in (tmp_path / "RESULTS.md").read_text()
+
