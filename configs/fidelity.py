@@ -15,7 +15,8 @@ Profiles:
         dropout 0.1/0.3 (to converge in CPU time; the cells' teacher) and the 2012 recipe's
         0.2/0.5 with max-norm sqrt(15) (cell teacher_sqrt15), students of 40 epochs (80 for
         jittered_relabelled_longer, 200 for jittered_relabelled_longest: 80 more minutes), the
-        cells that decide the question: paper, alone, jittered_relabelled, alone_jittered; then
+        cells that decide the question: paper, alone (40 and 80 epochs, the references of the
+        transfer fractions), jittered_relabelled, alone_jittered; then
         an ensemble of three of our teachers (about 55 min) for paper_ensemble (40 and 80
         epochs: 10 and 20 min) and jittered_relabelled_ensemble (about 1 hour).
   gpu   the long schedules the paper's numbers need: teachers 300 epochs, students 150, 500 and
@@ -82,8 +83,8 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     config.teacher = "cpu_long"
     config.student.num_epochs = 40
     for cell in list(config.cells):
-      if cell not in ("paper", "alone", "jittered_relabelled", "jittered_relabelled_longer",
-                      "alone_jittered"):
+      if cell not in ("paper", "alone", "alone_longer", "jittered_relabelled",
+                      "jittered_relabelled_longer", "alone_jittered"):
         del config.cells[cell]
     config.cells.teacher_sqrt15 = (("teacher", "sqrt15"),)
     # The best recipe overall at 2.5x the epochs (80 epochs: 79.0 errors; 200: 77.7).

@@ -37,7 +37,7 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert cpu["cells/paper"].num_epochs == 8 and cpu["cells/paper"].teacher_workdir.endswith("quick")
   long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
   assert set(long) == {"teachers/cpu_long", "teachers/ensemble3", "teachers/sqrt15",
-                       "cells/alone", "cells/alone_jittered", "cells/paper",
+                       "cells/alone", "cells/alone_longer", "cells/alone_jittered", "cells/paper",
                        "cells/paper_ensemble", "cells/paper_ensemble_longer",
                        "cells/jittered_relabelled",
                        "cells/jittered_relabelled_longer", "cells/jittered_relabelled_longest",
@@ -95,3 +95,16 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   assert partial["paper_protocol"] == results["paper_protocol"]
   assert "alone_jittered" not in (tmp_path / "RESULTS.md").read_text()
 
+
+
+def test_shipped_configs_are_the_measured_cells(tmp_path):
+  """The docstrings of configs/*.py quote these cells' numbers: the configs must be those runs."""
+  long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
+  pairs = {"teacher": "teachers/cpu_long", "teacher_ensemble": "teachers/ensemble3",
+           "distill": "cells/paper", "distill_jittered": "cells/jittered_relabelled_ensemble"}
+  for config_name, stage in pairs.items():
+    shipped = config_lib.config_file(config_name).get_config().to_dict()
+    measured = long[stage].to_dict()
+    if "teacher_workdir" in measured:  # Cells run 3 seeds and name their teacher's stage.
+      measured.update(members=1, teacher_workdir=shipped["teacher_workdir"])
+    assert measured == shipped, config_name
