@@ -16,7 +16,6 @@ nothing and reports the finished stages alone (a partial study, e.g. while the r
 from __future__ import annotations
 
 import itertools
-import json
 import pathlib
 import time
 from typing import Any
@@ -203,9 +202,8 @@ def main(argv):
   runs = stages(config, root)
   if flags.FLAGS.report_only:
     runs = finished(runs, root)
-    timings_path = root / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    timings = {name: seconds for name, seconds in timings.items() if name in runs}
+    timings = {name: seconds for name, seconds in reporting.stage_timings(root).items()
+               if name in runs}
   else:
     timings = reproduce.run_stages(runs, root, flags.FLAGS.overwrite, command="fidelity")
   reporting.say("== fidelity: evaluating every stage ==")

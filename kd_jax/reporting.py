@@ -20,6 +20,8 @@ from absl import logging
 
 from kd_jax.errors import CheckpointError
 
+TIMINGS_FILE = "timings.json"  # Multi-stage commands' wall seconds per stage, in their ROOT.
+
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
@@ -100,6 +102,12 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def stage_timings(root: pathlib.Path) -> dict[str, float]:
+  """ROOT/timings.json of a multi-stage command: wall seconds per stage so far (empty before)."""
+  path = root / TIMINGS_FILE
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:

@@ -123,8 +123,7 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
       config_lib.validate(run)
     except ConfigError as e:
       raise ConfigError(f"stage {name}: {e}") from e
-  timings_path = root / "timings.json"
-  timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+  timings = reporting.stage_timings(root)
   total = len(stages) + len(corrections)
   for number, name in enumerate([*stages, *corrections], start=1):
     reporting.say(f"== {command} {number}/{total}: {name} ==")
@@ -143,7 +142,7 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
     finally:  # A stage stopped by a signal resumes later: its time so far counts too.
       timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
       root.mkdir(parents=True, exist_ok=True)
-      reporting.write_json(timings_path, timings)
+      reporting.write_json(root / reporting.TIMINGS_FILE, timings)
   return timings
 
 

@@ -281,8 +281,7 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
   validate(config)
   start = time.perf_counter()
   mesh = parallelism.make_mesh()
-  timings_path = root / "timings.json"
-  timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+  timings = reporting.stage_timings(root)
 
   def timed(stage: str, run_config: ml_collections.ConfigDict, **kwargs) -> None:
     """Trains a stage; its wall time is recorded when it had work to do."""
@@ -292,7 +291,7 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
     stage_start = time.perf_counter()
     trainer.train_and_evaluate(run_config, root / stage, **kwargs)
     timings[stage] = time.perf_counter() - stage_start
-    reporting.write_json(timings_path, timings)
+    reporting.write_json(root / reporting.TIMINGS_FILE, timings)
 
   reporting.say("== 1/4 generalist ==")
   timed("generalist", config.generalist, overwrite=overwrite)
