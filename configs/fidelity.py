@@ -17,7 +17,7 @@ Profiles:
         jittered_relabelled_longer, 200 for jittered_relabelled_longest: 80 more minutes), the
         cells that decide the question: paper, alone (40 and 80 epochs, the references of the
         transfer fractions), jittered_relabelled, alone_jittered; then
-        an ensemble of three of our teachers (about 55 min) for paper_ensemble (40 and 80
+        an ensemble of three of our teachers (57 min) for paper_ensemble (40 and 80
         epochs: 10 and 20 min) and jittered_relabelled_ensemble (about 1 hour).
   gpu   the long schedules the paper's numbers need: teachers 300 epochs, students 150, 500 and
         1500 epochs.

@@ -96,7 +96,6 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   assert "alone_jittered" not in (tmp_path / "RESULTS.md").read_text()
 
 
-
 def test_shipped_configs_are_the_measured_cells(tmp_path):
   """The docstrings of configs/*.py quote these cells' numbers: the configs must be those runs."""
   long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
