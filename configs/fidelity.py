@@ -27,6 +27,7 @@ Profiles:
 import ml_collections
 
 from kd_jax import config_lib
+from kd_jax.configs import paper_teacher, quick_teacher, teacher
 
 PROFILES = ("cpu", "cpu_long", "gpu", "tiny")
 
@@ -39,9 +40,9 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
   config.seeds = 3
   # Teachers: the 2012 dropout recipe's max-norm sqrt(15) (the paper's teacher), and ours (4).
   config.teachers = ml_collections.ConfigDict()
-  config.teachers.sqrt15 = config_lib.paper_teacher()
+  config.teachers.sqrt15 = paper_teacher.get_config()
   config.teachers.sqrt15.model.max_norm = 15**0.5
-  config.teachers.maxnorm4 = config_lib.paper_teacher()
+  config.teachers.maxnorm4 = paper_teacher.get_config()
   config.teacher = "sqrt15"
   config.student = config_lib.add_distillation(config_lib.base_config(), temperature=20.0,
                                                alpha=0.9)
@@ -67,17 +68,17 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     del config.cells["jittered_relabelled_longer"]
     # The paper's teacher needs hundreds of epochs (after 8 it has 161 errors, worse than the
     # student alone); the quick teacher (dropout 0.1/0.3, 1-px jitter) gets ~105 in 10.
-    config.teachers = ml_collections.ConfigDict({"quick": config_lib.quick_teacher()})
+    config.teachers = ml_collections.ConfigDict({"quick": quick_teacher.get_config()})
     config.teacher = "quick"
     config.student.num_epochs = 8
     del config.cells["teacher_maxnorm4"]  # A teacher comparison needs the gpu profile.
     config.cells.t_alpha = (("sweep.temperature", (4.0, 8.0, 20.0)), ("sweep.alpha", (0.5, 1.0)))
   elif profile == "cpu_long":  # About 2 hours on a 2-core EPYC.
     config.teachers.sqrt15.num_epochs = 100
-    ensemble = config_lib.tuned_teacher()
+    ensemble = teacher.get_config()
     ensemble.members = 3  # Seeds 0, 1, 2 (member 0 is the cpu_long teacher); the students
     # distil from their averaged tempered probabilities (teacher_ensemble "arithmetic").
-    config.teachers = ml_collections.ConfigDict({"cpu_long": config_lib.tuned_teacher(),
+    config.teachers = ml_collections.ConfigDict({"cpu_long": teacher.get_config(),
                                                  "ensemble3": ensemble,
                                                  "sqrt15": config.teachers.sqrt15})
     config.teacher = "cpu_long"
@@ -95,8 +96,8 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     config.cells.jittered_relabelled_ensemble = (("data.jitter", 2), ("num_epochs", 80),
                                                  ("teacher", "ensemble3"))
   elif profile == "gpu":
-    for teacher in (config.teachers.sqrt15, config.teachers.maxnorm4):
-      teacher.num_epochs = 300
+    for gpu_teacher in (config.teachers.sqrt15, config.teachers.maxnorm4):
+      gpu_teacher.num_epochs = 300
     config.student.num_epochs = 150
     config.cells.longest = (("num_epochs", 1500),)
     config.cells.alone_longest = (("teacher_workdir", ""), ("num_epochs", 1500))

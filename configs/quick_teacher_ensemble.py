@@ -5,11 +5,11 @@ targets are the average of the ten teachers' tempered probabilities (--config.te
 geometric for their geometric mean). 5 epochs each, to keep the example short on a CPU.
 """
 
-from kd_jax import config_lib
+from kd_jax.configs import quick_teacher
 
 
 def get_config():
-  config = config_lib.quick_teacher()
+  config = quick_teacher.get_config()
   config.num_epochs = 5
   config.members = 10
   return config

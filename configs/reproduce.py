@@ -16,6 +16,7 @@ variations of it (see `kd_jax.reproduce.stage_configs`).
 import ml_collections
 
 from kd_jax import config_lib
+from kd_jax.configs import paper_teacher, quick_teacher
 
 
 PROFILES = ("quick", "paper", "tiny")
@@ -28,7 +29,7 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
   config.profile = profile
   config.seeds = 3  # Members (seeds) behind every mean +- sd of a student.
   config.teacher_member = 0
-  config.teacher = config_lib.quick_teacher() if profile != "paper" else config_lib.paper_teacher()
+  config.teacher = quick_teacher.get_config() if profile != "paper" else paper_teacher.get_config()
   config.teacher.members = 10
   config.student = config_lib.add_distillation(config_lib.base_config(), temperature=20.0,
                                                alpha=0.9)

@@ -7,10 +7,10 @@ ensemble had 63 test errors (members 70, 72, 71; 57 minutes; results/fidelity, t
 ensemble3); member 0 is configs/teacher.py's run, bit for bit.
 """
 
-from kd_jax import config_lib
+from kd_jax.configs import teacher
 
 
 def get_config():
-  config = config_lib.tuned_teacher()
+  config = teacher.get_config()
   config.members = 3
   return config

@@ -31,8 +31,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import (cli, config_lib, data, evaluation, losses, models, parallelism, reporting,
-                    steps, targets, trainer)
+from kd_jax import (cli, config_lib, configs, data, evaluation, losses, models, parallelism,
+                    reporting, steps, targets, trainer)
 
 _QUICK = flags.DEFINE_bool("quick", False, "Under a minute: 1,024 random images, one batch "
                            "size, one timed epoch, 2 members, no bfloat16 or vmapped variants. "
@@ -54,12 +54,12 @@ class Case:
 
 
 def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
-  teacher = config_lib.paper_teacher()
+  teacher = configs.get("paper_teacher")
   student = config_lib.base_config()
   in_step = config_lib.add_distillation(config_lib.base_config())
   in_step.data.jitter = 2  # A jittered transfer set: the teacher relabels every view.
   cached = config_lib.add_distillation(config_lib.base_config())  # Un-jittered: cached logits.
-  bf16_teacher = config_lib.paper_teacher()
+  bf16_teacher = configs.get("paper_teacher")
   bf16_teacher.model.compute_dtype = "bfloat16"
   cases = [Case("teacher 2x1200", teacher), Case("teacher 2x1200 bf16", bf16_teacher),
            Case("student 2x800 hard labels", student),
@@ -161,12 +161,12 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
   teacher_sizes = None  # Set when the teacher runs in the step: its forward is in the floor.
   targets_used = "hard labels"
   if config_lib.is_distillation(config):
-    teacher_config = config_lib.paper_teacher()
+    teacher_config = configs.get("paper_teacher")
     teacher_model = models.model_from_config(teacher_config.model)
-    teacher_params = trainer.init_population(teacher_model, optimizer(1.0), [{"seed": 1}],
-                                             mesh).params
+    teacher_variables = trainer.init_population(teacher_model, optimizer(1.0), [{"seed": 1}],
+                                                mesh).variables
     loss_fn = losses.make_distillation_loss(config.soft_loss)
-    teacher = trainer.make_teacher(config, teacher_model, teacher_params, train_data["image"],
+    teacher = trainer.make_teacher(config, teacher_model, teacher_variables, train_data["image"],
                                    mesh, member_batch)
     if teacher.cached_logits is not None:
       train_data = {**train_data, "teacher_logits": teacher.cached_logits}
@@ -174,11 +174,12 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
     else:
       teacher_sizes = _layer_sizes(teacher_config.model)
       targets_used = "teacher in the step"
-  epoch_fn = trainer.make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
-                                   member_batch)
+  epoch_fn = trainer.make_epoch_fn(
+      config, model, trainer.Objective(optimizer, loss_fn, teacher, steps.shuffled_batches, None),
+      mesh, member_batch)
   state = trainer.init_population(model, optimizer(config.learning_rate), members, mesh)
   hparams = trainer.member_hparams(config, members)
-  args = (state, train_data, hparams, teacher.params, jnp.int32(0))
+  args = (state, train_data, hparams, teacher.variables, jnp.int32(0))
   next_epoch = lambda out, args, i: (out[0], *args[1:4], jnp.int32(i))
   epoch = _time(epoch_fn, args, repeats, next_epoch)
   floor_fn, floor_args = bare_matmul_epoch(
@@ -199,7 +200,7 @@ def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
                       quick: bool) -> dict:
   """What a population of paper teachers needs, from XLA's memory analysis of its compiled epoch
   (compiled, not run): bytes per member and the largest P that fits a memory size."""
-  config = config_lib.paper_teacher()
+  config = configs.get("paper_teacher")
   model = models.model_from_config(config.model)
   optimizer = steps.make_optimizer(config, 1)
   result = {}
@@ -208,8 +209,10 @@ def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
     for size in (1, num_members):
       config.members = size
       members = config_lib.population_members(config)
-      epoch_fn = trainer.make_epoch_fn(config, model, optimizer, losses.hard_label_loss,
-                                       targets.no_targets, mesh, min(member_batch, size))
+      objective = trainer.Objective(optimizer, losses.hard_label_loss,
+                                    trainer.Teacher(targets.no_targets, None, None),
+                                    steps.shuffled_batches, None)
+      epoch_fn = trainer.make_epoch_fn(config, model, objective, mesh, min(member_batch, size))
       state = trainer.init_population(model, optimizer(1.0), members, mesh)
       analysis = epoch_fn.lower(state, train_data, trainer.member_hparams(config, members), None,
                                 jnp.int32(0)).compile().memory_analysis()
@@ -227,17 +230,17 @@ def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
 
 def time_evaluation(arrays: dict[str, np.ndarray], mesh, repeats: int) -> dict:
   """The paper teacher scored on the test set (eval batch 1000) against its forward matmuls."""
-  config = config_lib.paper_teacher()
+  config = configs.get("paper_teacher")
   model = models.model_from_config(config.model)
-  params = trainer.init_population(model, steps.make_optimizer(config, 1)(1.0), [{"seed": 0}],
-                                   mesh).params
+  variables = trainer.init_population(model, steps.make_optimizer(config, 1)(1.0),
+                                      [{"seed": 0}], mesh).variables
   split = evaluation.put_eval_split(arrays["test_images"],
                                     arrays["test_labels"].astype(np.int32),
                                     config.eval_batch_size, mesh)
   evaluate_fn = jax.jit(functools.partial(
       steps.evaluate, model=model, batch_size=config.eval_batch_size, member_batch=1,
       batch_sharding=parallelism.batch_sharded(mesh)))
-  timing = _time(evaluate_fn, (params, split.images, split.labels, split.mask), repeats)
+  timing = _time(evaluate_fn, (variables, split.images, split.labels, split.mask), repeats)
   sizes = _layer_sizes(config.model)
   weights = [jnp.ones((m, n)) * 0.01 for m, n in zip(sizes[:-1], sizes[1:])]
   num_batches = split.images.shape[0] // config.eval_batch_size

@@ -1,11 +1,13 @@
 """Run directories: RUN/config.json, RUN/population.json and orbax checkpoints in RUN/checkpoints/.
 
-Everything that reads or prepares a run directory lives here. Each checkpoint step holds three
+Everything that reads or prepares a run directory lives here. Each checkpoint step holds these
 items so that readers take only what they need:
-  params     the members' parameters, stacked on a leading member axis [P, ...] (all that
-             distillation and evaluation restore; P = 1 for a single model),
-  train      step, optimizer state and each member's base PRNG key (what resuming needs),
-  meta       JSON: epoch and the test metrics at that point.
+  params       the members' parameters, stacked on a leading member axis [P, ...] (with
+               model_state, all that distillation and evaluation restore; P = 1 for one model),
+  model_state  only for models with mutable collections: those collections (BatchNorm's
+               batch_stats), stacked the same way,
+  train        step, optimizer state and each member's base PRNG key (what resuming needs),
+  meta         JSON: epoch, the test metrics at that point and every array's digest.
 Restoring builds an abstract target on the current devices, so a checkpoint written on 8 devices
 restores on 1 and the other way round.
 """
@@ -35,13 +37,16 @@ POPULATION_FILE = "population.json"
 CHECKPOINT_DIR = "checkpoints"
 DATA_FILE = "data.json"  # Fingerprints of the data the run trained and was scored on.
 TEACHER_FILE = "teacher.json"  # Which teacher (path, step, members, digest) a student learnt from.
-RUN_FILES = (CONFIG_FILE, POPULATION_FILE, "metrics.jsonl", "eval.json", DATA_FILE, TEACHER_FILE)
+METRICS_FILE = "metrics.jsonl"  # One JSON line per epoch (reporting.MetricsWriter).
+EVAL_FILE = "eval.json"  # The evaluate command's report (evaluation.evaluate_checkpoint).
+TENSORBOARD_DIR = "tensorboard"
+RUN_FILES = (CONFIG_FILE, POPULATION_FILE, METRICS_FILE, EVAL_FILE, DATA_FILE, TEACHER_FILE)
 RECORD_NAMES = {DATA_FILE: "different data", TEACHER_FILE: "a different teacher"}
 RECORD_NOTES = ("source", "workdir", "finished")  # Where things are, or notes: not compared.
 LOCK_FILE = ".lock"
 ASIDE_DIR = ".replaced"
 CORRUPTED_DIR = "corrupted_checkpoints"  # Checkpoints that failed their checksums, kept aside.
-RUN_DIRS = (CHECKPOINT_DIR, "tensorboard", CORRUPTED_DIR)
+RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
 # Fields that say where data lives or how often to save: they may change when a run resumes.
 # How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
@@ -241,7 +246,7 @@ def finished_step(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   else None. Reads only JSON and directory names (no orbax), so callers can skip finished runs
   cheaply: a step directory exists under its final name only once orbax has committed it."""
   workdir = pathlib.Path(workdir)
-  metrics = workdir / "metrics.jsonl"
+  metrics = workdir / METRICS_FILE
   if not (workdir / CONFIG_FILE).exists() or not metrics.exists():
     return None
   if config_differences(load_config(workdir), config):
@@ -278,19 +283,26 @@ def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only, enable_async_checkpointing=True)
   handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
-              "meta": ocp.JsonCheckpointHandler()}
+              "model_state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, step: int, params: Any, train: Any,
+def variable_items(variables: dict[str, Any]) -> dict[str, Any]:
+  """A model's variables as checkpoint items: 'params', and 'model_state' when it has other
+  collections (so checkpoints of stateless models keep their layout)."""
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  return {"params": variables["params"], **({"model_state": model_state} if model_state else {})}
+
+
+def save(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
          meta: dict[str, Any]) -> None:
-  """Writes checkpoint `step` and waits for it, so a failed write (a full disk) is reported now,
-  as one line, not an epoch later. `meta` gets the digest of every array, checked whenever the
-  checkpoint is restored."""
-  meta = {**meta, "digests": {"params": array_digests(params), "train": array_digests(train)}}
+  """Writes checkpoint `step` (array items by name: params, model_state, train) and waits for it,
+  so a failed write (a full disk) is reported now, as one line, not an epoch later. `meta` gets
+  the digest of every array, checked whenever the checkpoint is restored."""
+  meta = {**meta, "digests": {name: array_digests(tree) for name, tree in items.items()}}
   try:
     manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
+        **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
         meta=ocp.args.JsonSave(meta)))
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except  # orbax and tensorstore raise many kinds.
@@ -299,16 +311,13 @@ def save(manager: ocp.CheckpointManager, step: int, params: Any, train: Any,
                           "checkpoint is intact.") from e
 
 
-def save_params(workdir: str | pathlib.Path, step: int, params: Any,
-                meta: dict[str, Any]) -> None:
-  """Writes a checkpoint holding only `params` and `meta`: a derived model (such as a
-  bias-corrected one) that evaluates and distils like any other but does not resume training."""
-  meta = {**meta, "digests": {"params": array_digests(params)}}
+def save_variables(workdir: str | pathlib.Path, step: int, variables: dict[str, Any],
+                   meta: dict[str, Any]) -> None:
+  """Writes a checkpoint holding only the model's variables and `meta`: a derived model (such as
+  a bias-corrected one) that evaluates and distils like any other but does not resume training."""
   manager = open_manager(workdir)
   try:
-    manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                               meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    save(manager, step, variable_items(variables), meta)
   finally:
     manager.close()
 
@@ -435,17 +444,19 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   return {name: restored[name] for name in ("meta", *items)}
 
 
-def abstract_member_params(model_config: ml_collections.ConfigDict, num_members: int) -> Any:
-  """Shapes and dtypes of `num_members` stacked parameter sets of the configured model."""
-  model = models.model_from_config(model_config)
-  init = lambda key: model.init(key, models.dummy_input(model), train=False)["params"]
+def abstract_member_variables(model: Any, input_shape: tuple[int, ...], num_members: int) -> Any:
+  """Shapes and dtypes of `num_members` stacked variable sets of `model` ({'params': ..., and any
+  other collections})."""
+  init = lambda key: models.init_variables(model, key, input_shape)
   return jax.eval_shape(jax.vmap(init), jax.random.split(jax.random.PRNGKey(0), num_members))
 
 
-def restore_params(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh, step: int | None = None,
-                   members: tuple[int, ...] | None = None
-                   ) -> tuple[Any, ml_collections.ConfigDict, int]:
-  """Stacked params [M, ...] of a run (latest or `step`), built from that run's own config.
+def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
+                      step: int | None = None, members: tuple[int, ...] | None = None,
+                      model: Any = None) -> tuple[dict[str, Any], ml_collections.ConfigDict, int]:
+  """Stacked variables {'params': [M, ...], and e.g. 'batch_stats'} of a run (latest or `step`),
+  shaped by that run's own config, or by `model` when given (a user's module that the config
+  cannot rebuild). Returns (variables, the run's config, step).
 
   `members` selects member indices (default: all); a single model comes back with M = 1.
   """
@@ -454,14 +465,16 @@ def restore_params(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh, step: i
   if members and max(members) >= num_members:
     raise CheckpointError(f"{workdir} has {num_members} member(s) (indices 0 to "
                           f"{num_members - 1}); member {max(members)} was asked for.")
-  example = abstract_member_params(run_config.model, num_members)
+  model = models.model_from_config(run_config.model) if model is None else model
+  example = variable_items(abstract_member_variables(
+      model, tuple(run_config.model.input_shape), num_members))
   manager = open_manager(workdir, read_only=True)
   try:
     step = latest_step(manager, workdir) if step is None else step
-    params = restore(manager, step, {"params": example}, parallelism.replicated(mesh),
-                     workdir)["params"]
+    restored = restore(manager, step, example, parallelism.replicated(mesh), workdir)
   finally:
     manager.close()
+  variables = {"params": restored["params"], **restored.get("model_state", {})}
   if members:
-    params = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], params)
-  return params, run_config, step
+    variables = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], variables)
+  return variables, run_config, step

@@ -10,8 +10,9 @@ import traceback
 from typing import Callable, Sequence
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from kd_jax import parallelism, preemption
+from kd_jax import api, configs, parallelism, preemption
 from kd_jax.errors import ConfigError, KdJaxError, OutOfMemoryError, one_line
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
@@ -51,13 +52,34 @@ def _fail(error: KdJaxError) -> None:
   sys.exit(error.exit_code)
 
 
-def _flags_parser(config_flags: Sequence[flags.FlagHolder]) -> Callable[[list[str]], list[str]]:
+def define_config(name: str, default: str | None, help_text: str) -> flags.FlagHolder:
+  """A config flag that takes a shipped config's name (`teacher`, `reproduce:tiny`) or a file
+  (`path/to/file.py[:ARG]`); fields are overridden with --NAME.FIELD=VALUE."""
+  return config_flags.DEFINE_config_file(
+      name, None if default is None else configs.resolve(default),
+      f"{help_text} A shipped config's name ({', '.join(configs.names())}) or a config file.",
+      lock_config=True)
+
+
+def _resolve_config_names(argv: list[str], names: Sequence[str]) -> list[str]:
+  """argv with `--NAME=VALUE` / `--NAME VALUE` of the config flags resolved by `configs.resolve`."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    for name in names:
+      if arg.startswith(f"--{name}="):
+        argv[i] = f"--{name}={configs.resolve(arg.split('=', 1)[1])}"
+      elif arg == f"--{name}" and i + 1 < len(argv):
+        argv[i + 1] = configs.resolve(argv[i + 1])
+  return argv
+
+
+def _flags_parser(config_holders: Sequence[flags.FlagHolder]) -> Callable[[list[str]], list[str]]:
   """Parses flags and loads the config files now, so a typo is one line, not a traceback."""
 
   def parse(argv: list[str]) -> list[str]:
     try:
-      remaining = FLAGS(argv)
-      for holder in config_flags:
+      remaining = FLAGS(_resolve_config_names(argv, [h.name for h in config_holders]))
+      for holder in config_holders:
         if holder.value is not None:  # None: an optional config file left out.
           holder.value.keys()  # Raises here if the file failed to load.
       return remaining
@@ -74,7 +96,7 @@ def _flags_parser(config_flags: Sequence[flags.FlagHolder]) -> Callable[[list[st
 
 
 def run(main: Callable[[list[str]], None],
-        config_flags: Sequence[flags.FlagHolder] = ()) -> None:
+        config_holders: Sequence[flags.FlagHolder] = ()) -> None:
   """absl's app.run, with KdJaxError printed as one line and its own exit code."""
 
   def main_with_clear_errors(argv):
@@ -88,8 +110,7 @@ def run(main: Callable[[list[str]], None],
       threading.excepthook = lambda args: None
       std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
-      os.environ["XLA_FLAGS"] = " ".join(
-          [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true"]).strip()
+      api.use_deterministic_kernels()
     try:
       if _DISTRIBUTED.value or _COORDINATOR.value:
         parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
@@ -107,4 +128,4 @@ def run(main: Callable[[list[str]], None],
                                  "finished its work first. Nothing is lost."))
 
   preemption.install()  # Before flags and configs are read (kd_jax's import did it for -m).
-  app.run(main_with_clear_errors, flags_parser=_flags_parser(config_flags))
+  app.run(main_with_clear_errors, flags_parser=_flags_parser(config_holders))

@@ -12,11 +12,7 @@ them. The default, one member and no sweep, is a single model.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import itertools
-import pathlib
-import types
 from typing import Any
 
 import ml_collections
@@ -33,20 +29,9 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
                 "class_subsets", "init_workdir", "optimizer", "sgd.momentum_start",
                 "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
-                "soft_t_squared")
+                "soft_t_squared", "model.name", "model.conv_features")
 OPTIMIZERS = ("adam", "sgd_momentum")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
-
-
-@functools.cache
-def config_file(name: str) -> types.ModuleType:
-  """The module of configs/NAME.py (a command's default config and its PROFILES), loaded by path:
-  configs/ sits beside the package, not inside it."""
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"kd_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -72,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.member_batch = 0  # Members vmapped together: 0 = auto (1 on CPU, all on accelerators).
 
   config.model = ml_collections.ConfigDict()
+  # "mlp", "cnn" (models.CNN: conv_features, then hidden_sizes; BatchNorm), or a user's module
+  # as "package.module:Class" with its dataclass fields in model.fields (kd_jax.train(model=...)
+  # records both).
+  config.model.name = "mlp"
+  config.model.conv_features = (16, 32)  # cnn only: channels of its 3x3 convolutions.
   config.model.hidden_sizes = (800, 800)
   config.model.input_dropout = 0.0
   config.model.hidden_dropout = 0.0
@@ -107,39 +97,6 @@ def base_config() -> ml_collections.ConfigDict:
   # classes plus a dustbin, initialised from the run in init_workdir (the generalist).
   config.class_subsets = ()
   config.init_workdir = ""
-  return config
-
-
-def paper_teacher() -> ml_collections.ConfigDict:
-  """The paper's teacher: 784-1200-1200-10, dropout 0.2 (input) / 0.5 (hidden), max-norm, jitter."""
-  config = base_config()
-  config.num_epochs = 60
-  config.model.hidden_sizes = (1200, 1200)
-  config.model.input_dropout = 0.2
-  config.model.hidden_dropout = 0.5
-  config.model.max_norm = 4.0
-  config.data.jitter = 2
-  return config
-
-
-def quick_teacher() -> ml_collections.ConfigDict:
-  """The paper's teacher for a laptop CPU: lighter dropout, 1px jitter, 10 epochs."""
-  config = paper_teacher()
-  config.num_epochs = 10
-  config.model.input_dropout = 0.1
-  config.model.hidden_dropout = 0.3
-  config.data.jitter = 1
-  return config
-
-
-def tuned_teacher() -> ml_collections.ConfigDict:
-  """The teacher configs/teacher.py trains: the paper's architecture, 2-px jitter and max-norm,
-  with the quick teacher's lighter dropout (0.1/0.3), which converges faster under Adam: after
-  100 epochs 70 test errors, the 2012 recipe's 0.2/0.5 with max-norm sqrt(15) 76
-  (results/fidelity)."""
-  config = quick_teacher()
-  config.num_epochs = 100
-  config.data.jitter = 2
   return config
 
 
@@ -226,8 +183,16 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
     check("sgd.decay_per_epoch", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
   check("seed", lambda v: is_int(v) and 0 <= v and v + config.get("members", 1) <= 2**32,
         "an integer in [0, 2**32 - members] (PRNG seeds are 32-bit: 2**32 would equal 0)")
-  check("model.hidden_sizes", lambda v: len(v) > 0 and all(is_int(s) and s > 0 for s in v),
-        "a non-empty tuple of positive integers")
+  check("model.name", lambda v: isinstance(v, str) and (v in models.MODELS or ":" in v),
+        f"one of {models.MODELS}, or 'package.module:Class' for a module of your own")
+  if config.model.name == "mlp":
+    check("model.hidden_sizes", lambda v: len(v) > 0 and all(is_int(s) and s > 0 for s in v),
+          "a non-empty tuple of positive integers")
+  check("model.hidden_sizes", lambda v: isinstance(v, tuple) and all(is_int(s) and s > 0
+                                                                     for s in v),
+        "a tuple of positive integers")
+  check("model.conv_features", lambda v: isinstance(v, tuple) and all(
+      is_int(s) and s > 0 for s in v), "a tuple of positive integers (the cnn's channels)")
   check("model.input_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
   check("model.hidden_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
   check("model.max_norm", lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)")

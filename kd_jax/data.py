@@ -300,13 +300,16 @@ def write_idx_folder(folder: str | os.PathLike, arrays: dict[str, np.ndarray],
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """uint8 [B, ...] -> float32 [B, features] with MNIST's mean and std.
+  """Images [B, H, W(, C)] -> float32 of the same shape with MNIST's mean and std: uint8 pixels
+  (as stored) are divided by 255; floats are taken to be in [0, 1] already.
 
-  Other datasets get the same fixed affine map of [0, 255]: the first Dense layer absorbs any
-  affine input scaling, so only the optimiser's conditioning, not the model, depends on it.
+  Other datasets get the same fixed affine map: the first layer absorbs any affine input scaling,
+  so only the optimiser's conditioning, not the model, depends on it.
   """
-  flat = images.reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
-  return (flat - MNIST_MEAN) / MNIST_STD
+  scaled = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    scaled = scaled / 255.0
+  return (scaled - MNIST_MEAN) / MNIST_STD
 
 
 def jitter(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:

@@ -1,23 +1,23 @@
 """Distils a student from a trained teacher's soft targets.
 
-  python -m kd_jax.distill --config configs/distill.py --config.teacher_workdir runs/teacher \
+  python -m kd_jax.distill --config distill --config.teacher_workdir runs/teacher \
       --workdir runs/distilled
 """
 
 from absl import flags
-from ml_collections import config_flags
 
-from kd_jax import cli, config_lib, trainer
+from kd_jax import api, cli, config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("config", None, "Distillation config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the student.", required=True)
 
 
 def main(argv):
   del argv
-  config_lib.validate(_CONFIG.value, require_teacher=True)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value, cli.OVERWRITE.value)
+  config = _CONFIG.value
+  config_lib.validate(config, require_teacher=True)  # Names a missing --config.teacher_workdir.
+  api.distill(config, _WORKDIR.value, teacher=config.teacher_workdir,
+              overwrite=cli.OVERWRITE.value)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, config_lib, data, models, parallelism, reporting, steps, targets
+from kd_jax import (checkpointing, config_lib, data, losses, models, parallelism, reporting,
+                    steps, targets)
 from kd_jax.errors import CheckpointError, ConfigError
 
 
@@ -38,13 +39,13 @@ def put_eval_split(images: np.ndarray, labels: np.ndarray, batch_size: int,
                      num_examples=len(images))
 
 
-def logits_of(model, params: Any, images: jax.Array, batch_size: int, mesh: jax.sharding.Mesh,
+def logits_of(model, variables: Any, images: jax.Array, batch_size: int, mesh: jax.sharding.Mesh,
               member_batch: int | None) -> jax.Array:
-  """Eval-mode logits [N, M, C] of M stacked parameter sets on uint8 images [N, ...], any N
-  (padded to whole batches, sharded over the mesh, one compiled scan)."""
+  """Eval-mode logits [N, M, C] of M stacked variable sets on images [N, ...] (uint8, or floats
+  in [0, 1]), any N (padded to whole batches, sharded over the mesh, one compiled scan)."""
   num_pad = -images.shape[0] % batch_size
   padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
-  return _logits_fn(model, batch_size, mesh, member_batch)(params, padded)[:images.shape[0]]
+  return _logits_fn(model, batch_size, mesh, member_batch)(variables, padded)[:images.shape[0]]
 
 
 @functools.lru_cache(maxsize=16)
@@ -61,10 +62,10 @@ def _logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: in
 def logits_on(workdir: str | pathlib.Path, images: np.ndarray,
               mesh: jax.sharding.Mesh) -> np.ndarray:
   """Logits [N, M, C] of every member of the run in `workdir` (latest checkpoint) on `images`."""
-  params, run_config, _ = checkpointing.restore_params(workdir, mesh)
-  num_members = jax.tree.leaves(params)[0].shape[0]
+  variables, run_config, _ = checkpointing.restore_variables(workdir, mesh)
+  num_members = jax.tree.leaves(variables)[0].shape[0]
   return np.array(logits_of(
-      models.model_from_config(run_config.model), params, jnp.asarray(images),
+      models.model_from_config(run_config.model), variables, jnp.asarray(images),
       parallelism.eval_batch_size(run_config.eval_batch_size, mesh), mesh,
       parallelism.member_batch(run_config.get("member_batch", 0), num_members)))
 
@@ -78,7 +79,7 @@ def _figures(totals: dict[str, Any], num_examples: int) -> dict[str, Any]:
 
 def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int,
                    ensemble: str = "arithmetic", label_maps: jax.Array | None = None):
-  """A jitted (stacked params, split) -> {'members': [figures...], 'ensemble': figures}.
+  """A jitted (stacked variables, split) -> {'members': [figures...], 'ensemble': figures}.
 
   Figures are host numbers: errors, accuracy, loss, per_class_errors. With `label_maps`
   (specialists, see `steps.evaluate`) each member is scored on its own classes and 'ensemble' is
@@ -88,8 +89,8 @@ def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch
       steps.evaluate, model=model, batch_size=batch_size, member_batch=member_batch,
       batch_sharding=parallelism.batch_sharded(mesh), ensemble=ensemble))
 
-  def run(member_params: Any, split: DeviceSplit) -> dict[str, Any]:
-    totals = jax.device_get(evaluate_fn(member_params, split.images, split.labels, split.mask,
+  def run(member_variables: Any, split: DeviceSplit) -> dict[str, Any]:
+    totals = jax.device_get(evaluate_fn(member_variables, split.images, split.labels, split.mask,
                                         label_maps))
     num_members = len(totals["members"]["errors"])
     return {"members": [_figures(steps.take_member(totals["members"], i), split.num_examples)
@@ -126,34 +127,36 @@ def fit_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array,
   one that fits it but learnt too little from the transfer set (high agreement, yet test errors
   above the teacher's).
   """
-  teacher = steps.ensemble_log_probabilities(teacher_logits, ensemble)
+  teacher = losses.ensemble_log_probabilities(teacher_logits, mean=ensemble)
   student = jax.nn.log_softmax(student_logits)
   agreement = jnp.mean(jnp.argmax(student, -1) == jnp.argmax(teacher, -1)[:, None], axis=0)
   kl = jnp.mean(jnp.sum(jnp.exp(teacher)[:, None] * (teacher[:, None] - student), -1), axis=0)
   return {"agreement": np.asarray(agreement), "kl": np.asarray(kl)}
 
 
-def _transfer_fit(run_config, params: Any, splits: data.Splits, mesh: jax.sharding.Mesh,
-                  num_members: int) -> dict[str, Any] | None:
+def _transfer_fit(run_config, model, variables: Any, splits: data.Splits,
+                  mesh: jax.sharding.Mesh, num_members: int,
+                  teacher_model=None) -> dict[str, Any] | None:
   """`fit_to_teacher` of a distilled run on its (un-jittered) transfer set and on the test set:
   fitting the teacher on the first but not the second is a transfer set that covers too little.
   None, with a warning, when its teacher can no longer be read."""
   try:
-    teacher_params, teacher_config, _ = checkpointing.restore_params(
-        run_config.teacher_workdir, mesh, members=tuple(run_config.teacher_members) or None)
+    teacher_variables, teacher_config, _ = checkpointing.restore_variables(
+        run_config.teacher_workdir, mesh, members=tuple(run_config.teacher_members) or None,
+        model=teacher_model)
   except CheckpointError as e:
     reporting.say(f"Warning: no fit to the teacher measured: {e}")
     return None
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
   member_batch = parallelism.member_batch(run_config.get("member_batch", 0), num_members)
-  student_model = models.model_from_config(run_config.model)
-  teacher_model = models.model_from_config(teacher_config.model)
+  if teacher_model is None:
+    teacher_model = models.model_from_config(teacher_config.model)
   report = {"num_train_examples": len(splits.train_images)}
   for split, images in (("train", splits.train_images), ("test", splits.test_images)):
     images = jnp.asarray(images)
     fit = fit_to_teacher(
-        logits_of(student_model, params, images, batch_size, mesh, member_batch),
-        logits_of(teacher_model, teacher_params, images, batch_size, mesh, member_batch),
+        logits_of(model, variables, images, batch_size, mesh, member_batch),
+        logits_of(teacher_model, teacher_variables, images, batch_size, mesh, member_batch),
         run_config.teacher_ensemble)
     report[f"{split}_agreement"] = [float(a) for a in fit["agreement"]]
     report[f"{split}_kl"] = [float(k) for k in fit["kl"]]
@@ -171,9 +174,11 @@ def _test_report(figures: dict[str, Any]) -> dict[str, Any]:
 def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                         mnist_dir: str | None = None,
                         ensemble: str = "arithmetic",
-                        report_name: str = "eval.json") -> dict[str, Any]:
+                        report_name: str = checkpointing.EVAL_FILE, *, model=None,
+                        teacher_model=None) -> dict[str, Any]:
   """Scores a checkpoint on the test set; writes and returns RUN/eval.json's content (or
-  RUN/`report_name`'s).
+  RUN/`report_name`'s). `model` / `teacher_model` stand in for modules the run's configs cannot
+  rebuild (a user's, defined in a notebook).
 
   For a population, eval.json also holds `members` (one dict per member) and `ensemble`; its
   top-level test figures are then the ensemble's. For a single model they are the model's.
@@ -183,7 +188,8 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                       "evaluate them with `python -m kd_jax.specialists --workdir ROOT` (its "
                       "eval.json holds the generalist's and the combined accuracy).")
   mesh = parallelism.make_mesh()
-  params, run_config, step = checkpointing.restore_params(workdir, mesh, step)
+  variables, run_config, step = checkpointing.restore_variables(workdir, mesh, step, model=model)
+  model = models.model_from_config(run_config.model) if model is None else model
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
   splits = data.load_dataset(run_config.data, mnist_dir)
   fingerprint = data.fingerprint(splits)
@@ -196,9 +202,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   settings = config_lib.population_members(run_config)
   num_members = len(settings)
   evaluator = make_evaluator(
-      models.model_from_config(run_config.model), batch_size, mesh,
+      model, batch_size, mesh,
       parallelism.member_batch(run_config.get("member_batch", 0), num_members), ensemble)
-  result = evaluator(params, test)
+  result = evaluator(variables, test)
   report = {**_test_report(result["ensemble"] if num_members > 1 else result["members"][0]),
             "num_test_examples": test.num_examples, "step": step,
             "model": models.describe(run_config.model),
@@ -209,7 +215,8 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                                           if trained_on else None)},
             "teacher": _read_record(workdir, checkpointing.TEACHER_FILE)}
   if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
-    report["transfer_fit"] = _transfer_fit(run_config, params, splits, mesh, num_members)
+    report["transfer_fit"] = _transfer_fit(run_config, model, variables, splits, mesh,
+                                           num_members, teacher_model)
   if num_members > 1:
     report.update(num_members=num_members, ensemble_mean=ensemble,
                   members=[{**setting, **_test_report(figures)}

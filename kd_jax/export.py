@@ -26,19 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from kd_jax import checkpointing, cli, data, models, parallelism, reporting, steps, targets
+from kd_jax import checkpointing, cli, data, losses, models, parallelism, reporting, targets
 from kd_jax.errors import CheckpointError, ConfigError
 
 MODEL_FILE = "model.jax_exported"
 METADATA_FILE = "metadata.json"
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
-def serving_fn(model: models.MLP, member_params: Any) -> Callable[[jax.Array], jax.Array]:
-  """uint8 [B, 28, 28] -> probabilities [B, C]: the members' softmax (T = 1), averaged."""
+def serving_fn(model, member_variables: Any) -> Callable[[jax.Array], jax.Array]:
+  """uint8 [B, 28, 28] -> probabilities [B, C]: the members' softmax (T = 1), averaged; a model
+  with BatchNorm uses its running statistics."""
 
   def serve(images: jax.Array) -> jax.Array:
-    logits = targets.member_logits(model, member_params, data.normalize(images))
-    return jnp.exp(steps.ensemble_log_probabilities(logits))
+    logits = targets.member_logits(model, member_variables, data.normalize(images))
+    return jnp.exp(losses.ensemble_log_probabilities(logits))
 
   return serve
 
@@ -54,7 +55,8 @@ def _finished_epochs(workdir: pathlib.Path, step: int) -> int | None:
 
 def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | None = None,
                member: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS,
-               overwrite: bool = False, saved_model: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, saved_model: bool = False,
+               model=None) -> dict[str, Any]:
   """Exports the run's checkpoint (latest or `step`; one member or the ensemble) into `out`.
 
   Everything is checked before `out` is touched; an existing `out` is refused unless `overwrite`.
@@ -67,19 +69,19 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   if member is not None and member < 0:
     raise ConfigError(f"--member={member} is invalid: expected a member index >= 0.")
   mesh = parallelism.make_mesh(jax.devices()[:1])
-  params, run_config, step = checkpointing.restore_params(
-      workdir, mesh, step, members=None if member is None else (member,))
+  variables, run_config, step = checkpointing.restore_variables(
+      workdir, mesh, step, members=None if member is None else (member,), model=model)
   epochs = _finished_epochs(workdir, step)
   if epochs is not None and epochs < run_config.num_epochs:
     reporting.say(f"Warning: checkpoint step {step} of {workdir} is from epoch {epochs} of "
                   f"{run_config.num_epochs}: the run has not finished.")
-  model = models.model_from_config(run_config.model)
-  num_members = jax.tree.leaves(params)[0].shape[0]
+  model = models.model_from_config(run_config.model) if model is None else model
+  num_members = jax.tree.leaves(variables)[0].shape[0]
   batch = jax.export.symbolic_shape("batch")[0]
   image_shape = tuple(run_config.model.input_shape)
   images_spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
   try:
-    exported = jax.export.export(jax.jit(serving_fn(model, params)),
+    exported = jax.export.export(jax.jit(serving_fn(model, variables)),
                                  platforms=tuple(platforms))(images_spec)
   except (ValueError, NotImplementedError) as e:
     raise ConfigError(f"could not lower the model for --platforms={','.join(platforms)}: "
@@ -92,14 +94,14 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
                  f"class probabilities at T = 1, averaged over {num_members} members"),
       "input": f"uint8 [batch, {', '.join(str(d) for d in image_shape)}] (raw pixels)",
       "platforms": list(exported.platforms), "jax": jax.__version__,
-      "num_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+      "num_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))),
       "files": [MODEL_FILE, METADATA_FILE] + (["saved_model"] if saved_model else [])}
   staging = out.with_name(out.name + ".tmp")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
   (staging / MODEL_FILE).write_bytes(exported.serialize())
   if saved_model:
-    _write_saved_model(serving_fn(model, params), image_shape, staging / "saved_model")
+    _write_saved_model(serving_fn(model, variables), image_shape, staging / "saved_model")
   reporting.write_json(staging / METADATA_FILE, metadata)
   if out.exists():
     shutil.rmtree(out)

@@ -31,13 +31,17 @@ def tempered_softmax(logits: jax.Array, temperature: float | jax.Array) -> jax.A
   return jax.nn.softmax(logits / temperature, axis=-1)
 
 
-def ensemble_probabilities(member_logits: jax.Array, temperature: float | jax.Array = 1.0,
-                           mean: str = "arithmetic") -> jax.Array:
-  """[B, M, C] logits of M models -> [B, C] probabilities of their ensemble at `temperature`."""
+def ensemble_log_probabilities(member_logits: jax.Array, temperature: float | jax.Array = 1.0,
+                               mean: str = "arithmetic") -> jax.Array:
+  """[B, M, C] logits of M models -> [B, C] log-probabilities of their ensemble at
+  `temperature`: the log of the mean of their probabilities (stably), or for `mean="geometric"`
+  their renormalised geometric mean, which is the softmax of the mean logit. The one ensemble of
+  kd_jax: soft targets, evaluation, export and predictions all use it."""
   chex.assert_rank(member_logits, 3)
-  if mean == "geometric":  # exp(mean log p) renormalised = softmax(mean logit / T).
-    return tempered_softmax(member_logits.mean(axis=1), temperature)
-  return tempered_softmax(member_logits, temperature).mean(axis=1)
+  if mean == "geometric":
+    return jax.nn.log_softmax(member_logits.mean(axis=1) / temperature, axis=-1)
+  log_probs = jax.nn.log_softmax(member_logits / temperature, axis=-1)
+  return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(member_logits.shape[1])
 
 
 def hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -76,7 +80,7 @@ def soft_loss(name: str, student_logits: jax.Array, teacher_logits: jax.Array,
   """The soft term `name` against teacher logits [B, M, C] (an ensemble of M >= 1 teachers)."""
   if name == "logit_matching":
     return logit_matching(student_logits, teacher_logits.mean(axis=1))
-  targets = ensemble_probabilities(teacher_logits, temperature, ensemble)
+  targets = jnp.exp(ensemble_log_probabilities(teacher_logits, temperature, ensemble))
   if name == "softmax_mse":
     return softmax_mse(student_logits, targets, temperature)
   return soft_cross_entropy(student_logits, targets, temperature, t_squared)

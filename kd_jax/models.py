@@ -1,7 +1,17 @@
-"""The paper's networks: MLPs with ReLU, dropout and an optional max-norm constraint."""
+"""Models: the paper's MLPs, a small CNN with BatchNorm, and any Flax module of the user's.
+
+A model is any `flax.linen.Module` whose `__call__(images, *, train: bool)` maps normalised images
+[B, H, W] (or [B, H, W, C]) to logits [B, num_classes]. It may draw the "dropout" RNG and keep
+mutable collections such as BatchNorm's `batch_stats` (updated in training, used in eval mode).
+`config.model.name` chooses it: a registry name (`MODELS`: "mlp", "cnn"), or "package.module:Class"
+for a module of the user's, rebuilt from `config.model.fields` (its dataclass fields).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import json
 import math
 from typing import Any, Sequence
 
@@ -11,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from kd_jax.data import IMAGE_SHAPE, NUM_CLASSES
+from kd_jax.errors import ConfigError
 
 
 DROPOUT_LEVELS = 256  # A dropout decision compares one random byte with a threshold.
@@ -65,7 +76,37 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
 
 
+class CNN(nn.Module):
+  """A LeNet-5-like convnet with BatchNorm: per entry of `conv_features`, a 3x3 convolution,
+  BatchNorm, ReLU and 2x2 max-pooling; then `hidden_sizes` dense layers (ReLU, dropout) and the
+  logits. Its running statistics (`batch_stats`) are updated in training and used in eval mode.
+  """
+
+  conv_features: Sequence[int] = (16, 32)
+  hidden_sizes: Sequence[int] = (256,)
+  num_classes: int = NUM_CLASSES
+  input_dropout: float = 0.0
+  hidden_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = x[..., None] if x.ndim == 3 else x  # [B, H, W] -> one channel.
+    for i, features in enumerate(self.conv_features):
+      x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                       name=f"norm_{i}")(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    drop = lambda x, rate: dropout(self.make_rng("dropout"), x, rate) if train and rate else x
+    x = drop(x.reshape((x.shape[0], -1)), self.input_dropout)
+    for i, size in enumerate(self.hidden_sizes):
+      x = drop(nn.relu(nn.Dense(size, dtype=self.dtype, name=f"hidden_{i}")(x)),
+               self.hidden_dropout)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MODELS = ("mlp", "cnn")  # The registry; any other name is "package.module:Class".
 
 
 def compute_dtype(model_config: ml_collections.ConfigDict) -> Any:
@@ -73,26 +114,86 @@ def compute_dtype(model_config: ml_collections.ConfigDict) -> Any:
   return jnp.dtype(model_config.get("compute_dtype", "float32"))
 
 
-def dummy_input(model: MLP) -> jax.Array:
-  """A batch of one zero input of the model's size, for `model.init`."""
-  return jnp.zeros((1, math.prod(model.input_shape)), jnp.float32)
+def dummy_input(input_shape: Sequence[int]) -> jax.Array:
+  """A batch of one normalised zero image of `input_shape`, for `model.init`."""
+  return jnp.zeros((1, *input_shape), jnp.float32)
 
 
-def model_from_config(model_config: ml_collections.ConfigDict) -> MLP:
-  return MLP(hidden_sizes=tuple(model_config.hidden_sizes),
-             num_classes=model_config.get("num_classes", NUM_CLASSES),
-             input_shape=tuple(model_config.get("input_shape", IMAGE_SHAPE)),
-             input_dropout=float(model_config.input_dropout),
-             hidden_dropout=float(model_config.hidden_dropout),
-             dtype=compute_dtype(model_config))
+def init_variables(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
+  """All of the model's variables ({'params': ..., and e.g. 'batch_stats'}), from `key`."""
+  return dict(model.init(key, dummy_input(input_shape), train=False))
+
+
+def module_path(model: nn.Module) -> str:
+  """'package.module:Class', the name under which a run records a user's module."""
+  return f"{type(model).__module__}:{type(model).__qualname__}"
+
+
+def module_fields(model: nn.Module) -> dict[str, Any]:
+  """The module's dataclass fields that JSON can hold, to rebuild it by `module_path`."""
+  fields = {}
+  for field in dataclasses.fields(model):
+    if field.name in ("parent", "name") or not field.init:
+      continue
+    value = getattr(model, field.name)
+    try:
+      fields[field.name] = json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+      continue  # Not recordable (a dtype, a function): the module's default is assumed.
+  return fields
+
+
+def record_model(model_config: ml_collections.ConfigDict, model: nn.Module) -> None:
+  """Records a user's module in the config (`name`, `fields`) so the run can rebuild it; the
+  registry's own models are described by the config already."""
+  if type(model) in (MLP, CNN) and model == model_from_config(model_config):
+    return  # The config describes it already.
+  model_config.name = module_path(model)
+  model_config.fields = module_fields(model)
+
+
+def model_from_config(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The model a config describes: a registry model, or a user's module imported by path."""
+  name = model_config.get("name", "mlp")
+  common = dict(num_classes=model_config.get("num_classes", NUM_CLASSES),
+                input_dropout=float(model_config.input_dropout),
+                hidden_dropout=float(model_config.hidden_dropout),
+                dtype=compute_dtype(model_config))
+  if name == "mlp":
+    return MLP(hidden_sizes=tuple(model_config.hidden_sizes),
+               input_shape=tuple(model_config.get("input_shape", IMAGE_SHAPE)), **common)
+  if name == "cnn":
+    return CNN(conv_features=tuple(model_config.get("conv_features", (16, 32))),
+               hidden_sizes=tuple(model_config.hidden_sizes), **common)
+  module_name, _, class_name = name.partition(":")
+  if module_name == "__main__" or not class_name:
+    raise ConfigError(f"the run's model is {name!r}, defined in a notebook or script, not "
+                      "importable by path: pass it again as model= (kd_jax.load(workdir, "
+                      "model=...)).")
+  try:
+    cls = importlib.import_module(module_name)
+    for part in class_name.split("."):
+      cls = getattr(cls, part)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f"config.model.name={name!r} cannot be imported ({e}); pass the module as "
+                      "model=, or make it importable.") from e
+  fields = model_config.get("fields") or {}
+  return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(fields).items()})
 
 
 def describe(model_config: ml_collections.ConfigDict) -> str:
   """A one-line description such as 'MLP 784-1200-1200-10, dropout 0.2/0.5, max-norm 3.5'."""
-  model = model_from_config(model_config)
-  sizes = "-".join(str(s) for s in (math.prod(model.input_shape), *model.hidden_sizes,
-                                    model.num_classes))
-  text = f"MLP {sizes}"
+  name = model_config.get("name", "mlp")
+  if name not in MODELS:
+    return name
+  shape = tuple(model_config.get("input_shape", IMAGE_SHAPE))
+  classes = model_config.get("num_classes", NUM_CLASSES)
+  if name == "cnn":
+    convs = "-".join(str(f) for f in model_config.get("conv_features", (16, 32)))
+    text = (f"CNN {'x'.join(map(str, shape))} conv {convs} (BatchNorm) dense "
+            f"{'-'.join(str(s) for s in (*model_config.hidden_sizes, classes))}")
+  else:
+    text = f"MLP {'-'.join(str(s) for s in (math.prod(shape), *model_config.hidden_sizes, classes))}"
   if model_config.input_dropout or model_config.hidden_dropout:
     text += f", dropout {model_config.input_dropout:g}/{model_config.hidden_dropout:g}"
   if model_config.max_norm:

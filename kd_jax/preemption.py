@@ -1,12 +1,18 @@
-"""SIGTERM/SIGINT handling: finish the epoch in flight, checkpoint, exit with EXIT_PREEMPTED.
+"""SIGTERM/SIGINT handling: finish the epoch in flight, checkpoint, stop with `Preempted`.
 
-Schedulers preempt with SIGTERM (SLURM, Kubernetes, TPU maintenance) and users with Ctrl-C. From
-the moment a command starts (`install`, called when kd_jax is imported by `python -m kd_jax.*`)
-both only set a flag: the training loop checks it between compiled epochs, saves, and raises
-`Preempted`, whose exit code tells a job script to requeue the same command; a signal during
-imports, data loading or compilation ends the command with that code at the next check (nothing
-new to save). A second signal, or no exit within the grace period ($KD_JAX_GRACE_S, default 300 s)
-after the first, ends the process at once with the same code: the latest checkpoint stays valid.
+Schedulers preempt with SIGTERM (SLURM, Kubernetes, TPU maintenance) and users with Ctrl-C (or a
+notebook's "interrupt kernel"). Both only set a flag: the training loop checks it between compiled
+epochs, saves, and raises `Preempted`.
+
+- In a command (`install`, called when kd_jax is imported by `python -m kd_jax.*`, once the
+  interpreter has started) the handlers last for the whole process: a signal during imports, data
+  loading or compilation ends the command with exit code EXIT_PREEMPTED at the next check, and a
+  job script requeues on that code. A second signal, or no exit within the grace period
+  ($KD_JAX_GRACE_S, default 300 s) after the first, ends the process at once with the same code:
+  the latest checkpoint stays valid.
+- In a library call (`kd_jax.train` from a notebook or script) `PreemptionGuard` installs the
+  handlers for that run only and restores the previous ones after it; the flag starts clear for
+  every run, a second signal raises KeyboardInterrupt at once, and nothing ends the process.
 
 This module imports nothing heavy, so it can be installed before jax is.
 """
@@ -22,6 +28,7 @@ from kd_jax.errors import KdJaxError
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
 GRACE_ENV = "KD_JAX_GRACE_S"
 _received: list[str] = []  # Names of the signals received, in order.
+_for_command: list[bool] = []  # [True] once a command installed the handlers for its process.
 
 
 class Preempted(KdJaxError):
@@ -41,7 +48,11 @@ def _handle(signum, frame) -> None:
   del frame
   _received.append(signal.Signals(signum).name)
   if len(_received) > 1:
+    if not _for_command:  # A library call: stop now, but leave the process to its owner.
+      raise KeyboardInterrupt(f"a second signal ({_received[-1]}) during a kd_jax run")
     _exit_now(f"a second signal ({_received[-1]})")
+  if not _for_command:
+    return
   grace = float(os.environ.get(GRACE_ENV, "300"))
   timer = threading.Timer(grace, _exit_now, args=(f"{_received[0]}, and the run did not stop "
                                                   f"within {grace:g} s ({GRACE_ENV})",))
@@ -50,10 +61,16 @@ def _handle(signum, frame) -> None:
 
 
 def install() -> None:
-  """Turns SIGTERM and SIGINT into the flag `signal_received` reads (main thread only)."""
+  """For a command: turns SIGTERM and SIGINT into the flag `signal_received` reads, for the rest
+  of the process (main thread only)."""
   if threading.current_thread() is threading.main_thread():
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(signum, _handle)
+    _for_command[:] = [True]
+    _install_handlers()
+
+
+def _install_handlers() -> None:
+  for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, _handle)
 
 
 def signal_received() -> str | None:
@@ -62,8 +79,9 @@ def signal_received() -> str | None:
 
 
 class PreemptionGuard:
-  """The flag, for the training loop; installs the handlers if no command did, and restores the
-  previous ones on exit when it installed them (library use, e.g. inside tests)."""
+  """The flag, for the training loop. In a command the handlers are already installed; in a
+  library call (no command installed them) it installs them for this run with a clear flag, and
+  restores the previous handlers and clears the flag on exit, so the next run starts afresh."""
 
   def __init__(self):
     self._previous = {}
@@ -73,14 +91,18 @@ class PreemptionGuard:
     return signal_received()
 
   def __enter__(self) -> PreemptionGuard:
-    if signal.getsignal(signal.SIGTERM) is not _handle:
+    if (not _for_command and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is not _handle):
       self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-      install()
+      _received.clear()
+      _install_handlers()
     return self
 
   def __exit__(self, *exc_info) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
+    if self._previous:
+      for signum, handler in self._previous.items():
+        signal.signal(signum, handler)
+      _received.clear()
 
   def requested(self) -> bool:
     """True on every process as soon as any process got a signal (so all save together)."""

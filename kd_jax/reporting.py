@@ -58,15 +58,17 @@ def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
 
 
 class MetricsWriter:
-  """Appends one JSON object per epoch to RUN/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per epoch to a run's metrics file (RUN/metrics.jsonl) and mirrors
+  scalars to TensorBoard events in `tensorboard_dir`."""
 
-  def __init__(self, workdir: str | pathlib.Path, keep_epochs_up_to: int = 0):
-    """Opens RUN/metrics.jsonl, dropping records past `keep_epochs_up_to` (the resumed epoch).
+  def __init__(self, path: str | pathlib.Path, tensorboard_dir: str | pathlib.Path,
+               keep_epochs_up_to: int = 0):
+    """Opens `path`, dropping records past `keep_epochs_up_to` (the resumed epoch).
 
     A run killed after logging an epoch but before checkpointing it redoes that epoch; dropping
     the stale record keeps exactly one line per epoch.
     """
-    self._path = pathlib.Path(workdir) / "metrics.jsonl"
+    self._path = pathlib.Path(path)
     self._tb = None
     if not is_main_process():
       return
@@ -79,7 +81,7 @@ class MetricsWriter:
         tmp.replace(self._path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(tensorboard_dir))
     except ImportError:
       logging.info("tensorboardX is not installed: no TensorBoard events are written.")
       print("Note: tensorboardX is not installed, so no TensorBoard events are written.")

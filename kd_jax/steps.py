@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import chex
 import flax.linen as nn
 import flax.struct
 import jax
@@ -35,6 +34,13 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   opt_state: Any
   rng: jax.Array  # The member's base key; per-epoch and per-step keys are folded in from it.
+  # The model's other variable collections (BatchNorm's batch_stats); {} for a stateless model.
+  model_state: Any = flax.struct.field(default_factory=dict)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """What `model.apply` takes: {'params': ..., **model_state}."""
+    return {"params": self.params, **self.model_state}
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
@@ -72,12 +78,13 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
   return optimizer
 
 
-def create_train_state(rng: jax.Array, model: nn.Module,
-                       tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                       input_shape: tuple[int, ...] = data.IMAGE_SHAPE) -> TrainState:
   init_key, run_key = jax.random.split(rng)
-  params = model.init(init_key, models.dummy_input(model), train=False)["params"]
+  model_state = models.init_variables(model, init_key, input_shape)
+  params = model_state.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=run_key)
+                    rng=run_key, model_state=model_state)
 
 
 def stack_members(trees: list[Any]) -> Any:
@@ -90,34 +97,44 @@ def take_member(tree: Any, index: int) -> Any:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
-               hparams: dict[str, jax.Array], teacher_params: Any = None, *, model: nn.Module,
+               hparams: dict[str, jax.Array], teacher_variables: Any = None, *, model: nn.Module,
                optimizer: Optimizer, loss_fn: losses.LossFn = losses.hard_label_loss,
                targets_fn: targets.TargetsFn = targets.no_targets,
                max_norm: float | None = None,
                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam update on a batch {'image': f32[B, 784], 'label': i32[B], ...}.
+  """One optimizer update on a batch {'image': f32[B, H, W], 'label': i32[B], ...}.
 
-  `targets_fn(teacher_params, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
-  compares the student with. `key` drives the student's dropout only.
+  `targets_fn(teacher_variables, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
+  compares the student with. `key` drives the student's dropout only. A model with mutable
+  collections (BatchNorm) has them updated from this batch (averaged across `axis_name`).
   """
-  chex.assert_rank(batch["image"], 2)
-  batch_targets = targets_fn(teacher_params, batch)
+  batch_targets = targets_fn(teacher_variables, batch)
+  mutable = list(state.model_state)
 
   def objective(params):
-    logits = model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": key})
+    variables = {"params": params, **state.model_state}
+    if mutable:
+      logits, model_state = model.apply(variables, batch["image"], train=True,
+                                        rngs={"dropout": key}, mutable=mutable)
+    else:
+      logits, model_state = model.apply(variables, batch["image"], train=True,
+                                        rngs={"dropout": key}), {}
     loss, parts = loss_fn(logits, batch, batch_targets, hparams)
-    return loss, (logits, parts)
+    return loss, (logits, parts, dict(model_state))
 
-  (loss, (logits, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  (loss, (logits, parts, model_state)), grads = jax.value_and_grad(
+      objective, has_aux=True)(state.params)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              **parts}
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     metrics = jax.lax.pmean(metrics, axis_name)
+    model_state = jax.lax.pmean(model_state, axis_name)
   updates, opt_state = optimizer(hparams["learning_rate"]).update(grads, state.opt_state,
                                                                   state.params)
   params = models.apply_max_norm(optax.apply_updates(state.params, updates), max_norm)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       model_state=model_state), metrics
 
 
 Sampler = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array], int], jax.Array]
@@ -131,7 +148,7 @@ def shuffled_batches(key: jax.Array, train_data: dict[str, jax.Array],
 
 
 def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
-                teacher_params: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
+                teacher_variables: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
                 max_shift: int, batch_sharding: jax.sharding.Sharding,
                 sampler: Sampler = shuffled_batches) -> tuple[TrainState, dict[str, jax.Array]]:
   """One member's epoch as a single lax.scan; returns epoch-mean metrics.
@@ -153,7 +170,7 @@ def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: di
     batch["image"] = data.normalize(data.jitter(jax.random.fold_in(jitter_key, step_in_epoch),
                                                 batch["image"], max_shift))
     return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
-                   teacher_params)
+                   teacher_variables)
 
   steps = jnp.arange(batch_indices.shape[0])
   state, metrics = jax.lax.scan(body, state, (steps, batch_indices))
@@ -165,7 +182,7 @@ def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: di
 
 
 def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
-                     hparams: dict[str, jax.Array], teacher_params: Any, epoch: jax.Array, *,
+                     hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array, *,
                      member_batch: int, **epoch_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_epoch` for every member of a population (states and hparams stacked on axis 0).
 
@@ -175,18 +192,10 @@ def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
 
   def one_member(member):
     state, member_hparams = member
-    return train_epoch(state, train_data, member_hparams, teacher_params, epoch, **epoch_kwargs)
+    return train_epoch(state, train_data, member_hparams, teacher_variables, epoch,
+                       **epoch_kwargs)
 
   return parallelism.map_members(one_member, (states, hparams), member_batch)
-
-
-def ensemble_log_probabilities(member_logits: jax.Array, mean: str = "arithmetic") -> jax.Array:
-  """[B, M, C] logits -> [B, C] log-probabilities of the ensemble (stable log of the mean)."""
-  chex.assert_rank(member_logits, 3)
-  if mean == "geometric":
-    return jax.nn.log_softmax(member_logits.mean(axis=1))
-  log_probs = jax.nn.log_softmax(member_logits)
-  return jax.nn.logsumexp(log_probs, axis=1) - jnp.log(member_logits.shape[1])
 
 
 def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
@@ -198,13 +207,13 @@ def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dic
           "per_class_errors": per_class}
 
 
-def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
+def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
              label_maps: jax.Array | None = None, *, model: nn.Module, batch_size: int,
              member_batch: int, batch_sharding: jax.sharding.Sharding,
              ensemble: str = "arithmetic") -> dict[str, dict[str, jax.Array]]:
   """Totals of `eval_counts` over a split padded to a multiple of `batch_size`.
 
-  `member_params` are stacked [P, ...]; returns {'members': totals with a leading [P] axis,
+  `member_variables` are stacked [P, ...] ({'params': ..., and any other collections}); returns {'members': totals with a leading [P] axis,
   'ensemble': totals of the members' averaged probabilities}. With `label_maps` [P, C] (members
   that predict classes of their own, e.g. specialists) member p is scored on label_maps[p][labels]
   and there is no ensemble.
@@ -214,7 +223,7 @@ def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax
   def body(totals, inputs):
     batch_images, batch_labels, batch_mask = [
         jax.lax.with_sharding_constraint(x, batch_sharding) for x in inputs]
-    logits = targets.member_logits(model, member_params, data.normalize(batch_images),
+    logits = targets.member_logits(model, member_variables, data.normalize(batch_images),
                                    member_batch)
     if label_maps is not None:
       counts = {"members": jax.vmap(eval_counts, in_axes=(1, 0, None))(
@@ -223,14 +232,16 @@ def evaluate(member_params: Any, images: jax.Array, labels: jax.Array, mask: jax
       counts = {
           "members": jax.vmap(eval_counts, in_axes=(1, None, None))(
               jax.nn.log_softmax(logits), batch_labels, batch_mask),
-          "ensemble": eval_counts(ensemble_log_probabilities(logits, ensemble), batch_labels,
-                                  batch_mask)}
+          "ensemble": eval_counts(losses.ensemble_log_probabilities(logits, mean=ensemble),
+                                  batch_labels, batch_mask)}
     return jax.tree.map(jnp.add, totals, counts), None
 
   split = lambda x: x.reshape((num_batches, batch_size) + x.shape[1:])
-  num_members = jax.tree.leaves(member_params)[0].shape[0]
+  num_members = jax.tree.leaves(member_variables)[0].shape[0]
+  num_classes = jax.eval_shape(lambda v, x: targets.member_logits(model, v, x, member_batch),
+                               member_variables, images[:1].astype(jnp.float32)).shape[-1]
   zeros = {"loss_sum": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
-           "per_class_errors": jnp.zeros(model.num_classes, jnp.int32)}
+           "per_class_errors": jnp.zeros(num_classes, jnp.int32)}
   zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype), zeros),
            **({"ensemble": zeros} if label_maps is None else {})}
   totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask)))

@@ -62,22 +62,26 @@ class Teacher:
   """What the step needs from the teacher: its targets function and the arguments it takes."""
 
   targets_fn: targets.TargetsFn
-  params: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
+  variables: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
   cached_logits: jax.Array | None  # [N, M, C] on the un-jittered training images, or None.
   provenance: dict[str, Any] | None = None  # Which teacher it is: the student's teacher.json.
 
 
 def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.sharding.Mesh,
-                 member_batch: int) -> Teacher:
-  """Restores the teacher (all or `teacher_members` of a population) from its own config.
+                 member_batch: int, teacher_model: nn.Module | None = None) -> Teacher:
+  """Restores the teacher (all or `teacher_members` of a population) from its own config, as
+  `teacher_model` when given (a module its config cannot rebuild).
 
   Without jitter the transfer set is fixed, so its logits are computed here once and the step
   gathers them (config.cache_teacher_logits); with jitter the teacher runs inside the step.
+  Either way it runs in eval mode (running statistics, no dropout).
   """
-  params, teacher_config, teacher_step = checkpointing.restore_params(
-      config.teacher_workdir, mesh, members=tuple(config.teacher_members) or None)
-  teacher = models.model_from_config(teacher_config.model)
-  num_teachers = jax.tree.leaves(params)[0].shape[0]
+  variables, teacher_config, teacher_step = checkpointing.restore_variables(
+      config.teacher_workdir, mesh, members=tuple(config.teacher_members) or None,
+      model=teacher_model)
+  teacher = (models.model_from_config(teacher_config.model) if teacher_model is None
+             else teacher_model)
+  num_teachers = jax.tree.leaves(variables)[0].shape[0]
   ensemble = f", an ensemble of {num_teachers} members" if num_teachers > 1 else ""
   reporting.say(f"Teacher: {models.describe(teacher_config.model)} from "
                 f"{config.teacher_workdir} (step {teacher_step}){ensemble}.")
@@ -88,21 +92,22 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
                   "distilling from it as it is now.")
   provenance = {"workdir": str(pathlib.Path(config.teacher_workdir).absolute()),
                 "step": teacher_step, "members": list(config.teacher_members) or "all",
-                "digest": checkpointing.combined_digest(checkpointing.array_digests(params)),
+                "digest": checkpointing.combined_digest(
+                    checkpointing.array_digests(variables["params"])),
                 "finished": finished}
   return dataclasses.replace(
-      make_teacher(config, teacher, params, setup.train_data["image"], mesh, member_batch),
+      make_teacher(config, teacher, variables, setup.train_data["image"], mesh, member_batch),
       provenance=provenance)
 
 
-def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: Any,
+def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, variables: Any,
                  train_images: jax.Array, mesh: jax.sharding.Mesh, member_batch: int) -> Teacher:
   """The teacher in the step (jittered transfer set) or its logits cached once (un-jittered)."""
   if config.data.jitter or not config.cache_teacher_logits:
-    return Teacher(targets.make_teacher_targets(teacher, member_batch), params, None)
+    return Teacher(targets.make_teacher_targets(teacher, member_batch), variables, None)
   start = time.perf_counter()
   logits = jax.block_until_ready(evaluation.logits_of(
-      teacher, params, train_images, parallelism.eval_batch_size(config.eval_batch_size, mesh),
+      teacher, variables, train_images, parallelism.eval_batch_size(config.eval_batch_size, mesh),
       mesh, member_batch))
   reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images in "
                 f"{time.perf_counter() - start:.1f}s.")
@@ -110,28 +115,28 @@ def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, params: 
 
 
 def init_population(model: nn.Module, tx, members: list[dict[str, Any]],
-                    mesh: jax.sharding.Mesh) -> steps.TrainState:
+                    mesh: jax.sharding.Mesh,
+                    input_shape: tuple[int, ...] = data.IMAGE_SHAPE) -> steps.TrainState:
   """Each member's initial state from its own seed (as its single run would), stacked."""
   replicated = parallelism.replicated(mesh)
-  create = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx),
-                   out_shardings=replicated)
+  create = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx,
+                                     input_shape=input_shape), out_shardings=replicated)
   state = steps.stack_members([create(jax.random.PRNGKey(m["seed"])) for m in members])
   return jax.device_put(state, replicated)
 
 
-def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module,
-                  optimizer: steps.Optimizer, loss_fn: losses.LossFn,
-                  targets_fn: targets.TargetsFn, mesh: jax.sharding.Mesh, member_batch: int,
-                  sampler: steps.Sampler = steps.shuffled_batches):
-  """The jitted population epoch (state donated): (state, train_data, hparams, teacher_params,
-  epoch) -> (state, per-member metrics)."""
-  step_fn = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                              loss_fn=loss_fn, targets_fn=targets_fn,
+def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module, objective: Objective,
+                  mesh: jax.sharding.Mesh, member_batch: int):
+  """The jitted population epoch (state donated): (state, train_data, hparams,
+  teacher_variables, epoch) -> (state, per-member metrics)."""
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
+                              loss_fn=objective.loss_fn, targets_fn=objective.teacher.targets_fn,
                               max_norm=config.model.max_norm)
   return jax.jit(
       functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
                         batch_size=config.batch_size, max_shift=config.data.jitter,
-                        batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler),
+                        batch_sharding=parallelism.batch_sharded(mesh),
+                        sampler=objective.sampler),
       out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
 
 
@@ -161,8 +166,8 @@ def start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainS
                           mesh: jax.sharding.Mesh) -> steps.TrainState:
   """Specialists' parameters from the generalist in config.init_workdir (its member 0); the
   optimizer state (Adam's zero moments) and keys stay as initialised."""
-  generalist, _, step = checkpointing.restore_params(config.init_workdir, mesh)
-  generalist = steps.take_member(generalist, 0)
+  generalist, _, step = checkpointing.restore_variables(config.init_workdir, mesh)
+  generalist = steps.take_member(generalist["params"], 0)
   reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step {step}).")
   params = steps.stack_members([
       specialist_lib.specialist_params(generalist, tuple(config.class_subsets[m["subset"]]),
@@ -171,15 +176,17 @@ def start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainS
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       overwrite: bool = False,
-                       restart_on_new_teacher: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False, restart_on_new_teacher: bool = False, *,
+                       model: nn.Module | None = None,
+                       teacher_model: nn.Module | None = None) -> dict[str, Any]:
   """Trains the config's population (distilling when it names a teacher) into `workdir`.
 
   A workdir holding the same run (config, data and teacher) resumes from its latest intact
   checkpoint; a finished one is reported, not retrained. A different run there is refused, or
   with `overwrite` replaced once every check has passed (crash-safe: `checkpointing.set_aside`);
   `restart_on_new_teacher` replaces it when only the teacher changed (the pipeline's choice).
-  SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
+  `model` / `teacher_model` stand in for modules their configs cannot rebuild (a user's, defined
+  in a notebook). SIGTERM/SIGINT end the run after the epoch in flight with a checkpoint and
   `preemption.Preempted`; a non-finite loss raises TrainingDivergedError before anything is saved.
   """
   workdir = pathlib.Path(workdir)
@@ -189,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     checkpointing.recover_replacement(workdir)
     if not overwrite:  # Fail fast on a config mismatch, before loading anything.
       _refuse_mismatch(workdir, checkpointing.run_mismatch(workdir, config, {}))
-    return _train(config, workdir, mesh, overwrite, restart_on_new_teacher)
+    return _train(config, workdir, mesh, overwrite, restart_on_new_teacher, model, teacher_model)
 
 
 def _refuse_mismatch(workdir: pathlib.Path, mismatch: str | None) -> None:
@@ -200,72 +207,103 @@ def _refuse_mismatch(workdir: pathlib.Path, mismatch: str | None) -> None:
               "--overwrite to replace that run (it is deleted once the new one has started).")
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.sharding.Mesh,
-           overwrite: bool, restart_on_new_teacher: bool) -> dict[str, Any]:
-  replicated = parallelism.replicated(mesh)
-  setup = put_data(config, mesh)
-  members = config_lib.population_members(config)
-  member_batch = parallelism.member_batch(config.member_batch, len(members))
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the step optimises: its optimizer, loss, targets (the teacher) and data sampler."""
 
-  model = models.model_from_config(config.model)
+  optimizer: steps.Optimizer
+  loss_fn: losses.LossFn
+  teacher: Teacher
+  sampler: steps.Sampler
+  label_maps: jax.Array | None  # Specialists: each member's classes (evaluation maps labels).
+
+
+def make_objective(config: ml_collections.ConfigDict, setup: RunSetup, hparams: dict[str, Any],
+                   mesh: jax.sharding.Mesh, member_batch: int,
+                   teacher_model: nn.Module | None) -> Objective:
+  """The optimizer, loss and targets of the config: hard labels, or distillation from its
+  teacher (logits cached once when the transfer set is fixed); specialists' loss and sampler."""
   num_train = setup.train_data["image"].shape[0]
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
                       f"{num_train} training examples.")
-  optimizer = steps.make_optimizer(config, steps_per_epoch)
   loss_fn, teacher = losses.hard_label_loss, Teacher(targets.no_targets, None, None)
-  records = {checkpointing.DATA_FILE: setup.fingerprint}
   if config_lib.is_distillation(config):
     loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble,
                                             config.soft_t_squared)
-    teacher = load_teacher(config, setup, mesh, member_batch)
-    records[checkpointing.TEACHER_FILE] = teacher.provenance
-    if teacher.cached_logits is not None:
-      setup = setup.replace(train_data={**setup.train_data,
-                                        "teacher_logits": teacher.cached_logits})
-  hparams = jax.device_put(member_hparams(config, members), replicated)
-  sampler, label_maps = steps.shuffled_batches, None
+    teacher = load_teacher(config, setup, mesh, member_batch, teacher_model)
+  objective = Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher,
+                        steps.shuffled_batches, None)
+  if config_lib.is_specialist(config):  # The one place specialists change the set-up.
+    objective = dataclasses.replace(
+        objective, loss_fn=specialist_lib.specialist_loss(
+            loss_fn, config.model.num_classes, soft_targets=config_lib.is_distillation(config)),
+        sampler=specialist_lib.half_subset_batches(config.model.num_classes - 1),
+        label_maps=hparams["class_map"])
+  return objective
+
+
+def initial_state(config: ml_collections.ConfigDict, model: nn.Module, objective: Objective,
+                  members: list[dict[str, Any]], mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """Each member's fresh state from its seed (specialists: from the generalist)."""
+  state = init_population(model, objective.optimizer(config.learning_rate), members, mesh,
+                          tuple(config.model.input_shape))
   if config_lib.is_specialist(config):
-    dustbin = config.model.num_classes - 1
-    loss_fn = specialist_lib.specialist_loss(loss_fn, config.model.num_classes,
-                                             soft_targets=config_lib.is_distillation(config))
-    sampler = specialist_lib.half_subset_batches(dustbin)
-    label_maps = hparams["class_map"]
+    state = start_from_generalist(config, state, members, mesh)
+  return state
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.sharding.Mesh,
+           overwrite: bool, restart_on_new_teacher: bool, model: nn.Module | None,
+           teacher_model: nn.Module | None) -> dict[str, Any]:
+  """data -> model -> objective (optimizer, loss, targets) -> state (fresh or resumed) -> epochs."""
+  setup = put_data(config, mesh)
+  members = config_lib.population_members(config)
+  member_batch = parallelism.member_batch(config.member_batch, len(members))
+  model = models.model_from_config(config.model) if model is None else model
+  hparams = jax.device_put(member_hparams(config, members), parallelism.replicated(mesh))
+  objective = make_objective(config, setup, hparams, mesh, member_batch, teacher_model)
+  if objective.teacher.cached_logits is not None:
+    setup = setup.replace(train_data={**setup.train_data,
+                                      "teacher_logits": objective.teacher.cached_logits})
+  records = {checkpointing.DATA_FILE: setup.fingerprint}
+  if objective.teacher.provenance is not None:
+    records[checkpointing.TEACHER_FILE] = objective.teacher.provenance
   mismatch = checkpointing.run_mismatch(workdir, config, records)
   if mismatch and not overwrite and not (restart_on_new_teacher
                                          and mismatch.startswith("a different teacher")):
     _refuse_mismatch(workdir, mismatch)
 
-  state = init_population(model, optimizer(config.learning_rate), members, mesh)
-  if config_lib.is_specialist(config):
-    state = start_from_generalist(config, state, members, mesh)
+  state = initial_state(config, model, objective, members, mesh)
   if mismatch:  # Every check passed: only now is the old run moved out of the way.
     checkpointing.set_aside(workdir)
   checkpointing.discard_partial_checkpoints(workdir)
-  manager, state, start_epoch = _resume(workdir, config, state, replicated)
+  manager, state, start_epoch = _resume(workdir, config, state, parallelism.replicated(mesh))
   evaluator = evaluation.make_evaluator(
       model, parallelism.eval_batch_size(config.eval_batch_size, mesh), mesh, member_batch,
-      label_maps=label_maps)
+      label_maps=objective.label_maps)
   if start_epoch >= config.num_epochs:
     reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "
                   f"(checkpoint step {int(state.step[0])}); nothing to train.")
-    test = evaluator(state.params, setup.eval_splits["test"])
+    test = evaluator(state.variables, setup.eval_splits["test"])
   else:
     checkpointing.save_config(workdir, config, records)
     checkpointing.discard_set_aside(workdir)
-    writer = reporting.MetricsWriter(workdir, keep_epochs_up_to=start_epoch)
+    writer = reporting.MetricsWriter(workdir / checkpointing.METRICS_FILE,
+                                     workdir / checkpointing.TENSORBOARD_DIR,
+                                     keep_epochs_up_to=start_epoch)
+    num_train = setup.train_data["image"].shape[0]
     population = f"{len(members)} members, " if len(members) > 1 else ""
     reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
                   f"({num_train} examples, {population}{mesh.size} device(s), "
-                  f"{steps_per_epoch} steps/epoch)"
+                  f"{num_train // config.batch_size} steps/epoch)"
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
-    epoch_fn = make_epoch_fn(config, model, optimizer, loss_fn, teacher.targets_fn, mesh,
-                             member_batch, sampler)
+    epoch_fn = make_epoch_fn(config, model, objective, mesh, member_batch)
     loop = EpochLoop(config=config, workdir=workdir, setup=setup, hparams=hparams,
-                     teacher_params=teacher.params, evaluator=evaluator, manager=manager,
-                     writer=writer)
+                     teacher_variables=objective.teacher.variables, evaluator=evaluator,
+                     manager=manager, writer=writer)
     try:
       state, test = loop.run(epoch_fn, state, start_epoch)
     finally:
@@ -317,7 +355,7 @@ class EpochLoop:
   workdir: pathlib.Path
   setup: RunSetup
   hparams: dict[str, jax.Array]
-  teacher_params: Any
+  teacher_variables: Any
   evaluator: Callable[[Any, evaluation.DeviceSplit], dict[str, Any]]
   manager: ocp.CheckpointManager
   writer: reporting.MetricsWriter
@@ -326,7 +364,7 @@ class EpochLoop:
           start_epoch: int) -> tuple[steps.TrainState, dict[str, Any]]:
     """Trains from `start_epoch` to the end; returns the final state and its test evaluation."""
     config, workdir = self.config, self.workdir
-    args = (self.setup.train_data, self.hparams, self.teacher_params)
+    args = (self.setup.train_data, self.hparams, self.teacher_variables)
     compile_start = time.perf_counter()
     compiled_epoch = epoch_fn.lower(state, *args, jnp.int32(0)).compile()
     reporting.say(f"Compiled the epoch in {time.perf_counter() - compile_start:.1f}s.")
@@ -345,7 +383,7 @@ class EpochLoop:
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
         self._check_finite(train_metrics.pop("first_nonfinite_step"), step_before, epoch)
-        results = {name: self.evaluator(state.params, split)
+        results = {name: self.evaluator(state.variables, split)
                    for name, split in self.setup.eval_splits.items()}
         record = epoch_record(epoch + 1, int(state.step[0]), epoch_time, train_metrics, results)
         self.writer.write(record)
@@ -360,7 +398,9 @@ class EpochLoop:
         stopping = guard.requested()
         if (stopping or epoch + 1 == config.num_epochs
             or (epoch + 1) % config.checkpoint.every_epochs == 0):
-          checkpointing.save(self.manager, int(state.step[0]), state.params, _resume_item(state),
+          checkpointing.save(self.manager, int(state.step[0]),
+                             {**checkpointing.variable_items(state.variables),
+                              "train": _resume_item(state)},
                              {"epoch": epoch + 1,
                               "test_errors": evaluation.headline(results["test"])["errors"]})
         if stopping and epoch + 1 < config.num_epochs:
@@ -404,8 +444,8 @@ def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: ste
   while (step := manager.latest_step()) is not None:
     try:
       restored = checkpointing.restore(
-          manager, step, {"params": state.params, "train": _resume_item(state)}, sharding,
-          workdir)
+          manager, step, {**checkpointing.variable_items(state.variables),
+                          "train": _resume_item(state)}, sharding, workdir)
       break
     except CorruptCheckpointError as e:
       manager.close()
@@ -422,7 +462,8 @@ def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: ste
     return manager, state, 0
   train = restored["train"]
   state = steps.TrainState(step=train["step"], params=restored["params"],
-                           opt_state=train["opt_state"], rng=train["rng"])
+                           opt_state=train["opt_state"], rng=train["rng"],
+                           model_state=restored.get("model_state", {}))
   if int(state.step[0]) != step:
     raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step[0])}.")
   epoch = int(restored["meta"]["epoch"])

@@ -5,15 +5,16 @@ field or file, no traceback, and no file of an existing run modified.
 """
 
 import gzip
-import importlib.util
 import json
 import shutil
 
 import pytest
 
+import kd_jax
+
 from kd_jax import config_lib
 from kd_jax.errors import ConfigError
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, snapshot
+from conftest import TINY_OVERRIDES, run_command, snapshot
 
 STUDENT = ["--config=configs/student.py", *TINY_OVERRIDES, "--config.model.hidden_sizes=(16,)"]
 
@@ -64,14 +65,10 @@ def test_out_of_range_values_name_the_field(field, value, distill):
     config_lib.validate(config, require_teacher=distill)
 
 
-@pytest.mark.parametrize("path", sorted(
-    p for p in (REPO_ROOT / "configs").glob("*.py")
-    if p.name not in ("reproduce.py", "specialists.py", "fidelity.py")), ids=lambda p: p.name)
-def test_shipped_configs_are_valid(path):  # The experiments' configs: their own test files.
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+@pytest.mark.parametrize("name", [n for n in kd_jax.configs.names()
+                                  if n not in ("reproduce", "specialists", "fidelity")])
+def test_shipped_configs_are_valid(name):  # The experiments' configs: their own test files.
+  config = kd_jax.configs.get(name)
   distill = "teacher_workdir" in config
   if distill:
     config.teacher_workdir = "runs/teacher"

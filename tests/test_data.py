@@ -75,8 +75,10 @@ def test_config_dir_wins_over_environment(monkeypatch):
 def test_normalize_uses_mnist_statistics():
   images = jnp.full((2, 28, 28), 255, jnp.uint8)
   out = data.normalize(images)
-  assert out.shape == (2, 784) and out.dtype == jnp.float32
+  assert out.shape == (2, 28, 28) and out.dtype == jnp.float32
   np.testing.assert_allclose(out, (1.0 - 0.1307) / 0.3081, rtol=1e-6)
+  # Floats in [0, 1] are the same images: the same normalised values.
+  np.testing.assert_allclose(data.normalize(jnp.ones((2, 28, 28), jnp.float32)), out, rtol=1e-6)
 
 
 def test_epoch_indices_are_a_permutation_without_the_last_partial_batch():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import checkpointing, export, frontier, models, parallelism, steps, targets, data
+from kd_jax import checkpointing, data, export, losses, models, parallelism, targets
+from kd_jax.paper import frontier
 
 # A fresh interpreter that needs jax alone: the README's serving example.
 SERVE = """
@@ -26,11 +27,11 @@ np.savez(sys.argv[3], batch=np.asarray(model.call(images)), one_by_one=one_by_on
 
 def _reference_probabilities(workdir, images, member=None):
   """What kd_jax itself computes: the members' softmax, averaged (the arithmetic ensemble)."""
-  params, config, _ = checkpointing.restore_params(
+  params, config, _ = checkpointing.restore_variables(
       workdir, parallelism.make_mesh(), members=None if member is None else (member,))
   logits = targets.member_logits(models.model_from_config(config.model), params,
                                  data.normalize(images))
-  return np.exp(np.asarray(steps.ensemble_log_probabilities(logits)))
+  return np.exp(np.asarray(losses.ensemble_log_probabilities(logits)))
 
 
 @pytest.mark.parametrize("member", [None, 1])

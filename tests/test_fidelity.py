@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from conftest import run_command
-from kd_jax import config_lib, fidelity
+from kd_jax import config_lib, configs
+from kd_jax.paper import fidelity
 from kd_jax.errors import CheckpointError, ConfigError
 
 KEYS = {"teacher_errors", "distilled_errors_mean", "distilled_errors_sd", "alone_errors_mean",
@@ -102,7 +103,7 @@ def test_shipped_configs_are_the_measured_cells(tmp_path):
   pairs = {"teacher": "teachers/cpu_long", "teacher_ensemble": "teachers/ensemble3",
            "distill": "cells/paper", "distill_jittered": "cells/jittered_relabelled_ensemble"}
   for config_name, stage in pairs.items():
-    shipped = config_lib.config_file(config_name).get_config().to_dict()
+    shipped = configs.module(config_name).get_config().to_dict()
     measured = long[stage].to_dict()
     if "teacher_workdir" in measured:  # Cells run 3 seeds and name their teacher's stage.
       measured.update(members=1, teacher_workdir=shipped["teacher_workdir"])

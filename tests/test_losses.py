@@ -101,10 +101,10 @@ def test_ensemble_targets_average_tempered_probabilities():
   members = _logits(12, (4, 3, 10), scale=3.0)  # [B, M, C]: three teachers.
   t = 4.0
   probs = jax.nn.softmax(members / t)
-  np.testing.assert_allclose(losses.ensemble_probabilities(members, t), probs.mean(axis=1),
+  np.testing.assert_allclose(np.exp(losses.ensemble_log_probabilities(members, t)), probs.mean(axis=1),
                              rtol=1e-6)
   geometric = np.exp(np.log(probs).mean(axis=1))
-  np.testing.assert_allclose(losses.ensemble_probabilities(members, t, "geometric"),
+  np.testing.assert_allclose(np.exp(losses.ensemble_log_probabilities(members, t, "geometric")),
                              geometric / geometric.sum(-1, keepdims=True), rtol=1e-5)
   # One teacher is its own ensemble, for every soft loss.
   student = _logits(13, (4, 10))

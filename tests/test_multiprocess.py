@@ -60,8 +60,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_d
 
   # One copy of each checkpoint on disk, restorable here on one device.
   mesh = parallelism.make_mesh(jax.devices()[:1])
-  multi_params, _, step = checkpointing.restore_params(multi, mesh)
-  single_params, _, _ = checkpointing.restore_params(single, mesh)
+  multi_params, _, step = checkpointing.restore_variables(multi, mesh)
+  single_params, _, _ = checkpointing.restore_variables(single, mesh)
   assert step == 45
   pairs = list(zip(jax.tree.leaves(multi_params), jax.tree.leaves(single_params)))
   print("two-process vs one-process: test errors", [r["test_errors"] for r in multi_records],

@@ -29,7 +29,7 @@ def _config(mnist_dir, teacher=None, **overrides):
 
 def _train(config, workdir):
   trainer.train_and_evaluate(config, workdir)
-  params, _, _ = checkpointing.restore_params(workdir, MESH)
+  params = checkpointing.restore_variables(workdir, MESH)[0]["params"]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return jax.device_get(params), records
 
@@ -111,12 +111,12 @@ def test_cached_teacher_logits_equal_the_teacher_in_the_step(population_teacher,
 def test_ensemble_evaluation_averages_the_members_probabilities(population_teacher,
                                                                 tiny_mnist_dir):
   arrays = data.load_idx_folder(tiny_mnist_dir, check_counts=False)
-  params, run_config, _ = checkpointing.restore_params(population_teacher, MESH)
+  params, run_config, _ = checkpointing.restore_variables(population_teacher, MESH)
   model = models.model_from_config(run_config.model)
   images = data.normalize(jnp.asarray(arrays["test_images"]))
   labels = arrays["test_labels"].astype(np.int32)
   member_probs = [np.asarray(jax.nn.softmax(model.apply(
-      {"params": jax.tree.map(lambda leaf: leaf[i], params)}, images, train=False)))
+      jax.tree.map(lambda leaf: leaf[i], params), images, train=False)))
       for i in range(2)]
   for mean, combine in (("arithmetic", lambda p: np.mean(p, axis=0)),
                         ("geometric", lambda p: np.exp(np.mean(np.log(p), axis=0)))):
@@ -151,7 +151,7 @@ def test_population_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist_di
   result = run_command("train", f"--workdir={resumed}", *POPULATION_ARGS,
                        mnist_dir=tiny_mnist_dir)
   assert "Resuming" in result.stdout and "2 members" in result.stdout
-  final = [checkpointing.restore_params(run, MESH) for run in (reference, resumed)]
+  final = [checkpointing.restore_variables(run, MESH) for run in (reference, resumed)]
   assert final[0][2] == final[1][2] == 6 * 15
   for a, b in zip(jax.tree.leaves(final[0][0]), jax.tree.leaves(final[1][0])):
     assert a.shape[0] == 2

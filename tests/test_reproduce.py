@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import (bias_correction, checkpointing, config_lib, data, parallelism, preemption,
-                    reproduce)
+from kd_jax import checkpointing, config_lib, data, parallelism, preemption
+from kd_jax.paper import bias_correction, reproduce, stages
 from kd_jax.errors import ConfigError, DataError
 
 
@@ -105,8 +105,8 @@ def test_correction_is_tuned_without_the_test_set(tiny_reproduction, tiny_mnist_
   assert report["tuned_on"] == "validation" and report["validation_examples"] == 80
   # The corrected run is a run: its biases moved by exactly the offsets, nothing else.
   mesh = parallelism.make_mesh()
-  before, _, _ = checkpointing.restore_params(root / "mythical" / "distilled", mesh)
-  after, _, _ = checkpointing.restore_params(tmp_path / "corrected", mesh)
+  before = checkpointing.restore_variables(root / "mythical" / "distilled", mesh)[0]["params"]
+  after = checkpointing.restore_variables(tmp_path / "corrected", mesh)[0]["params"]
   moved = np.asarray(after["output"]["bias"] - before["output"]["bias"])
   np.testing.assert_allclose(moved[:, 3], report["offsets"], atol=1e-6)
   assert np.abs(np.delete(moved, 3, axis=1)).max() == 0.0
@@ -181,11 +181,11 @@ def test_profiles_and_their_bad_uses(tmp_path):
       config_lib.validate(stage)
       assert stage.members == (config.teacher.members if name == "teachers" else config.seeds)
   quick = reproduce.load_config(None, "quick")
-  stages = reproduce.training_stages(quick, tmp_path)
-  assert stages["regulariser/hard_subset"].data.train_subset == 1800
-  assert stages["mythical/distilled"].data.train_classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
-  assert stages["table/distilled"].data.jitter == 0  # The paper's un-jittered transfer set.
-  assert stages["ensemble/distilled"].teacher_members == ()
+  runs = reproduce.training_stages(quick, tmp_path)
+  assert runs["regulariser/hard_subset"].data.train_subset == 1800
+  assert runs["mythical/distilled"].data.train_classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
+  assert runs["table/distilled"].data.jitter == 0  # The paper's un-jittered transfer set.
+  assert runs["ensemble/distilled"].teacher_members == ()
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", "--profile=paper",
                        f"--workdir={tmp_path}", check=False)
   assert result.returncode == 2 and "contradicts" in result.stderr
@@ -196,9 +196,9 @@ def test_a_stage_stopped_by_a_signal_keeps_its_time(tmp_path, monkeypatch):
   def stopped(config, workdir, overwrite):  # As a stage does after saving on SIGTERM.
     raise preemption.Preempted("SIGTERM: saved checkpoint step 8 (epoch 2 of 5).")
 
-  monkeypatch.setattr(reproduce.trainer, "train_and_evaluate", stopped)
+  monkeypatch.setattr(stages.api, "train", stopped)
   with pytest.raises(preemption.Preempted):
-    reproduce.run_stages({"first": config_lib.base_config(), "second": config_lib.base_config()},
+    stages.run_stages({"first": config_lib.base_config(), "second": config_lib.base_config()},
                          tmp_path)
   timings = json.loads((tmp_path / "timings.json").read_text())
   assert set(timings) == {"first"} and timings["first"] >= 0  # The second never started.

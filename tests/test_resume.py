@@ -20,7 +20,7 @@ RUN_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epoch
 
 
 def _final_params(workdir):
-  params, _, step = checkpointing.restore_params(workdir,
+  params, _, step = checkpointing.restore_variables(workdir,
                                                  parallelism.make_mesh(jax.devices()[:1]))
   return jax.device_get(params), step
 

@@ -23,7 +23,7 @@ def _config(mnist_dir, teacher=None, **overrides):
 
 
 def _params(workdir):
-  return jax.device_get(checkpointing.restore_params(workdir, MESH)[0])
+  return jax.device_get(checkpointing.restore_variables(workdir, MESH)[0])
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_checkpoint_removed_while_reading_is_not_called_corrupt(finished, monkey
 
   monkeypatch.setattr(manager, "restore", restore_as_cleanup_deletes)
   with pytest.raises(CheckpointError, match="was removed while it was being read"):
-    checkpointing.restore(manager, step, {"params": _params(finished)},
+    checkpointing.restore(manager, step, {"params": _params(finished)["params"]},
                           parallelism.replicated(MESH), finished)
 
 

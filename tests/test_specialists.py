@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, run_command
-from kd_jax import config_lib, data, evaluation, losses, specialist_lib, specialists
+from kd_jax import config_lib, data, evaluation, losses, specialist_lib
+from kd_jax.paper import specialists
 from kd_jax.errors import ConfigError
 
 _SPEC = importlib.util.spec_from_file_location("specialists_config",
@@ -204,7 +205,7 @@ def test_specialists_command_end_to_end_and_resume(tmp_path, tiny_mnist_dir):
   assert "Table 4" in (tmp_path / "RESULTS.md").read_text()
   second = run_command("specialists", *args)
   assert second.returncode == 0, second.stderr[-3000:]
-  assert second.stdout.count("nothing to train") == 2  # Generalist and specialists were done.
+  assert second.stdout.count("is finished; skipped") == 2  # Generalist and specialists were done.
   with pytest.raises(ConfigError, match="holds specialists"):  # The evaluate command: exit 2.
     evaluation.evaluate_checkpoint(tmp_path / "specialists")
 

@@ -26,8 +26,8 @@ def _state(model, seed=0):
   return steps.create_train_state(jax.random.PRNGKey(seed), model, ADAM(1e-3))
 
 
-def _stacked_params(model, seed=1):
-  return steps.stack_members([_state(model, seed).params])
+def _stacked_variables(model, seed=1):
+  return steps.stack_members([_state(model, seed).variables])
 
 
 def _distill_step(student, teacher, temperature, alpha, learning_rate=1e-3, **loss_kwargs):
@@ -103,22 +103,22 @@ def test_fit_to_teacher_measures_agreement_and_kl():
 def test_teacher_targets_do_not_depend_on_the_dropout_key(batch):
   """The teacher has heavy dropout; if its targets used the step's key, these would differ."""
   teacher = models.MLP((48,), input_dropout=0.2, hidden_dropout=0.5)
-  teacher_params = _stacked_params(teacher)
+  teacher_variables = _stacked_variables(teacher)
   student = models.MLP((16,))  # No dropout: the key could only reach the teacher.
   step, hparams = _distill_step(student, teacher, 4.0, 0.9)
   state = _state(student)
-  a, _ = step(state, batch, jax.random.PRNGKey(1), hparams, teacher_params)
-  b, _ = step(state, batch, jax.random.PRNGKey(2), hparams, teacher_params)
+  a, _ = step(state, batch, jax.random.PRNGKey(1), hparams, teacher_variables)
+  b, _ = step(state, batch, jax.random.PRNGKey(2), hparams, teacher_variables)
   _assert_trees_close(a.params, b.params, rtol=0, atol=0)
   np.testing.assert_array_equal(
-      targets.make_teacher_targets(teacher)(teacher_params, batch)[:, 0],
-      teacher.apply({"params": steps.take_member(teacher_params, 0)}, batch["image"],
+      targets.make_teacher_targets(teacher)(teacher_variables, batch)[:, 0],
+      teacher.apply(steps.take_member(teacher_variables, 0), batch["image"],
                     train=False))
 
 
 def test_no_gradient_reaches_the_teacher(batch):
   teacher = models.MLP((48,))
-  teacher_params = _stacked_params(teacher)
+  teacher_variables = _stacked_variables(teacher)
   student_logits = jnp.zeros((64, 10))
   targets_fn = targets.make_teacher_targets(teacher)
 
@@ -126,7 +126,7 @@ def test_no_gradient_reaches_the_teacher(batch):
     teacher_logits = targets_fn(params, batch)
     return losses.soft_loss("soft_cross_entropy", student_logits, teacher_logits, 4.0)
 
-  grads = jax.grad(loss)(teacher_params)
+  grads = jax.grad(loss)(teacher_variables)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
@@ -188,7 +188,8 @@ def test_evaluation_counts_every_example_once():
   params = _state(model).params
   split = evaluation.put_eval_split(arrays["test_images"],
                                     arrays["test_labels"].astype(np.int32), 10, mesh)
-  result = evaluation.make_evaluator(model, 10, mesh, 1)(steps.stack_members([params]), split)
+  result = evaluation.make_evaluator(model, 10, mesh, 1)(
+      steps.stack_members([{"params": params}]), split)
   logits = model.apply({"params": params}, data.normalize(jnp.asarray(arrays["test_images"])),
                        train=False)
   wrong = np.asarray(jnp.argmax(logits, -1)) != arrays["test_labels"]
@@ -207,7 +208,7 @@ def test_logits_of_pads_to_whole_batches_and_compiles_once_per_model():
   params = _state(models.MLP((16,))).params
   direct = models.MLP((16,)).apply({"params": params}, data.normalize(jnp.asarray(images)),
                                    train=False)
-  params = steps.stack_members([params])
+  params = steps.stack_members([{"params": params}])
   compiled_before = evaluation._logits_fn.cache_info().misses
   for _ in range(2):  # A new but equal module the second time: the same compiled scan.
     logits = evaluation.logits_of(models.MLP((16,)), params, jnp.asarray(images), 10, mesh, 1)
@@ -219,11 +220,11 @@ def test_logits_of_pads_to_whole_batches_and_compiles_once_per_model():
 @pytest.mark.parametrize("soft_loss", ["soft_cross_entropy", "logit_matching", "softmax_mse"])
 def test_every_soft_loss_pulls_the_student_towards_the_teacher(batch, soft_loss):
   teacher = models.MLP((48,))
-  teacher_params = _stacked_params(teacher)
+  teacher_variables = _stacked_variables(teacher)
   student = models.MLP((16,))
   step, hparams = _distill_step(student, teacher, 3.0, 1.0, learning_rate=3e-3,
                                 soft_loss_name=soft_loss)
-  teacher_logits = teacher.apply({"params": steps.take_member(teacher_params, 0)},
+  teacher_logits = teacher.apply(steps.take_member(teacher_variables, 0),
                                  batch["image"], train=False)
   gap = lambda s: float(jnp.abs(jax.nn.softmax(student.apply({"params": s.params},
                                                              batch["image"], train=False))
@@ -231,6 +232,6 @@ def test_every_soft_loss_pulls_the_student_towards_the_teacher(batch, soft_loss)
   state = _state(student)
   before = gap(state)
   for i in range(30):
-    state, metrics = step(state, batch, jax.random.PRNGKey(i), hparams, teacher_params)
+    state, metrics = step(state, batch, jax.random.PRNGKey(i), hparams, teacher_variables)
   assert gap(state) < 0.5 * before
   assert np.isfinite(metrics["soft_loss"]) and np.isfinite(metrics["hard_loss"])

@@ -74,7 +74,7 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
   if report_path.exists():
     return json.loads(report_path.read_text())
   mesh = parallelism.make_mesh()
-  params, run_config, step = checkpointing.restore_params(source, mesh)
+  variables, run_config, step = checkpointing.restore_variables(source, mesh)
   if offset is None and not run_config.data.validation_size:
     raise ConfigError(f"{source} has no validation split (data.validation_size=0), and the "
                       "offset is tuned on held-out training data, never on the test set: train "
@@ -82,7 +82,7 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
   splits = data.load_dataset(run_config.data, mnist_dir)
   model = models.model_from_config(run_config.model)
   validation_logits = jnp.swapaxes(targets.member_logits(
-      model, params, data.normalize(jnp.asarray(splits.validation_images)), member_batch=1), 0, 1)
+      model, variables, data.normalize(jnp.asarray(splits.validation_images)), member_batch=1), 0, 1)
   labels = jnp.asarray(splits.validation_labels)
   # A fixed offset is a search over a one-point grid.
   offsets, errors_after = search_offsets(validation_logits, labels, classes,
@@ -92,8 +92,9 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
     shutil.rmtree(target)  # A correction killed before its report: redo it from scratch.
   target.mkdir(parents=True, exist_ok=True)
   checkpointing.save_config(target, run_config)
-  checkpointing.save_params(target, step, shift_output_bias(params, classes, offsets),
-                            {"source": str(source), "source_step": step})
+  corrected = {**variables, "params": shift_output_bias(variables["params"], classes, offsets)}
+  checkpointing.save_variables(target, step, corrected,
+                               {"source": str(source), "source_step": step})
   report = {"source": str(source.absolute()), "source_step": step, "classes": list(classes),
             "tuned_on": "validation" if offset is None else None,
             "offsets": [round(float(o), 4) for o in offsets],

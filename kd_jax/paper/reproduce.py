@@ -1,0 +1,455 @@
+"""Every MNIST claim of the paper from one command: ours (mean ± sd over seeds) beside the paper's.
+
+  python -m kd_jax.reproduce --profile quick --workdir runs/reproduce
+
+Each stage is an ordinary run directory under RUN/ (teachers/, table/alone/, ...; see
+`training_stages` and `correction_stages`), so a killed command resumes every stage where it
+stopped and reports finished ones without retraining. At the end it evaluates every stage and
+writes RUN/results.json, RUN/RESULTS.md, RUN/temperature.png and RUN/regulariser.png.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import flags
+
+from kd_jax import checkpointing, cli, config_lib, configs, data, models, plots, reporting
+from kd_jax.paper import bias_correction, stages
+from kd_jax.errors import ConfigError
+
+# The paper's own figures (Hinton, Vinyals & Dean 2015), typed in; everything else is measured.
+PAPER = {
+    "table": {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
+              "transfer": round((146 - 74) / (146 - 67), 2)},
+    "temperature": "With 300 or more units per layer all temperatures above 8 gave fairly similar "
+                   "results; with 30 units, temperatures from 2.5 to 4 worked significantly better "
+                   "than higher or lower ones.",
+    "ensemble": "No MNIST figure. Speech (Table 1): one model 58.9% frame accuracy, an ensemble "
+                "of 10 61.1%, one model distilled from the ensemble 60.8%.",
+    "mythical": {"errors": 206, "errors_on_class": 133, "class_test_examples": 1010,
+                 "offset": 3.5, "corrected_errors": 109, "corrected_errors_on_class": 14},
+    "only_classes": {"error_rate": 0.473, "offset": -7.6, "corrected_error_rate": 0.132},
+    "regulariser": "Speech (Table 5), frame accuracy on test: 100% of the data, hard targets "
+                   "58.9%; 3% of the data, hard targets 44.5% (needed early stopping); 3% of "
+                   "the data, soft targets 57.0% (converged without early stopping).",
+}
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def size_tag(hidden_sizes) -> str:
+  """'2x300' for (300, 300); '784-...' style for unequal layers."""
+  sizes = tuple(hidden_sizes)
+  return f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "-".join(map(str, sizes))
+
+
+def training_stages(config: ml_collections.ConfigDict,
+                    root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
+  """Every run to train, in the order to train them, by stage name (its directory under
+  `root`)."""
+  teachers = str(root / "teachers")
+
+  def student(distil: bool = True, validation: bool = False) -> ml_collections.ConfigDict:
+    run = config.student.copy_and_resolve_references()
+    run.members = config.seeds
+    run.teacher_workdir = teachers if distil else ""
+    run.teacher_members = (config.teacher_member,)
+    run.data.validation_size = config.validation_size if validation else 0
+    return run
+
+  stages = {"teachers": config.teacher.copy_and_resolve_references(),
+            "table/alone": student(distil=False), "table/distilled": student()}
+  stages["ensemble/distilled"] = student()
+  stages["ensemble/distilled"].teacher_members = ()  # All teachers: their averaged targets.
+  for sizes in config.temperature_sweep.hidden_sizes:
+    sweep, alone = student(), student(distil=False)
+    sweep.sweep.temperature = tuple(config.temperature_sweep.temperatures)
+    sweep.model.hidden_sizes = alone.model.hidden_sizes = tuple(sizes)
+    sweep.num_epochs = alone.num_epochs = (config.temperature_sweep.get("num_epochs")
+                                           or config.student.num_epochs)
+    stages[f"temperature/{size_tag(sizes)}"] = sweep
+    stages[f"temperature/{size_tag(sizes)}_alone"] = alone
+  stages["mythical/distilled"] = student(validation=True)
+  stages["mythical/distilled"].data.train_classes = tuple(
+      c for c in range(data.NUM_CLASSES) if c != config.mythical_digit)
+  stages["only_classes/distilled"] = student(validation=True)
+  stages["only_classes/distilled"].data.train_classes = tuple(config.only_classes)
+  for name, distil in (("full", False), ("hard_subset", False), ("soft_subset", True)):
+    run = student(distil=distil, validation=True)
+    if name != "full":
+      run.data.train_subset = config.regulariser.subset
+      run.data.subset_seed = config.regulariser.subset_seed
+      run.num_epochs = config.regulariser.num_epochs
+      run.checkpoint.every_epochs = config.regulariser.checkpoint_every
+    stages[f"regulariser/{name}"] = run
+  # Students on hard labels need no teacher, so they come first (a long profile cut short then
+  # holds finished stages), then the teachers, then everything distilled from them.
+  order = lambda item: 1 if item[0] == "teachers" else 2 * config_lib.is_distillation(item[1])
+  return dict(sorted(stages.items(), key=order))
+
+
+def correction_stages(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """Bias-corrected copies of the class-omitting students: tuned on validation, and the paper's."""
+  mythical, only = (config.mythical_digit,), tuple(config.only_classes)
+  return {
+      "mythical/corrected": {"source": "mythical/distilled", "classes": mythical, "offset": None},
+      "mythical/corrected_paper": {"source": "mythical/distilled", "classes": mythical,
+                                   "offset": PAPER["mythical"]["offset"]},
+      "only_classes/corrected": {"source": "only_classes/distilled", "classes": only,
+                                 "offset": None},
+      "only_classes/corrected_paper": {"source": "only_classes/distilled", "classes": only,
+                                       "offset": PAPER["only_classes"]["offset"]},
+  }
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def table_results(reports: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
+  teacher = stages.member_errors(reports["teachers"])[config.teacher_member]
+  alone = stages.mean_sd(stages.member_errors(reports["table/alone"]))
+  distilled = stages.mean_sd(stages.member_errors(reports["table/distilled"]))
+  return {"teacher_errors": teacher,
+          "teacher_population_errors": stages.mean_sd(stages.member_errors(reports["teachers"])),
+          "alone_errors": alone, "distilled_errors": distilled,
+          "transfer": stages.transfer_fraction(alone["mean"], distilled["mean"], teacher),
+          "paper": PAPER["table"]}
+
+
+def temperature_results(reports: dict[str, Any], config: ml_collections.ConfigDict
+                        ) -> dict[str, Any]:
+  results = {}
+  for sizes in config.temperature_sweep.hidden_sizes:
+    tag = size_tag(sizes)
+    by_temperature = {}
+    for member in stages.member_reports(reports[f"temperature/{tag}"]):
+      by_temperature.setdefault(member.get("temperature", config.student.temperature),
+                                []).append(member["test_errors"])
+    sweep = {str(t): stages.mean_sd(errors) for t, errors in sorted(by_temperature.items())}
+    best = min(sweep, key=lambda t: sweep[t]["mean"])
+    results[tag] = {"by_temperature": sweep, "best_temperature": float(best),
+                    "alone_errors": stages.mean_sd(stages.member_errors(reports[f"temperature/{tag}_alone"]))}
+  return {"sizes": results, "paper": PAPER["temperature"]}
+
+
+def ensemble_results(reports: dict[str, Any], geometric: dict[str, Any],
+                     config: ml_collections.ConfigDict) -> dict[str, Any]:
+  members = stages.member_errors(reports["teachers"])
+  return {"member_errors": stages.mean_sd(members), "best_member_errors": min(members),
+          "arithmetic_ensemble_errors": reports["teachers"]["test_errors"],
+          "geometric_ensemble_errors": geometric["test_errors"],
+          "student_from_ensemble_errors": stages.mean_sd(stages.member_errors(reports["ensemble/distilled"])),
+          "student_from_one_teacher_errors": stages.mean_sd(stages.member_errors(reports["table/distilled"])),
+          "one_teacher_member": config.teacher_member, "paper": PAPER["ensemble"]}
+
+
+def omitted_class_results(reports: dict[str, Any], experiment: str, classes: tuple[int, ...],
+                          class_counts: np.ndarray) -> dict[str, Any]:
+  """Before and after the bias correction (tuned on validation, and the paper's offset)."""
+  num_test = int(class_counts.sum())
+  on_classes = int(class_counts[list(classes)].sum())
+  result = {"classes": list(classes), "class_test_examples": on_classes,
+            "test_examples": num_test}
+  for stage in ("distilled", "corrected", "corrected_paper"):
+    report = reports[f"{experiment}/{stage}"]
+    errors = stages.member_errors(report)
+    result[stage] = {"errors": stages.mean_sd(errors),
+                     "error_rate": stages.mean_sd([e / num_test for e in errors]),
+                     "errors_on_classes": stages.mean_sd(stages.member_errors(report, classes)),
+                     "accuracy_on_classes": stages.mean_sd(
+                         [1 - e / on_classes for e in stages.member_errors(report, classes)])}
+    if stage != "distilled":
+      result[stage]["offsets"] = report["bias_correction"]["offsets"]
+  return result
+
+
+def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
+  """step [E] and per-member test and validation errors [E, P] from RUN/metrics.jsonl."""
+  records = reporting.read_metrics(run / checkpointing.METRICS_FILE)
+  as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records])
+  return {"step": np.array([r["step"] for r in records]),
+          "test_errors": as_matrix("test_errors"),
+          "validation_errors": as_matrix("validation_errors")}
+
+
+def early_stopping(curves: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Per member: test errors at the epoch of fewest validation errors (the first such epoch)
+  and at the last epoch."""
+  best = curves["validation_errors"].argmin(axis=0)
+  members = np.arange(best.shape[0])
+  return {"final_test_errors": stages.mean_sd(curves["test_errors"][-1]),
+          "early_stopped_test_errors": stages.mean_sd(curves["test_errors"][best, members]),
+          "early_stopping_epochs": [int(b) + 1 for b in best]}
+
+
+def regulariser_results(root: pathlib.Path, config: ml_collections.ConfigDict,
+                        num_train: int) -> dict[str, Any]:
+  results = {"subset_size": config.regulariser.subset,
+             "subset_fraction": config.regulariser.subset / num_train,
+             "paper": PAPER["regulariser"]}
+  for name in ("full", "hard_subset", "soft_subset"):
+    results[name] = early_stopping(metrics_curves(root / "regulariser" / name))
+  return results
+
+
+def summarise(root: pathlib.Path, config: ml_collections.ConfigDict,
+              reports: dict[str, Any], geometric: dict[str, Any]) -> dict[str, Any]:
+  splits = data.load_dataset(config.student.data)
+  class_counts = np.bincount(splits.test_labels, minlength=data.NUM_CLASSES)
+  return {
+      "table": table_results(reports, config),
+      "temperature": temperature_results(reports, config),
+      "ensemble": ensemble_results(reports, geometric, config),
+      "mythical": {**omitted_class_results(reports, "mythical", (config.mythical_digit,),
+                                           class_counts), "paper": PAPER["mythical"]},
+      "only_classes": {**omitted_class_results(reports, "only_classes",
+                                               tuple(config.only_classes), class_counts),
+                       "paper": PAPER["only_classes"]},
+      "regulariser": regulariser_results(root, config, len(splits.train_labels)
+                                         - config.validation_size),
+  }
+
+
+def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
+  """The paper's qualitative claims, each checked against our means."""
+  table, ensemble = results["table"], results["ensemble"]
+  mythical, regulariser = results["mythical"], results["regulariser"]
+  smallest = results["temperature"]["sizes"][min(
+      results["temperature"]["sizes"], key=lambda tag: int(tag.split("x")[-1].split("-")[0]))]
+  return [
+      {"claim": "the distilled student beats the same student trained alone",
+       "holds": table["distilled_errors"]["mean"] < table["alone_errors"]["mean"]},
+      {"claim": "the ensemble of teachers beats its mean member",
+       "holds": ensemble["arithmetic_ensemble_errors"] < ensemble["member_errors"]["mean"]},
+      {"claim": "a student distilled from the ensemble beats one distilled from one teacher",
+       "holds": (ensemble["student_from_ensemble_errors"]["mean"]
+                 < ensemble["student_from_one_teacher_errors"]["mean"])},
+      {"claim": "the smallest student does best at a temperature from 2.5 to 4",
+       "holds": 2.5 <= smallest["best_temperature"] <= 4},
+      {"claim": "the bias correction tuned on validation gets >= 90% of the test "
+                f"{mythical['classes']} right",
+       "holds": mythical["corrected"]["accuracy_on_classes"]["mean"] >= 0.9},
+      {"claim": "soft targets on the subset beat hard targets on it (final epoch)",
+       "holds": (regulariser["soft_subset"]["final_test_errors"]["mean"]
+                 < regulariser["hard_subset"]["final_test_errors"]["mean"])},
+  ]
+
+
+# ----------------------------------------------------------------------------- evaluation, report
+
+
+def evaluate_stages(config: ml_collections.ConfigDict, root: pathlib.Path
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """eval.json of every stage (corrected ones with their bias_correction.json), and the
+  teachers' geometric-mean ensemble (teachers/eval_geometric.json)."""
+  geometric = stages.evaluated(root / "teachers", "geometric", "eval_geometric.json")
+  reports = {}
+  for name in [*training_stages(config, root), *correction_stages(config)]:
+    reports[name] = stages.evaluated(root / name)
+    correction = root / name / bias_correction.REPORT_FILE
+    if correction.exists():
+      reports[name]["bias_correction"] = json.loads(correction.read_text())
+  return reports, geometric
+
+
+def _pm(stats: dict[str, Any], scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
+  """'74.3 ± 5.1 (n=3)' from a mean_sd dict."""
+  return (f"{stats['mean'] * scale:.{digits}f} ± {stats['sd'] * scale:.{digits}f}{suffix} "
+          f"(n={stats['n']})")
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+  """RESULTS.md: one table per experiment, ours beside the paper's."""
+  e = results["experiments"]
+  machine = results["machine"]
+  total_min = sum(results["wall_time_s"].values()) / 60
+  lines = [f"# Distillation on MNIST: the paper's claims, re-run (profile `{results['profile']}`)",
+           "",
+           f"Ours: mean ± sd over seeds (n = members); the paper's figures are single runs, typed "
+           f"in from Hinton, Vinyals & Dean (2015) and labelled *paper*. Hardware: "
+           f"{machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, "
+           f"{machine['num_devices']} device(s)), jax {machine['jax']}. Code: "
+           f"`{results['code_version']}`. Wall time: {total_min:.1f} min in all "
+           f"(per stage below). Schedules: teachers {results['schedule']['teacher_epochs']} "
+           f"epochs, students {results['schedule']['student_epochs']} epochs (temperature "
+           f"sweeps {results['schedule']['sweep_epochs']}), subset students "
+           f"{results['schedule']['subset_epochs']} epochs.",
+           "", "## Claims checked", "", "| claim | holds |", "|---|---|"]
+  lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} |" for c in results["claims"]]
+  t = e["table"]
+  transfer = f"{t['transfer']:.2f}" if t["transfer"] is not None else "n/a"
+  teacher, student = results["models"]["teacher"], results["models"]["student"]
+  lines += ["", f"## 1. The MNIST table (section 3): test errors of "
+            f"{e['mythical']['test_examples']:,}", "",
+            "| model | ours | paper (2x1200 / 2x800) |", "|---|---|---|",
+            f"| teacher {teacher} (member {results['teacher_member']}) | "
+            f"{t['teacher_errors']} (all {t['teacher_population_errors']['n']} members: "
+            f"{_pm(t['teacher_population_errors'])}) | {t['paper']['teacher_errors']} |",
+            f"| {student} alone, hard labels | {_pm(t['alone_errors'])} | "
+            f"{t['paper']['alone_errors']} |",
+            f"| {student} distilled, T = {results['models']['temperature']:g}, un-jittered "
+            "transfer set | "
+            f"{_pm(t['distilled_errors'])} | {t['paper']['distilled_errors']} |",
+            f"| share of the teacher's advantage transferred | {transfer} | "
+            f"{t['paper']['transfer']} |"]
+  temperature = e["temperature"]
+  lines += ["", "## 2. Temperature versus student size: test errors", "",
+            f"*Paper:* {temperature['paper']} Plot: `temperature.png`.", ""]
+  for tag, sweep in temperature["sizes"].items():
+    temps = list(sweep["by_temperature"])
+    lines += [f"**{tag}** (alone: {_pm(sweep['alone_errors'])}; best T = "
+              f"{sweep['best_temperature']:g})", "",
+              "| T | " + " | ".join(f"{float(t):g}" for t in temps) + " |",
+              "|---|" + "---|" * len(temps),
+              "| errors | " + " | ".join(
+                  f"{sweep['by_temperature'][t]['mean']:.0f} ± {sweep['by_temperature'][t]['sd']:.0f}"
+                  for t in temps) + " |", ""]
+  ens = e["ensemble"]
+  lines += ["## 3. Ensembles: test errors", "", f"*Paper:* {ens['paper']}", "",
+            "| model | ours |", "|---|---|",
+            f"| teacher members | {_pm(ens['member_errors'])}, best {ens['best_member_errors']} |",
+            f"| ensemble, arithmetic mean of probabilities | {ens['arithmetic_ensemble_errors']} |",
+            f"| ensemble, geometric mean | {ens['geometric_ensemble_errors']} |",
+            f"| {student} distilled from the ensemble | {_pm(ens['student_from_ensemble_errors'])} |",
+            f"| {student} distilled from teacher member {ens['one_teacher_member']} | "
+            f"{_pm(ens['student_from_one_teacher_errors'])} |"]
+  m, p = e["mythical"], e["mythical"]["paper"]
+  digit = m["classes"][0]
+  lines += ["", f"## 4. The mythical digit: no {digit}s in the transfer set", "",
+            f"Offsets tuned per member on the validation split (held out of the training set; "
+            f"never the test set): {m['corrected']['offsets']}; the paper's: {p['offset']}.", "",
+            f"| model | test errors, ours | on the {m['class_test_examples']} test {digit}s, "
+            f"ours | paper |", "|---|---|---|---|",
+            f"| distilled without {digit}s | {_pm(m['distilled']['errors'])} | "
+            f"{_pm(m['distilled']['errors_on_classes'])} | {p['errors']} ({p['errors_on_class']} "
+            f"on {p['class_test_examples']} {digit}s) |",
+            f"| + bias of {digit} raised by the tuned offset | {_pm(m['corrected']['errors'])} | "
+            f"{_pm(m['corrected']['errors_on_classes'])} | |",
+            f"| + bias of {digit} raised by the paper's {p['offset']} | "
+            f"{_pm(m['corrected_paper']['errors'])} | "
+            f"{_pm(m['corrected_paper']['errors_on_classes'])} | {p['corrected_errors']} "
+            f"({p['corrected_errors_on_class']} on {digit}s) |"]
+  o, p = e["only_classes"], e["only_classes"]["paper"]
+  kept = " and ".join(str(c) for c in o["classes"])
+  lines += ["", f"## 5. Only {kept} in the transfer set: test error rate", "",
+            f"Tuned offsets: {o['corrected']['offsets']}; the paper's: {p['offset']}.", "",
+            "| model | ours | paper |", "|---|---|---|",
+            f"| distilled on {kept} only | {_pm(o['distilled']['error_rate'], 100, suffix='%')} | "
+            f"{100 * p['error_rate']:.1f}% |",
+            f"| + biases of {kept} moved by the tuned offset | "
+            f"{_pm(o['corrected']['error_rate'], 100, suffix='%')} | |",
+            f"| + biases moved by the paper's {p['offset']} | "
+            f"{_pm(o['corrected_paper']['error_rate'], 100, suffix='%')} | "
+            f"{100 * p['corrected_error_rate']:.1f}% |"]
+  r = e["regulariser"]
+  lines += ["", f"## 6. Soft targets as a regulariser: {r['subset_size']} training images "
+            f"({100 * r['subset_fraction']:.0f}%, class-balanced)", "",
+            f"*Paper:* {r['paper']} Curves: `regulariser.png`.", "",
+            f"| {student} student | test errors, last epoch | with early stopping on validation "
+            "(epochs) |", "|---|---|---|"]
+  for name, label in (("full", "all training data, hard labels"),
+                      ("hard_subset", "subset, hard labels"),
+                      ("soft_subset", "subset, the teacher's soft targets")):
+    lines.append(f"| {label} | {_pm(r[name]['final_test_errors'])} | "
+                 f"{_pm(r[name]['early_stopped_test_errors'])} "
+                 f"({', '.join(map(str, r[name]['early_stopping_epochs']))}) |")
+  lines += ["", "## Wall time per stage", "", "| stage | minutes |", "|---|---|"]
+  lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in results["wall_time_s"].items()]
+  return "\n".join(lines) + "\n"
+
+
+def write_plots(root: pathlib.Path, results: dict[str, Any]) -> None:
+  """temperature.png (errors against T per size) and regulariser.png (test-error curves)."""
+  plt = plots.pyplot()
+  if plt is None:
+    return
+  fig, axes = plt.subplots(1, len(results["temperature"]["sizes"]), figsize=(10, 4))
+  for ax, (tag, sweep) in zip(np.atleast_1d(axes), results["temperature"]["sizes"].items()):
+    temps = [float(t) for t in sweep["by_temperature"]]
+    stats = list(sweep["by_temperature"].values())
+    ax.errorbar(temps, [s["mean"] for s in stats], yerr=[s["sd"] for s in stats], marker="o",
+                capsize=3, label="distilled")
+    alone = sweep["alone_errors"]
+    ax.axhline(alone["mean"], color="gray", linestyle="--", label="alone (hard labels)")
+    ax.set(xscale="log", xlabel="temperature T", ylabel="test errors (mean ± sd)",
+           title=f"student {tag}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+  plots.save(fig, root / "temperature.png")
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, label in (("full", "100%, hard"), ("hard_subset", "subset, hard"),
+                      ("soft_subset", "subset, soft targets")):
+    curves = metrics_curves(root / "regulariser" / name)
+    ax.plot(curves["step"], curves["test_errors"].mean(axis=1), label=label)
+  ax.set(xlabel="training step", ylabel="test errors (mean over seeds)", yscale="log",
+         title="Soft targets as a regulariser")
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  plots.save(fig, root / "regulariser.png")
+
+
+def define_flags() -> flags.FlagHolder:
+  """The command's flags (defined only when it runs, so the library imports without them);
+  returns the --config holder."""
+  flags.DEFINE_enum("profile", "quick", configs.module("reproduce").PROFILES,
+                    "Schedules: quick (a 2-core CPU, <45 min), paper (long), tiny (seconds, for "
+                    "tests).")
+  flags.DEFINE_string("workdir", None, "Root folder of every stage and the results.",
+                      required=True)
+  return cli.define_config(
+      "config", None, "Experiment config (default reproduce:PROFILE); fields can be overridden, "
+      "e.g. --config.seeds=5.")
+
+
+def load_config(config: ml_collections.ConfigDict | None, profile: str,
+                profile_given: bool = False) -> ml_collections.ConfigDict:
+  """`config` (--config) if given, which must agree with a `profile_given` --profile; else
+  configs/reproduce.py's for `profile`."""
+  if config is None:
+    config = configs.module("reproduce").get_config(profile)
+  elif profile_given and config.profile != profile:
+    raise ConfigError(f"--profile={profile} contradicts --config, whose profile is "
+                      f"{config.profile}; give one of them.")
+  return config
+
+
+def main(argv):
+  del argv
+  config = load_config(flags.FLAGS.config, flags.FLAGS.profile, flags.FLAGS["profile"].present)
+  root = pathlib.Path(flags.FLAGS.workdir)
+  start = time.perf_counter()
+  timings = stages.run_stages(training_stages(config, root), root, flags.FLAGS.overwrite,
+                       correction_stages(config))
+  reporting.say("== reproduce: evaluating every stage ==")
+  reports, geometric = evaluate_stages(config, root)
+  results = {"profile": config.profile, "machine": reporting.machine(),
+             "code_version": reporting.code_version(), "wall_time_s": timings,
+             "teacher_member": config.teacher_member,
+             "models": {"teacher": models.describe(config.teacher.model),
+                        "student": size_tag(config.student.model.hidden_sizes),
+                        "temperature": config.student.temperature},
+             "schedule": {"teacher_epochs": config.teacher.num_epochs,
+                          "student_epochs": config.student.num_epochs,
+                          "sweep_epochs": (config.temperature_sweep.get("num_epochs")
+                                           or config.student.num_epochs),
+                          "subset_epochs": config.regulariser.num_epochs},
+             "experiments": summarise(root, config, reports, geometric)}
+  results["claims"] = claims(results["experiments"])
+  reporting.write_json(root / "results.json", results)
+  (root / "RESULTS.md").write_text(render_markdown(results))
+  write_plots(root, results["experiments"])
+  held = sum(c["holds"] for c in results["claims"])
+  reporting.say(f"Reproduced in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
+                f"{held} of {len(results['claims'])} claims hold. Written: {root / 'RESULTS.md'}, "
+                f"{root / 'results.json'}.")
+
+
+if __name__ == "__main__":
+  cli.run(main, [define_flags()])
