@@ -167,7 +167,8 @@ def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: i
                                                 mesh).variables
     loss_fn = losses.make_distillation_loss(config.soft_loss)
     teacher = trainer.make_teacher(config, teacher_model, teacher_variables, train_data["image"],
-                                   mesh, member_batch)
+                                   mesh, member_batch,
+                                   parallelism.eval_batch_size(config.eval_batch_size, mesh))
     if teacher.cached_logits is not None:
       train_data = {**train_data, "teacher_logits": teacher.cached_logits}
       targets_used = "cached teacher logits"

@@ -12,12 +12,13 @@ them. The default, one member and no sweep, is a single model.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
 
-from kd_jax import data, losses, models
+from kd_jax import data, extensions, losses, models
 from kd_jax.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -27,7 +28,7 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits",
                 "data.name", "data.pairs.num_train", "data.pairs.num_validation",
                 "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
-                "class_subsets", "init_workdir", "optimizer", "sgd.momentum_start",
+                "extension", "optimizer", "sgd.momentum_start",
                 "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
                 "soft_t_squared", "model.name", "model.conv_features")
 OPTIMIZERS = ("adam", "sgd_momentum")
@@ -93,10 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_epochs = 1
   config.checkpoint.max_to_keep = 3
 
-  # Specialists (kd_jax.specialists): one member per class subset, each predicting its subset's
-  # classes plus a dustbin, initialised from the run in init_workdir (the generalist).
-  config.class_subsets = ()
-  config.init_workdir = ""
+  # "package.module:NAME" of a kd_jax.extensions.Extension that changes the run (the paper's
+  # specialists); empty for a plain run.
+  config.extension = ""
   return config
 
 
@@ -119,11 +119,6 @@ def is_distillation(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get("teacher_workdir"))
 
 
-def is_specialist(config: ml_collections.ConfigDict) -> bool:
-  """A run with class subsets trains specialists: member i knows subset i plus a dustbin."""
-  return bool(config.get("class_subsets"))
-
-
 def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The per-member hyperparameters of a run: the learning rate, and T and alpha to distil."""
   return SWEEPABLE if is_distillation(config) else ("learning_rate",)
@@ -131,21 +126,53 @@ def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def population_members(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The members of the run, in order: every sweep point (temperature, alpha, learning_rate, in
-  that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]}.
-  A specialist run has these for every class subset in turn, each with its `subset` index.
+  that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]};
+  a run's extension may add members or settings (specialists: one set per class subset).
 
   Reads saved configs of older runs too (no `members` or `sweep`: one member).
   """
   names = hparam_names(config)
   sweep = config.get("sweep") or {}
   grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
-  subsets = [{"subset": i} for i in range(len(config.get("class_subsets") or ()))] or [{}]
   members = []
-  for subset, point in itertools.product(subsets, itertools.product(*grids)):
+  for point in itertools.product(*grids):
     for offset in range(config.get("members", 1)):
-      members.append({"index": len(members), **subset, "seed": config.seed + offset,
+      members.append({"index": len(members), "seed": config.seed + offset,
                       **{name: float(value) for name, value in zip(names, point)}})
-  return members
+  extension = extensions.of(config)
+  return extension.members(config, members) if extension else members
+
+
+def is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_field(config: ml_collections.ConfigDict, field: str, ok: Callable[[Any], bool],
+                expected: str) -> None:
+  """Raises ConfigError naming `field` (dotted) when it is missing or `ok(value)` is False."""
+  value = config
+  for part in field.split("."):
+    if part not in value:
+      raise ConfigError(f"config.{field} is missing (expected {expected}).")
+    value = value[part]
+  try:
+    good = ok(value)
+  except TypeError:
+    good = False
+  if not good:
+    raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected}.")
+
+
+def dataset_classes(config: ml_collections.ConfigDict) -> int | None:
+  """How many classes the config's dataset has, where kd_jax knows it without reading it."""
+  return {"mnist": data.NUM_CLASSES, "mnist_pairs": data.PAIR_BASE**2}.get(config.data.name)
+
+
+def is_class_tuple(config: ml_collections.ConfigDict, value: Any) -> bool:
+  """A tuple of distinct class labels of the config's dataset."""
+  num_classes = dataset_classes(config) or 2**31
+  return isinstance(value, tuple) and len(set(value)) == len(value) and all(
+      is_int(c) and 0 <= c < num_classes for c in value)
 
 
 def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -> None:
@@ -155,20 +182,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   distill command) also insists that it does.
   """
 
-  def check(field, ok, expected):
-    value = config
-    for part in field.split("."):
-      if part not in value:
-        raise ConfigError(f"config.{field} is missing (expected {expected}).")
-      value = value[part]
-    try:
-      good = ok(value)
-    except TypeError:
-      good = False
-    if not good:
-      raise ConfigError(f"config.{field}={value!r} is invalid: expected {expected}.")
-
-  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  check = functools.partial(check_field, config)
   is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
   check("num_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
   check("batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
@@ -215,27 +229,11 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
     shape, classes = known_shapes[config.data.name]
     check("model.input_shape", lambda v: tuple(v) == shape,
           f"{shape}, the shape of {config.data.name} images")
-    if not is_specialist(config):
+    if not config.get("extension"):  # An extension may give members classes of their own.
       check("model.num_classes", lambda v: v == classes,
             f"{classes}, the number of {config.data.name} classes")
-  num_classes = known_shapes.get(config.data.name, (None, 2**31))[1]
-  is_classes = lambda v: isinstance(v, tuple) and len(set(v)) == len(v) and all(
-      is_int(c) and 0 <= c < num_classes for c in v)
-  check("data.train_classes", is_classes,
+  check("data.train_classes", lambda v: is_class_tuple(config, v),
         "a tuple of distinct class labels of the dataset (empty: all classes)")
-  check("class_subsets", lambda v: isinstance(v, tuple) and all(
-      is_classes(tuple(s)) and s for s in v) and len({c for s in v for c in s}) == sum(
-          len(s) for s in v), "a tuple of disjoint, non-empty tuples of class labels")
-  if is_specialist(config):
-    check("init_workdir", lambda v: isinstance(v, str) and v,
-          "the workdir of the generalist the specialists start from")
-    largest = max(len(s) for s in config.class_subsets)
-    check("model.num_classes", lambda v: v == largest + 1,
-          f"{largest + 1}: the largest class subset's size plus the dustbin")
-    if is_distillation(config):
-      check("soft_loss", lambda v: v == "soft_cross_entropy",
-            "soft_cross_entropy: a specialist's soft targets are probabilities summed into its "
-            "classes and dustbin")
   check("data.train_subset", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: all)")
   check("data.subset_seed", is_int, "an integer")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
@@ -266,3 +264,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
       check(f"sweep.{name}", lambda v: not v,
             "an empty tuple: only a distillation run (one with config.teacher_workdir) has a "
             f"{name} to sweep")
+  check("extension", lambda v: isinstance(v, str), "'package.module:NAME' of an extension, or ''")
+  extension = extensions.of(config)
+  if extension:
+    extension.validate(config)

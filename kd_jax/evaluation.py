@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import (checkpointing, config_lib, data, losses, models, parallelism, reporting,
-                    steps, targets)
+from kd_jax import (checkpointing, config_lib, data, extensions, losses, models, parallelism,
+                    reporting, steps, targets)
 from kd_jax.errors import CheckpointError, ConfigError
 
 
@@ -183,10 +183,9 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   For a population, eval.json also holds `members` (one dict per member) and `ensemble`; its
   top-level test figures are then the ensemble's. For a single model they are the model's.
   """
-  if config_lib.is_specialist(checkpointing.load_config(workdir)):
-    raise ConfigError(f"{workdir} holds specialists, which predict classes of their own: "
-                      "evaluate them with `python -m kd_jax.specialists --workdir ROOT` (its "
-                      "eval.json holds the generalist's and the combined accuracy).")
+  extension = extensions.of(checkpointing.load_config(workdir))
+  if extension and extension.evaluate_elsewhere:
+    raise ConfigError(f"{workdir} holds {extension.name}: {extension.evaluate_elsewhere}")
   mesh = parallelism.make_mesh()
   variables, run_config, step = checkpointing.restore_variables(workdir, mesh, step, model=model)
   model = models.model_from_config(run_config.model) if model is None else model

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from kd_jax import (checkpointing, config_lib, data, evaluation, faults, losses, models,
-                    parallelism, preemption, reporting, specialist_lib, steps, targets)
+from kd_jax import (checkpointing, config_lib, data, evaluation, extensions, faults, losses,
+                    models, parallelism, preemption, reporting, steps, targets)
 from kd_jax.errors import (CheckpointError, ConfigError, CorruptCheckpointError, DataError,
                            TrainingDivergedError)
 
@@ -37,6 +37,7 @@ class RunSetup:
   eval_splits: dict[str, evaluation.DeviceSplit]
   source: str = flax.struct.field(pytree_node=False)
   fingerprint: dict[str, str] = flax.struct.field(pytree_node=False)  # data.fingerprint
+  eval_batch: int = flax.struct.field(pytree_node=False)  # Evaluation batch on this mesh.
 
 
 def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
@@ -54,7 +55,7 @@ def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunS
   train_data = {"image": parallelism.put_replicated(splits.train_images, mesh),
                 "label": parallelism.put_replicated(splits.train_labels, mesh)}
   return RunSetup(train_data=train_data, eval_splits=eval_splits, source=splits.source,
-                  fingerprint=data.fingerprint(splits))
+                  fingerprint=data.fingerprint(splits), eval_batch=eval_batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,19 +97,20 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
                     checkpointing.array_digests(variables["params"])),
                 "finished": finished}
   return dataclasses.replace(
-      make_teacher(config, teacher, variables, setup.train_data["image"], mesh, member_batch),
+      make_teacher(config, teacher, variables, setup.train_data["image"], mesh, member_batch,
+                   setup.eval_batch),
       provenance=provenance)
 
 
 def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, variables: Any,
-                 train_images: jax.Array, mesh: jax.sharding.Mesh, member_batch: int) -> Teacher:
+                 train_images: jax.Array, mesh: jax.sharding.Mesh, member_batch: int,
+                 eval_batch: int) -> Teacher:
   """The teacher in the step (jittered transfer set) or its logits cached once (un-jittered)."""
   if config.data.jitter or not config.cache_teacher_logits:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), variables, None)
   start = time.perf_counter()
   logits = jax.block_until_ready(evaluation.logits_of(
-      teacher, variables, train_images, parallelism.eval_batch_size(config.eval_batch_size, mesh),
-      mesh, member_batch))
+      teacher, variables, train_images, eval_batch, mesh, member_batch))
   reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images in "
                 f"{time.perf_counter() - start:.1f}s.")
   return Teacher(targets.cached_targets, None, logits)
@@ -142,37 +144,14 @@ def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module, objective
 
 def member_hparams(config: ml_collections.ConfigDict,
                    members: list[dict[str, Any]]) -> dict[str, jax.Array]:
-  """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch; specialists add
-  their `class_map` i32[P, C] (see `specialist_lib.class_maps`)."""
+  """Per-member hyperparameters as f32[P] arrays, fed to the compiled epoch, and any per-member
+  arrays the run's extension adds (specialists: their class maps)."""
   hparams = {name: jnp.asarray([m[name] for m in members], jnp.float32)
              for name in config_lib.hparam_names(config)}
-  if config_lib.is_specialist(config):
-    hparams["class_map"] = jnp.asarray(member_class_maps(config, members))
+  extension = extensions.of(config)
+  if extension:
+    hparams.update({name: jnp.asarray(v) for name, v in extension.hparams(config, members).items()})
   return hparams
-
-
-def member_class_maps(config: ml_collections.ConfigDict,
-                      members: list[dict[str, Any]]) -> np.ndarray:
-  """[P, C] class map of each member of a specialist run (`specialist_lib.class_maps` of its
-  subset); C from the dataset the generalist learnt."""
-  generalist = checkpointing.load_config(config.init_workdir)
-  maps = specialist_lib.class_maps([tuple(s) for s in config.class_subsets],
-                                   generalist.model.num_classes)
-  return maps[[m["subset"] for m in members]]
-
-
-def start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainState,
-                          members: list[dict[str, Any]],
-                          mesh: jax.sharding.Mesh) -> steps.TrainState:
-  """Specialists' parameters from the generalist in config.init_workdir (its member 0); the
-  optimizer state (Adam's zero moments) and keys stay as initialised."""
-  generalist, _, step = checkpointing.restore_variables(config.init_workdir, mesh)
-  generalist = steps.take_member(generalist["params"], 0)
-  reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step {step}).")
-  params = steps.stack_members([
-      specialist_lib.specialist_params(generalist, tuple(config.class_subsets[m["subset"]]),
-                                       config.model.num_classes) for m in members])
-  return state.replace(params=jax.device_put(params, parallelism.replicated(mesh)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -215,14 +194,14 @@ class Objective:
   loss_fn: losses.LossFn
   teacher: Teacher
   sampler: steps.Sampler
-  label_maps: jax.Array | None  # Specialists: each member's classes (evaluation maps labels).
+  label_maps: jax.Array | None  # Members' own classes (an extension's): evaluation maps labels.
 
 
 def make_objective(config: ml_collections.ConfigDict, setup: RunSetup, hparams: dict[str, Any],
                    mesh: jax.sharding.Mesh, member_batch: int,
                    teacher_model: nn.Module | None) -> Objective:
   """The optimizer, loss and targets of the config: hard labels, or distillation from its
-  teacher (logits cached once when the transfer set is fixed); specialists' loss and sampler."""
+  teacher (logits cached once when the transfer set is fixed); an extension's loss and sampler."""
   num_train = setup.train_data["image"].shape[0]
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
@@ -233,25 +212,21 @@ def make_objective(config: ml_collections.ConfigDict, setup: RunSetup, hparams: 
     loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble,
                                             config.soft_t_squared)
     teacher = load_teacher(config, setup, mesh, member_batch, teacher_model)
-  objective = Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher,
-                        steps.shuffled_batches, None)
-  if config_lib.is_specialist(config):  # The one place specialists change the set-up.
-    objective = dataclasses.replace(
-        objective, loss_fn=specialist_lib.specialist_loss(
-            loss_fn, config.model.num_classes, soft_targets=config_lib.is_distillation(config)),
-        sampler=specialist_lib.half_subset_batches(config.model.num_classes - 1),
-        label_maps=hparams["class_map"])
-  return objective
+  sampler, label_maps = steps.shuffled_batches, None
+  extension = extensions.of(config)
+  if extension:  # The one place a kind of run (specialists) changes the objective.
+    loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, hparams)
+  return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
+                   label_maps)
 
 
 def initial_state(config: ml_collections.ConfigDict, model: nn.Module, objective: Objective,
                   members: list[dict[str, Any]], mesh: jax.sharding.Mesh) -> steps.TrainState:
-  """Each member's fresh state from its seed (specialists: from the generalist)."""
+  """Each member's fresh state from its seed (or as the run's extension starts it)."""
   state = init_population(model, objective.optimizer(config.learning_rate), members, mesh,
                           tuple(config.model.input_shape))
-  if config_lib.is_specialist(config):
-    state = start_from_generalist(config, state, members, mesh)
-  return state
+  extension = extensions.of(config)
+  return extension.initial_state(config, state, members, mesh) if extension else state
 
 
 def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.sharding.Mesh,
@@ -281,7 +256,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
   checkpointing.discard_partial_checkpoints(workdir)
   manager, state, start_epoch = _resume(workdir, config, state, parallelism.replicated(mesh))
   evaluator = evaluation.make_evaluator(
-      model, parallelism.eval_batch_size(config.eval_batch_size, mesh), mesh, member_batch,
+      model, setup.eval_batch, mesh, member_batch,
       label_maps=objective.label_maps)
   if start_epoch >= config.num_epochs:
     reporting.say(f"{workdir} already finished its {config.num_epochs} epochs "

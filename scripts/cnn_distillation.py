@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 import kd_jax
 from kd_jax import benchmark, data, reporting
+from kd_jax.paper import stages
 
 CNN = {"model__name": "cnn", "model__conv_features": (16, 32), "model__hidden_sizes": (128,)}
 
@@ -108,13 +109,14 @@ def main() -> None:
   reporting.write_json(out / "results.json", summary)
   lines = [f"# CNN <-> MLP distillation on MNIST ({args.epochs} epochs each)", "",
            f"Machine: {summary['machine']['host_cpu']}, {summary['machine']['host_cores']} cores, "
-           f"jax {summary['machine']['jax']}; code {summary['code_version']}.", "",
-           "| run | model | teacher | test errors | agreement with teacher (test) | epoch (s) | "
-           "floor (s) | ratio |", "|---|---|---|---|---|---|---|---|"]
-  for name, r in results.items():
-    agreement = f"{100 * r['test_agreement']:.2f}%" if "test_agreement" in r else ""
-    lines.append(f"| {name} | {r['model']} | {r['teacher'] or ''} | {r['test_errors']} | "
-                 f"{agreement} | {r['epoch_s']:.2f} | {r['floor_s']:.2f} | {r['ratio']:.2f} |")
+           f"jax {summary['machine']['jax']}; code {summary['code_version']}.", ""]
+  lines += stages.markdown_table(
+      ["run", "model", "teacher", "test errors", "agreement with teacher (test)", "epoch (s)",
+       "floor (s)", "ratio"],
+      [[name, r["model"], r["teacher"] or "", r["test_errors"],
+        f"{100 * r['test_agreement']:.2f}%" if "test_agreement" in r else "",
+        f"{r['epoch_s']:.2f}", f"{r['floor_s']:.2f}", f"{r['ratio']:.2f}"]
+       for name, r in results.items()])
   (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
   print("\n".join(lines))
   print(json.dumps({k: v["test_errors"] for k, v in results.items()}))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, run_command
-from kd_jax import config_lib, data, evaluation, losses, specialist_lib
-from kd_jax.paper import specialists
+from kd_jax import config_lib, data, evaluation, losses
+from kd_jax.paper import specialist_lib, specialists
 from kd_jax.errors import ConfigError
 
 _SPEC = importlib.util.spec_from_file_location("specialists_config",
@@ -167,6 +167,7 @@ def test_combination_converges_to_the_closed_form():
 
 def test_specialist_configs_are_validated():
   config = config_lib.base_config()
+  config.extension = specialist_lib.EXTENSION  # The hook that makes it a specialist run.
   config.class_subsets = ((1, 2), (2, 3))
   config.init_workdir = "runs/generalist"
   config.model.num_classes = 3

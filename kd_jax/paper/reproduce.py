@@ -21,26 +21,10 @@ from absl import flags
 
 from kd_jax import checkpointing, cli, config_lib, configs, data, models, plots, reporting
 from kd_jax.paper import bias_correction, stages
+from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError
 
 # The paper's own figures (Hinton, Vinyals & Dean 2015), typed in; everything else is measured.
-PAPER = {
-    "table": {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
-              "transfer": round((146 - 74) / (146 - 67), 2)},
-    "temperature": "With 300 or more units per layer all temperatures above 8 gave fairly similar "
-                   "results; with 30 units, temperatures from 2.5 to 4 worked significantly better "
-                   "than higher or lower ones.",
-    "ensemble": "No MNIST figure. Speech (Table 1): one model 58.9% frame accuracy, an ensemble "
-                "of 10 61.1%, one model distilled from the ensemble 60.8%.",
-    "mythical": {"errors": 206, "errors_on_class": 133, "class_test_examples": 1010,
-                 "offset": 3.5, "corrected_errors": 109, "corrected_errors_on_class": 14},
-    "only_classes": {"error_rate": 0.473, "offset": -7.6, "corrected_error_rate": 0.132},
-    "regulariser": "Speech (Table 5), frame accuracy on test: 100% of the data, hard targets "
-                   "58.9%; 3% of the data, hard targets 44.5% (needed early stopping); 3% of "
-                   "the data, soft targets 57.0% (converged without early stopping).",
-}
-
-
 # ----------------------------------------------------------------------------- stages
 
 
@@ -269,6 +253,7 @@ def render_markdown(results: dict[str, Any]) -> str:
   """RESULTS.md: one table per experiment, ours beside the paper's."""
   e = results["experiments"]
   machine = results["machine"]
+  table = stages.markdown_table
   total_min = sum(results["wall_time_s"].values()) / 60
   lines = [f"# Distillation on MNIST: the paper's claims, re-run (profile `{results['profile']}`)",
            "",
@@ -281,87 +266,83 @@ def render_markdown(results: dict[str, Any]) -> str:
            f"epochs, students {results['schedule']['student_epochs']} epochs (temperature "
            f"sweeps {results['schedule']['sweep_epochs']}), subset students "
            f"{results['schedule']['subset_epochs']} epochs.",
-           "", "## Claims checked", "", "| claim | holds |", "|---|---|"]
-  lines += [f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} |" for c in results["claims"]]
+           "", "## Claims checked", ""]
+  lines += table(["claim", "holds"], [[c["claim"], "yes" if c["holds"] else "**no**"]
+                                      for c in results["claims"]])
   t = e["table"]
   transfer = f"{t['transfer']:.2f}" if t["transfer"] is not None else "n/a"
   teacher, student = results["models"]["teacher"], results["models"]["student"]
   lines += ["", f"## 1. The MNIST table (section 3): test errors of "
-            f"{e['mythical']['test_examples']:,}", "",
-            "| model | ours | paper (2x1200 / 2x800) |", "|---|---|---|",
-            f"| teacher {teacher} (member {results['teacher_member']}) | "
-            f"{t['teacher_errors']} (all {t['teacher_population_errors']['n']} members: "
-            f"{_pm(t['teacher_population_errors'])}) | {t['paper']['teacher_errors']} |",
-            f"| {student} alone, hard labels | {_pm(t['alone_errors'])} | "
-            f"{t['paper']['alone_errors']} |",
-            f"| {student} distilled, T = {results['models']['temperature']:g}, un-jittered "
-            "transfer set | "
-            f"{_pm(t['distilled_errors'])} | {t['paper']['distilled_errors']} |",
-            f"| share of the teacher's advantage transferred | {transfer} | "
-            f"{t['paper']['transfer']} |"]
+            f"{e['mythical']['test_examples']:,}", ""]
+  lines += table(["model", "ours", "paper (2x1200 / 2x800)"], [
+      [f"teacher {teacher} (member {results['teacher_member']})",
+       f"{t['teacher_errors']} (all {t['teacher_population_errors']['n']} members: "
+       f"{_pm(t['teacher_population_errors'])})", t["paper"]["teacher_errors"]],
+      [f"{student} alone, hard labels", _pm(t["alone_errors"]), t["paper"]["alone_errors"]],
+      [f"{student} distilled, T = {results['models']['temperature']:g}, un-jittered transfer set",
+       _pm(t["distilled_errors"]), t["paper"]["distilled_errors"]],
+      ["share of the teacher's advantage transferred", transfer, t["paper"]["transfer"]]])
   temperature = e["temperature"]
   lines += ["", "## 2. Temperature versus student size: test errors", "",
             f"*Paper:* {temperature['paper']} Plot: `temperature.png`.", ""]
   for tag, sweep in temperature["sizes"].items():
     temps = list(sweep["by_temperature"])
     lines += [f"**{tag}** (alone: {_pm(sweep['alone_errors'])}; best T = "
-              f"{sweep['best_temperature']:g})", "",
-              "| T | " + " | ".join(f"{float(t):g}" for t in temps) + " |",
-              "|---|" + "---|" * len(temps),
-              "| errors | " + " | ".join(
-                  f"{sweep['by_temperature'][t]['mean']:.0f} ± {sweep['by_temperature'][t]['sd']:.0f}"
-                  for t in temps) + " |", ""]
+              f"{sweep['best_temperature']:g})", ""]
+    lines += table(["T", *(f"{float(t):g}" for t in temps)], [
+        ["errors", *(f"{sweep['by_temperature'][t]['mean']:.0f} ± "
+                     f"{sweep['by_temperature'][t]['sd']:.0f}" for t in temps)]])
+    lines.append("")
   ens = e["ensemble"]
-  lines += ["## 3. Ensembles: test errors", "", f"*Paper:* {ens['paper']}", "",
-            "| model | ours |", "|---|---|",
-            f"| teacher members | {_pm(ens['member_errors'])}, best {ens['best_member_errors']} |",
-            f"| ensemble, arithmetic mean of probabilities | {ens['arithmetic_ensemble_errors']} |",
-            f"| ensemble, geometric mean | {ens['geometric_ensemble_errors']} |",
-            f"| {student} distilled from the ensemble | {_pm(ens['student_from_ensemble_errors'])} |",
-            f"| {student} distilled from teacher member {ens['one_teacher_member']} | "
-            f"{_pm(ens['student_from_one_teacher_errors'])} |"]
+  lines += ["## 3. Ensembles: test errors", "", f"*Paper:* {ens['paper']}", ""]
+  lines += table(["model", "ours"], [
+      ["teacher members", f"{_pm(ens['member_errors'])}, best {ens['best_member_errors']}"],
+      ["ensemble, arithmetic mean of probabilities", ens["arithmetic_ensemble_errors"]],
+      ["ensemble, geometric mean", ens["geometric_ensemble_errors"]],
+      [f"{student} distilled from the ensemble", _pm(ens["student_from_ensemble_errors"])],
+      [f"{student} distilled from teacher member {ens['one_teacher_member']}",
+       _pm(ens["student_from_one_teacher_errors"])]])
   m, p = e["mythical"], e["mythical"]["paper"]
   digit = m["classes"][0]
   lines += ["", f"## 4. The mythical digit: no {digit}s in the transfer set", "",
             f"Offsets tuned per member on the validation split (held out of the training set; "
-            f"never the test set): {m['corrected']['offsets']}; the paper's: {p['offset']}.", "",
-            f"| model | test errors, ours | on the {m['class_test_examples']} test {digit}s, "
-            f"ours | paper |", "|---|---|---|---|",
-            f"| distilled without {digit}s | {_pm(m['distilled']['errors'])} | "
-            f"{_pm(m['distilled']['errors_on_classes'])} | {p['errors']} ({p['errors_on_class']} "
-            f"on {p['class_test_examples']} {digit}s) |",
-            f"| + bias of {digit} raised by the tuned offset | {_pm(m['corrected']['errors'])} | "
-            f"{_pm(m['corrected']['errors_on_classes'])} | |",
-            f"| + bias of {digit} raised by the paper's {p['offset']} | "
-            f"{_pm(m['corrected_paper']['errors'])} | "
-            f"{_pm(m['corrected_paper']['errors_on_classes'])} | {p['corrected_errors']} "
-            f"({p['corrected_errors_on_class']} on {digit}s) |"]
+            f"never the test set): {m['corrected']['offsets']}; the paper's: {p['offset']}.", ""]
+  lines += table(["model", "test errors, ours",
+                  f"on the {m['class_test_examples']} test {digit}s, ours", "paper"], [
+      [f"distilled without {digit}s", _pm(m["distilled"]["errors"]),
+       _pm(m["distilled"]["errors_on_classes"]),
+       f"{p['errors']} ({p['errors_on_class']} on {p['class_test_examples']} {digit}s)"],
+      [f"+ bias of {digit} raised by the tuned offset", _pm(m["corrected"]["errors"]),
+       _pm(m["corrected"]["errors_on_classes"]), ""],
+      [f"+ bias of {digit} raised by the paper's {p['offset']}",
+       _pm(m["corrected_paper"]["errors"]), _pm(m["corrected_paper"]["errors_on_classes"]),
+       f"{p['corrected_errors']} ({p['corrected_errors_on_class']} on {digit}s)"]])
   o, p = e["only_classes"], e["only_classes"]["paper"]
   kept = " and ".join(str(c) for c in o["classes"])
   lines += ["", f"## 5. Only {kept} in the transfer set: test error rate", "",
-            f"Tuned offsets: {o['corrected']['offsets']}; the paper's: {p['offset']}.", "",
-            "| model | ours | paper |", "|---|---|---|",
-            f"| distilled on {kept} only | {_pm(o['distilled']['error_rate'], 100, suffix='%')} | "
-            f"{100 * p['error_rate']:.1f}% |",
-            f"| + biases of {kept} moved by the tuned offset | "
-            f"{_pm(o['corrected']['error_rate'], 100, suffix='%')} | |",
-            f"| + biases moved by the paper's {p['offset']} | "
-            f"{_pm(o['corrected_paper']['error_rate'], 100, suffix='%')} | "
-            f"{100 * p['corrected_error_rate']:.1f}% |"]
+            f"Tuned offsets: {o['corrected']['offsets']}; the paper's: {p['offset']}.", ""]
+  rate = lambda stats: _pm(stats, 100, suffix="%")
+  lines += table(["model", "ours", "paper"], [
+      [f"distilled on {kept} only", rate(o["distilled"]["error_rate"]),
+       f"{100 * p['error_rate']:.1f}%"],
+      [f"+ biases of {kept} moved by the tuned offset", rate(o["corrected"]["error_rate"]), ""],
+      [f"+ biases moved by the paper's {p['offset']}", rate(o["corrected_paper"]["error_rate"]),
+       f"{100 * p['corrected_error_rate']:.1f}%"]])
   r = e["regulariser"]
   lines += ["", f"## 6. Soft targets as a regulariser: {r['subset_size']} training images "
             f"({100 * r['subset_fraction']:.0f}%, class-balanced)", "",
-            f"*Paper:* {r['paper']} Curves: `regulariser.png`.", "",
-            f"| {student} student | test errors, last epoch | with early stopping on validation "
-            "(epochs) |", "|---|---|---|"]
-  for name, label in (("full", "all training data, hard labels"),
-                      ("hard_subset", "subset, hard labels"),
-                      ("soft_subset", "subset, the teacher's soft targets")):
-    lines.append(f"| {label} | {_pm(r[name]['final_test_errors'])} | "
-                 f"{_pm(r[name]['early_stopped_test_errors'])} "
-                 f"({', '.join(map(str, r[name]['early_stopping_epochs']))}) |")
-  lines += ["", "## Wall time per stage", "", "| stage | minutes |", "|---|---|"]
-  lines += [f"| {name} | {seconds / 60:.1f} |" for name, seconds in results["wall_time_s"].items()]
+            f"*Paper:* {r['paper']} Curves: `regulariser.png`.", ""]
+  lines += table([f"{student} student", "test errors, last epoch",
+                  "with early stopping on validation (epochs)"], [
+      [label, _pm(r[name]["final_test_errors"]),
+       f"{_pm(r[name]['early_stopped_test_errors'])} "
+       f"({', '.join(map(str, r[name]['early_stopping_epochs']))})"]
+      for name, label in (("full", "all training data, hard labels"),
+                          ("hard_subset", "subset, hard labels"),
+                          ("soft_subset", "subset, the teacher's soft targets"))])
+  lines += ["", "## Wall time per stage", ""]
+  lines += table(["stage", "minutes"], [[name, f"{seconds / 60:.1f}"]
+                                        for name, seconds in results["wall_time_s"].items()])
   return "\n".join(lines) + "\n"
 
 

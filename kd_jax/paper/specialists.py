@@ -10,7 +10,7 @@ Stages, each resumable (a killed command reruns to carry on where it stopped):
                         soft targets as well, to see whether that helps)
   RUN/eval.json         generalist and combined test accuracy, accuracy by how many active
                         specialists cover the true class; RUN/RESULTS.md the same as tables.
-The pure parts (clustering, class maps, the KL combination) are in `kd_jax.specialist_lib`.
+The pure parts (clustering, class maps, the KL combination) are in `kd_jax.paper.specialist_lib`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import (checkpointing, cli, config_lib, data, evaluation, parallelism, reporting,
-                    specialist_lib)
-from kd_jax.paper import bias_correction, stages
+from kd_jax import checkpointing, cli, config_lib, data, evaluation, parallelism, reporting
+from kd_jax.paper import bias_correction, specialist_lib, stages
 from kd_jax.errors import ConfigError
 
 # The paper's own figures (JFT, section 5), typed in; everything else is measured.
@@ -76,6 +75,7 @@ def specialist_config(config: ml_collections.ConfigDict, root: pathlib.Path,
   and (with soft targets) the generalist as teacher."""
   run = config.generalist.copy_and_resolve_references()
   run.unlock()
+  run.extension = specialist_lib.EXTENSION
   run.class_subsets = tuple(tuple(s) for s in subsets)
   run.init_workdir = str(root / "generalist")
   run.model.num_classes = max(len(s) for s in subsets) + 1
@@ -231,43 +231,42 @@ def render_markdown(report: dict[str, Any]) -> str:
   rules = lambda variant: {rule: variant[rule] for rule in OFFSET_RULES}
   lines += ["", "## Test accuracy", "",
             f"Top-1 accuracy at n = {report['top_n']} (specialists active when they hold one of "
-            "the generalist's top n classes); errors for other n beside it.", "",
-            "| model | dustbin offset | top-1 accuracy | errors | "
-            + " | ".join(f"errors, n={n}" for n in top_ns) + " |",
-            "|---|---|---|---|" + "---|" * len(top_ns),
-            f"| generalist | | {100 * report['generalist_test_accuracy']:.2f}% | "
-            f"{report['generalist_test_errors']} |" + " |" * len(top_ns)]
+            "the generalist's top n classes); errors for other n beside it.", ""]
+  rows = [["generalist", "", f"{100 * report['generalist_test_accuracy']:.2f}%",
+           report["generalist_test_errors"], *[""] * len(top_ns)]]
   for name, variant in report["variants"].items():
     for rule, result in rules(variant).items():
-      lines.append(f"| + {report['num_specialists']} specialists ({name}) | {rule} | "
-                   f"{100 * result['combined_test_accuracy']:.2f}% | "
-                   f"{result['combined_test_errors']} | "
-                   + " | ".join(str(e) for e in result["errors_by_top_n"].values()) + " |")
-  lines += [f"| paper, JFT: generalist / + {PAPER['num_specialists']} specialists | "
-            f"oversampling | {100 * PAPER['generalist_top1']:.1f}% / "
-            f"{100 * PAPER['combined_top1']:.1f}% | |" + " |" * len(top_ns), ""]
-  lines += ["## Within each cluster (test pairs of its classes, choosing among its classes only)",
-            "", "| cluster | classes | generalist | " + " | ".join(
-                f"specialist ({name})" for name in report["variants"]) + " |",
-            "|---|---|---|" + "---|" * len(report["variants"])]
+      rows.append([f"+ {report['num_specialists']} specialists ({name})", rule,
+                   f"{100 * result['combined_test_accuracy']:.2f}%",
+                   result["combined_test_errors"], *result["errors_by_top_n"].values()])
+  rows.append([f"paper, JFT: generalist / + {PAPER['num_specialists']} specialists",
+               "oversampling", f"{100 * PAPER['generalist_top1']:.1f}% / "
+               f"{100 * PAPER['combined_top1']:.1f}%", "", *[""] * len(top_ns)])
+  lines += stages.markdown_table(["model", "dustbin offset", "top-1 accuracy", "errors",
+                                  *(f"errors, n={n}" for n in top_ns)], rows)
+  lines += ["", "## Within each cluster (test pairs of its classes, choosing among its classes "
+            "only)", ""]
   first = next(iter(report["variants"].values()))["within_cluster_accuracy"]
-  for m, subset in enumerate(report["subsets"]):
-    lines.append(f"| {m} | {len(subset)} | {100 * first['generalist'][m]:.1f}% | " + " | ".join(
-        f"{100 * v['within_cluster_accuracy']['specialist'][m]:.1f}%"
-        for v in report["variants"].values()) + " |")
+  lines += stages.markdown_table(
+      ["cluster", "classes", "generalist",
+       *(f"specialist ({name})" for name in report["variants"])],
+      [[m, len(subset), f"{100 * first['generalist'][m]:.1f}%",
+        *(f"{100 * v['within_cluster_accuracy']['specialist'][m]:.1f}%"
+          for v in report["variants"].values())]
+       for m, subset in enumerate(report["subsets"])])
   lines.append("")
   for name, variant in report["variants"].items():
     for rule, result in rules(variant).items():
       lines += [f"## By specialists covering the true class ({name}, {rule} offsets, n = "
-                f"{report['top_n']}; the paper's Table 4 layout)", "",
-                "| covering | test examples | generalist correct | combined correct | delta | "
-                "relative change |", "|---|---|---|---|---|---|"]
-      for row in result["by_coverage"]:
-        change = row["relative_accuracy_change"]
-        lines.append(f"| {row['covering_specialists']} | {row['test_examples']} | "
-                     f"{row['generalist_correct']} | {row['combined_correct']} | "
-                     f"{row['delta_correct']:+d} | "
-                     f"{'' if change is None else f'{100 * change:+.2f}%'} |")
+                f"{report['top_n']}; the paper's Table 4 layout)", ""]
+      lines += stages.markdown_table(
+          ["covering", "test examples", "generalist correct", "combined correct", "delta",
+           "relative change"],
+          [[row["covering_specialists"], row["test_examples"], row["generalist_correct"],
+            row["combined_correct"], f"{row['delta_correct']:+d}",
+            "" if row["relative_accuracy_change"] is None
+            else f"{100 * row['relative_accuracy_change']:+.2f}%"]
+           for row in result["by_coverage"]])
       lines.append("")
   lines += [f"Paper: {PAPER['by_coverage']} With disjoint clusters at most one active "
             "specialist covers the true class here.", ""]

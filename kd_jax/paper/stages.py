@@ -71,6 +71,12 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
   return reporting.stage_timings(root)
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+  """A markdown table's lines: the header, its rule, one line per row (cells as str)."""
+  line = lambda cells: "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+  return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
 def mean_sd(values) -> dict[str, Any]:
   """Mean, sample standard deviation (0 for one value) and the values themselves."""
   values = [float(v) for v in values]

@@ -14,6 +14,10 @@ gradient descent in JAX, batched over examples.
 Specialists have as many outputs as the largest subset plus one. A smaller subset's unused
 outputs get a bias of `UNUSED_BIAS`: their probability is 0, so their gradients are exactly 0 and
 they stay unused through training (no mask needed in the step or the loss).
+
+`SPECIALISTS` is how a specialist run changes the library's set-up (a kd_jax.extensions hook,
+named in the run's `config.extension`): its `class_subsets` and `init_workdir` fields, one member
+per subset, the class maps, the loss and sampler, and the start from the generalist.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kd_jax import losses
+import ml_collections
+
+from kd_jax import checkpointing, config_lib, extensions, losses, parallelism, reporting, steps
 
 UNUSED_BIAS = -1e9
 
@@ -220,3 +226,75 @@ def combine(generalist_probs: jax.Array, specialist_probs: jax.Array, active: ja
 
   (z, _), _ = jax.lax.scan(step, (z, optimizer.init(z)), None, length=num_steps)
   return jnp.where(active.any(axis=1, keepdims=True), jax.nn.softmax(z), generalist_probs)
+
+
+# ----------------------------------------------------------------------------- the run's hooks
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  check = lambda *args: config_lib.check_field(config, *args)
+  check("class_subsets", lambda v: isinstance(v, tuple) and v and all(
+      config_lib.is_class_tuple(config, tuple(s)) and s for s in v) and len(
+          {c for s in v for c in s}) == sum(len(s) for s in v),
+        "a non-empty tuple of disjoint, non-empty tuples of class labels")
+  check("init_workdir", lambda v: isinstance(v, str) and v,
+        "the workdir of the generalist the specialists start from")
+  largest = max(len(s) for s in config.class_subsets)
+  check("model.num_classes", lambda v: v == largest + 1,
+        f"{largest + 1}: the largest class subset's size plus the dustbin")
+  if config_lib.is_distillation(config):
+    check("soft_loss", lambda v: v == "soft_cross_entropy",
+          "soft_cross_entropy: a specialist's soft targets are probabilities summed into its "
+          "classes and dustbin")
+
+
+def _members(config: ml_collections.ConfigDict,
+             members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The library's members for every class subset in turn, each with its `subset` index."""
+  specialists = []
+  for subset in range(len(config.class_subsets)):
+    for member in members:
+      specialists.append({"index": len(specialists), "subset": subset,
+                          **{k: v for k, v in member.items() if k != "index"}})
+  return specialists
+
+
+def _hparams(config: ml_collections.ConfigDict,
+             members: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Each member's `class_map` [P, C] (`class_maps` of its subset), C the dataset's classes (for
+  a dataset kd_jax does not know, those the generalist learnt)."""
+  num_classes = (config_lib.dataset_classes(config)
+                 or checkpointing.load_config(config.init_workdir).model.num_classes)
+  maps = class_maps([tuple(s) for s in config.class_subsets], num_classes)
+  return {"class_map": maps[[m["subset"] for m in members]]}
+
+
+def _objective(config: ml_collections.ConfigDict, loss_fn: losses.LossFn, sampler,
+               hparams: dict[str, Any]):
+  dustbin = config.model.num_classes - 1
+  return (specialist_loss(loss_fn, config.model.num_classes,
+                          soft_targets=config_lib.is_distillation(config)),
+          half_subset_batches(dustbin), hparams["class_map"])
+
+
+def _start_from_generalist(config: ml_collections.ConfigDict, state: steps.TrainState,
+                           members: list[dict[str, Any]],
+                           mesh: jax.sharding.Mesh) -> steps.TrainState:
+  """Specialists' parameters from the generalist in config.init_workdir (its member 0); the
+  optimizer state (Adam's zero moments) and keys stay as initialised."""
+  generalist, _, step = checkpointing.restore_variables(config.init_workdir, mesh)
+  generalist = steps.take_member(generalist["params"], 0)
+  reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step {step}).")
+  params = steps.stack_members([
+      specialist_params(generalist, tuple(config.class_subsets[m["subset"]]),
+                        config.model.num_classes) for m in members])
+  return state.replace(params=jax.device_put(params, parallelism.replicated(mesh)))
+
+
+SPECIALISTS = extensions.Extension(
+    name="specialists", validate=_validate, members=_members, hparams=_hparams,
+    objective=_objective, initial_state=_start_from_generalist,
+    evaluate_elsewhere=("they predict classes of their own: evaluate them with `python -m "
+                        "kd_jax.specialists --workdir ROOT` (its eval.json holds the generalist's "
+                        "and the combined accuracy)."))
+EXTENSION = f"{__name__}:SPECIALISTS"  # What a specialist run's config.extension names.
