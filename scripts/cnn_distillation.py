@@ -11,6 +11,7 @@ Writes OUT/results.json and OUT/RESULTS.md. Resumable: finished runs are reused.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import statistics
@@ -59,7 +60,15 @@ def conv_floor_epoch(conv_features, hidden_sizes, batch_size: int, num_steps: in
   return epoch, ((kernels, dense),)
 
 
-def floor_seconds(config, repeats: int = 3) -> float:
+@functools.cache
+def _floor(name: str, conv_features: tuple, hidden_sizes: tuple, batch_size: int,
+           repeats: int) -> float:
+  config = kd_jax.configs.get("student", model__name=name, model__conv_features=conv_features,
+                              model__hidden_sizes=hidden_sizes, batch_size=batch_size)
+  return floor_seconds(config, repeats)
+
+
+def floor_seconds(config, repeats: int = 2) -> float:
   """Median seconds of the bare epoch of `config`'s student (the teacher's logits are cached)."""
   num_steps = 60_000 // config.batch_size
   if config.model.name == "cnn":
@@ -101,7 +110,8 @@ def main() -> None:
     if teacher:
       results[name]["test_agreement"] = report["transfer_fit"]["test_agreement"][0]
   for name, (config, teacher) in plan.items():  # Floors after training: nothing else runs.
-    floor = floor_seconds(config)
+    floor = _floor(config.model.name, tuple(config.model.conv_features),
+                   tuple(config.model.hidden_sizes), config.batch_size, 2)
     results[name].update(floor_s=floor, ratio=results[name]["epoch_s"] / floor)
   summary = {"machine": reporting.machine(), "code_version": reporting.code_version(),
              "epochs": args.epochs, "runs": results}
