@@ -113,15 +113,19 @@ def check_images(images: Any, image_shape: tuple[int, ...]) -> np.ndarray:
   return images.astype(np.float32)
 
 
+VERBOSE_ENV = "KD_JAX_VERBOSE"
+
+
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-  """orbax's INFO/WARNING logs hidden for the duration (our own lines say what happened), the
-  previous verbosity restored after; `KD_JAX_VERBOSE=1` keeps them."""
-  if os.environ.get("KD_JAX_VERBOSE"):
+  """orbax's logs hidden for the duration (our own lines say what happened, and its ERROR pages
+  precede an exception that says it in one line), the previous verbosity restored after;
+  `KD_JAX_VERBOSE=1` (or a command's --debug) keeps them."""
+  if os.environ.get(VERBOSE_ENV):
     yield
     return
   previous = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
+  logging.set_verbosity(logging.FATAL)
   try:
     yield
   finally:

@@ -41,6 +41,7 @@ METRICS_FILE = "metrics.jsonl"  # One JSON line per epoch (reporting.MetricsWrit
 EVAL_FILE = "eval.json"  # The evaluate command's report (evaluation.evaluate_checkpoint).
 TENSORBOARD_DIR = "tensorboard"
 RUN_FILES = (CONFIG_FILE, POPULATION_FILE, METRICS_FILE, EVAL_FILE, DATA_FILE, TEACHER_FILE)
+PRE_CONFIG_FILES = (DATA_FILE, TEACHER_FILE, POPULATION_FILE)  # save_config writes these first.
 RECORD_NAMES = {DATA_FILE: "different data", TEACHER_FILE: "a different teacher"}
 RECORD_NOTES = ("source", "workdir", "finished")  # Where things are, or notes: not compared.
 LOCK_FILE = ".lock"
@@ -128,6 +129,8 @@ def config_differences(saved: ml_collections.ConfigDict,
   old = _flatten(json.loads(saved.to_json_best_effort()))
   new = _flatten(json.loads(current.to_json_best_effort()))
   old = {**{k: v for k, v in _defaults_for(old).items() if k in new}, **old}
+  old = {k: v for k, v in old.items()  # A field since removed, at its old default: the same run.
+         if not (k not in new and config_lib.REMOVED_FIELDS.get(k, object()) == v)}
   return sorted(k for k in old.keys() | new.keys()
                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
 
@@ -184,6 +187,12 @@ def recover_replacement(workdir: pathlib.Path) -> None:
   if (aside / CONFIG_FILE).exists() and (workdir / CONFIG_FILE).exists():
     shutil.rmtree(aside)
     return
+  for entry in aside.iterdir():  # The new run died before its config.json: it never started.
+    new = workdir / entry.name
+    if entry.name in PRE_CONFIG_FILES and new.is_file():  # Records it wrote first.
+      new.unlink()
+    elif new.is_dir() and not any(new.iterdir()):  # checkpoints/, created empty by orbax.
+      new.rmdir()
   for entry in sorted(aside.iterdir()):
     if (workdir / entry.name).exists():
       raise CheckpointError(f"{workdir} holds both {entry.name} and {aside / entry.name} after an "
@@ -192,6 +201,17 @@ def recover_replacement(workdir: pathlib.Path) -> None:
   aside.rmdir()
   reporting.say(f"Warning: an interrupted --overwrite of {workdir} was undone; the previous run "
                 "is back in place.")
+
+
+def repair_interrupted_overwrite(workdir: str | pathlib.Path) -> None:
+  """What a reader of a workdir does first: finishes or undoes an interrupted `--overwrite`
+  (`recover_replacement`) under the workdir's lock, so a command that reads the run sees the old
+  run or the new one, as training would. A run being written now holds the lock: that is
+  reported, and the workdir left to its writer."""
+  workdir = pathlib.Path(workdir)
+  if (workdir / ASIDE_DIR).is_dir():
+    with locked(workdir):
+      recover_replacement(workdir)
 
 
 def set_aside(workdir: pathlib.Path) -> None:
@@ -241,21 +261,36 @@ def run_mismatch(workdir: pathlib.Path, config: ml_collections.ConfigDict,
   return None
 
 
+def latest_meta(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any]] | None:
+  """(step, meta) of the run's latest committed checkpoint, or None: read from the meta item's
+  JSON file directly (no orbax), so callers can check runs cheaply. A step directory exists under
+  its final name only once orbax has committed it."""
+  directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
+      if directory.is_dir() else []
+  for step in steps:
+    try:
+      return step, json.loads((directory / str(step) / "meta" / "metadata").read_text())
+    except (OSError, json.JSONDecodeError):
+      continue  # Unreadable: not a usable checkpoint; restoring reports it.
+  return None
+
+
 def finished_step(workdir: str | pathlib.Path, config: ml_collections.ConfigDict) -> int | None:
   """The final checkpoint step of a run of `config` that completed all its epochs in `workdir`,
-  else None. Reads only JSON and directory names (no orbax), so callers can skip finished runs
-  cheaply: a step directory exists under its final name only once orbax has committed it."""
+  else None: its latest checkpoint's epoch, not metrics.jsonl (whose last line a kill may cut)."""
   workdir = pathlib.Path(workdir)
-  metrics = workdir / METRICS_FILE
-  if not (workdir / CONFIG_FILE).exists() or not metrics.exists():
+  if not (workdir / CONFIG_FILE).exists() or config_differences(load_config(workdir), config):
     return None
-  if config_differences(load_config(workdir), config):
-    return None
-  for record in reporting.read_metrics(metrics):
-    if record.get("epoch") == config.num_epochs:
-      step = record["step"]
-      return step if (workdir / CHECKPOINT_DIR / str(step)).is_dir() else None
-  return None
+  latest = latest_meta(workdir)
+  return latest[0] if latest and latest[1].get("epoch") == config.num_epochs else None
+
+
+def remove_if_unused(workdir: pathlib.Path) -> None:
+  """Removes `workdir` when it holds nothing but the lock (a run refused before writing)."""
+  if reporting.is_main_process() and workdir.is_dir() and {
+      p.name for p in workdir.iterdir()} <= {LOCK_FILE}:
+    shutil.rmtree(workdir)
 
 
 def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -300,6 +335,7 @@ def save(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   so a failed write (a full disk) is reported now, as one line, not an epoch later. `meta` gets
   the digest of every array, checked whenever the checkpoint is restored."""
   meta = {**meta, "digests": {name: array_digests(tree) for name, tree in items.items()}}
+  meta["meta_digest"] = meta_digest(meta)
   try:
     manager.save(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardSave(tree) for name, tree in items.items()},
@@ -378,6 +414,13 @@ def array_digests(tree: Any) -> dict[str, str]:
   return {path: f"{int(d[0]):08x}{int(d[1]):08x}" for path, d in zip(by_path, digests)}
 
 
+def meta_digest(meta: dict[str, Any]) -> str:
+  """The digest of a checkpoint's meta item (epoch, figures and the arrays' digests): a changed
+  epoch would silently resume at the wrong point, so it is checked like the arrays."""
+  content = {k: v for k, v in meta.items() if k != "meta_digest"}
+  return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def combined_digest(digests: dict[str, str]) -> str:
   """One hex digest for a whole tree (a teacher's parameters), from its per-array digests."""
   return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
@@ -431,7 +474,12 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
                             "one.") from e
     raise CorruptCheckpointError(f"{where} could not be restored: it is corrupted "
                                  f"({one_line(e)}).") from e
-  recorded = (restored["meta"] or {}).get("digests", {})
+  meta = restored["meta"] or {}
+  if "meta_digest" in meta and meta_digest(meta) != meta["meta_digest"]:  # Older: unchecked.
+    raise CorruptCheckpointError(f"{where} is corrupted: its meta item (epoch, figures, "
+                                 "digests) does not match the checksum recorded when it was "
+                                 "saved.")
+  recorded = meta.get("digests", {})
   for name in items:
     if name == "meta" or name not in recorded:  # Checkpoints older than digests: unchecked.
       continue
@@ -460,6 +508,7 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
 
   `members` selects member indices (default: all); a single model comes back with M = 1.
   """
+  repair_interrupted_overwrite(workdir)
   run_config = load_config(workdir)
   num_members = len(config_lib.population_members(run_config))
   if members and max(members) >= num_members:

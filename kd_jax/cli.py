@@ -101,8 +101,11 @@ def run(main: Callable[[list[str]], None],
 
   def main_with_clear_errors(argv):
     if not FLAGS.debug and not FLAGS["verbosity"].present:
-      # orbax logs every file it writes at INFO and notices at WARNING; ours are printed.
-      logging.set_verbosity(logging.ERROR)
+      # orbax logs every file it writes at INFO, notices at WARNING and, before an error we
+      # report in one line anyway, pages of ERROR lines; ours are printed.
+      logging.set_verbosity(logging.FATAL)
+    if FLAGS.debug or FLAGS["verbosity"].present:
+      os.environ[api.VERBOSE_ENV] = "1"  # Library calls inside the command keep the logs too.
     if not FLAGS.debug:
       # A failed orbax/tensorstore read leaves worker threads and asyncio tasks that print their
       # own tracebacks, racing our one-line message; the error reaches us through the main

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Any, Callable
 
 import ml_collections
@@ -31,6 +32,10 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "extension", "optimizer", "sgd.momentum_start",
                 "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
                 "soft_t_squared", "model.name", "model.conv_features")
+# Fields removed from the defaults, with the value they had in runs saved before (their old
+# default): such a run is the same run as one without them. (Specialists' fields moved to their
+# extension, kd_jax.paper.specialist_lib.)
+REMOVED_FIELDS = {"class_subsets": [], "init_workdir": ""}
 OPTIMIZERS = ("adam", "sgd_momentum")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
@@ -183,11 +188,11 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   """
 
   check = functools.partial(check_field, config)
-  is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
   check("num_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
   check("batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
   check("eval_batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("learning_rate", lambda v: is_num(v) and v > 0, "a positive number")
+  check("learning_rate", lambda v: is_num(v) and v > 0, "a positive finite number")
   check("lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {LR_SCHEDULES}")
   check("optimizer", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
   if config.optimizer == "sgd_momentum":
@@ -246,7 +251,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   if require_teacher or is_distillation(config):
     check("teacher_workdir", lambda v: isinstance(v, str) and v,
           "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)")
-    check("temperature", lambda v: is_num(v) and v > 0, "a number > 0")
+    check("temperature", lambda v: is_num(v) and v > 0, "a finite number > 0")
     check("alpha", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]")
     check("soft_loss", lambda v: v in losses.DISTILL_LOSSES, f"one of {losses.DISTILL_LOSSES}")
     check("teacher_members", is_tuple_of(lambda x: is_int(x) and x >= 0),
@@ -268,3 +273,109 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   extension = extensions.of(config)
   if extension:
     extension.validate(config)
+
+
+# ----------------------------------------------------------------------------- reference
+
+TRAINING = "train, distill, pipeline, the paper's commands"
+DISTILLATION = "distill (and any command given a config with a teacher)"
+# Every field of base_config() and add_distillation(): (who reads it, what it means). The config
+# reference (docs/config_reference.md) is generated from these and the defaults; a test fails
+# when a field has no entry here or the committed page is stale.
+FIELDS: dict[str, tuple[str, str]] = {
+    "seed": (TRAINING, "PRNG seed of member 0 (member i of a population: seed + i); it decides "
+                       "initialisation, data order, jitter and dropout"),
+    "num_epochs": (TRAINING, "epochs to train"),
+    "batch_size": (TRAINING, "global batch, across all devices (divisible by their number)"),
+    "learning_rate": (TRAINING, "the optimizer's peak learning rate"),
+    "lr_schedule": (TRAINING, "Adam's schedule: constant or cosine decay over the run"),
+    "optimizer": (TRAINING, "adam, or sgd_momentum (the 2012 dropout paper's recipe, sgd.*)"),
+    "sgd.momentum_start": (TRAINING, "sgd_momentum: momentum at the start"),
+    "sgd.momentum_end": (TRAINING, "sgd_momentum: momentum reached after momentum_epochs"),
+    "sgd.momentum_epochs": (TRAINING, "sgd_momentum: epochs over which momentum rises"),
+    "sgd.decay_per_epoch": (TRAINING, "sgd_momentum: the rate's factor per epoch"),
+    "eval_batch_size": (TRAINING + ", evaluate", "evaluation batch (rounded up to a multiple of "
+                                                 "the device count; padding is masked)"),
+    "members": (TRAINING, "seeds per setting: a population of that many models in one "
+                          "compiled epoch"),
+    "sweep.temperature": (DISTILLATION, "temperatures to sweep (empty: not swept)"),
+    "sweep.alpha": (DISTILLATION, "soft-term weights to sweep (empty: not swept)"),
+    "sweep.learning_rate": (TRAINING, "learning rates to sweep (empty: not swept)"),
+    "member_batch": (TRAINING, "members vmapped together (0: one at a time on CPU, all on "
+                               "accelerators)"),
+    "model.name": (TRAINING, "mlp, cnn, or 'package.module:Class' for a module of your own"),
+    "model.conv_features": (TRAINING, "cnn: channels of its 3x3 convolutions (BatchNorm, "
+                                      "2x2 max-pooling each)"),
+    "model.hidden_sizes": (TRAINING, "units of the hidden dense layers (ReLU)"),
+    "model.input_dropout": (TRAINING, "dropout rate on the input (on the flattened features "
+                                      "for cnn)"),
+    "model.hidden_dropout": (TRAINING, "dropout rate after each hidden layer"),
+    "model.max_norm": (TRAINING, "max-norm of each hidden unit's incoming weights (0: off)"),
+    "model.compute_dtype": (TRAINING, "float32, or bfloat16 matmuls (parameters stay float32)"),
+    "model.input_shape": (TRAINING, "one image's shape, (H, W) or (H, W, C): the dataset's"),
+    "model.num_classes": (TRAINING, "outputs: the dataset's classes (a specialist's own)"),
+    "data.name": (TRAINING, "mnist, mnist_pairs (100 two-digit classes) or tfds:NAME"),
+    "data.pairs.num_train": (TRAINING, "mnist_pairs: training pairs"),
+    "data.pairs.num_validation": (TRAINING, "mnist_pairs: validation pairs (from held-out "
+                                            "digits)"),
+    "data.pairs.num_test": (TRAINING, "mnist_pairs: test pairs"),
+    "data.pairs.seed": (TRAINING, "mnist_pairs: the seed the pairs are drawn from"),
+    "data.mnist_dir": (TRAINING + ", evaluate", "folder of the four IDX files (empty: "
+                                                "$KD_JAX_MNIST_DIR, else tensorflow-datasets)"),
+    "data.tfds_data_dir": (TRAINING, "tensorflow-datasets' data folder (empty: its default)"),
+    "data.tfds_manual_dir": (TRAINING, "the four original .gz files, for TFDS to prepare "
+                                       "offline"),
+    "data.validation_size": (TRAINING, "training images held out as a validation split"),
+    "data.jitter": (TRAINING, "maximum shift in pixels of each training image (the paper's "
+                              "teacher: 2)"),
+    "data.train_classes": (TRAINING, "only these classes in the training (transfer) set "
+                                     "(empty: all)"),
+    "data.train_subset": (TRAINING, "a class-balanced subset of this many training examples "
+                                    "(0: all)"),
+    "data.subset_seed": (TRAINING, "the seed that subset is drawn from"),
+    "data.check_counts": (TRAINING, "insist on MNIST's sizes (False accepts smaller IDX "
+                                    "folders, for tests)"),
+    "checkpoint.every_epochs": (TRAINING, "checkpoint cadence in epochs (the last is always "
+                                          "saved)"),
+    "checkpoint.max_to_keep": (TRAINING, "checkpoints kept"),
+    "extension": (TRAINING, "'package.module:NAME' of a kd_jax.extensions.Extension that changes "
+                            "the run (the paper's specialists), or empty"),
+    "teacher_workdir": (DISTILLATION, "the teacher's run; a config with one distils"),
+    "temperature": (DISTILLATION, "T of the soft targets"),
+    "alpha": (DISTILLATION, "weight of the soft term (the hard term gets 1 - alpha)"),
+    "soft_loss": (DISTILLATION, "soft_cross_entropy (the paper's; reported as KL x T^2), "
+                                "logit_matching or softmax_mse (the reference notebook's)"),
+    "teacher_members": (DISTILLATION, "indices into a population teacher (empty: all, as an "
+                                      "ensemble)"),
+    "teacher_ensemble": (DISTILLATION, "how a population teacher's members combine: "
+                                       "arithmetic or geometric mean"),
+    "cache_teacher_logits": (DISTILLATION, "without jitter, compute the teacher's logits once "
+                                           "per run instead of in every step"),
+    "soft_t_squared": (DISTILLATION, "the paper's T^2 on the soft term (False: an ablation)"),
+}
+
+
+def reference_markdown() -> str:
+  """docs/config_reference.md: every field with its default, type, readers and meaning."""
+  import json  # pylint: disable=g-import-not-at-top
+  defaults = add_distillation(base_config())
+
+  def flatten(tree, prefix=""):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        yield from flatten(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+
+  lines = ["# Config reference", "",
+           "Generated from `kd_jax.config_lib` (`base_config()`, `add_distillation()` and "
+           "`FIELDS`) by `python scripts/config_reference.py`; a test keeps it current. Override "
+           "any field with `--config.FIELD=VALUE` or `kd_jax.configs.get(NAME, FIELD=VALUE)` "
+           "(nested: `model__hidden_sizes`).", "",
+           "| field | default | type | used by | meaning |", "|---|---|---|---|---|"]
+  for field, value in flatten(json.loads(defaults.to_json_best_effort())):
+    used_by, meaning = FIELDS[field]
+    kind = type(value).__name__ if not isinstance(value, list) else "tuple"
+    shown = json.dumps(tuple(value) if isinstance(value, list) else value).replace("|", "\\|")
+    lines.append(f"| `{field}` | `{shown}` | {kind} | {used_by} | {meaning} |")
+  return "\n".join(lines) + "\n"

@@ -144,7 +144,7 @@ def _transfer_fit(run_config, model, variables: Any, splits: data.Splits,
     teacher_variables, teacher_config, _ = checkpointing.restore_variables(
         run_config.teacher_workdir, mesh, members=tuple(run_config.teacher_members) or None,
         model=teacher_model)
-  except CheckpointError as e:
+  except (CheckpointError, ConfigError) as e:  # Gone, or a module to pass as teacher_model.
     reporting.say(f"Warning: no fit to the teacher measured: {e}")
     return None
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
@@ -160,7 +160,7 @@ def _transfer_fit(run_config, model, variables: Any, splits: data.Splits,
         run_config.teacher_ensemble)
     report[f"{split}_agreement"] = [float(a) for a in fit["agreement"]]
     report[f"{split}_kl"] = [float(k) for k in fit["kl"]]
-    reporting.say(f"Fit to the teacher on the {len(images)} {split} images: agreement "
+    reporting.say(f"  fit to its teacher on the {len(images)} {split} images: agreement "
                   f"{100 * fit['agreement'].mean():.2f}%, KL(teacher || student) "
                   f"{fit['kl'].mean():.4f}{' (mean over members)' if num_members > 1 else ''}.")
   return report
@@ -183,6 +183,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   For a population, eval.json also holds `members` (one dict per member) and `ensemble`; its
   top-level test figures are then the ensemble's. For a single model they are the model's.
   """
+  checkpointing.repair_interrupted_overwrite(workdir)
   extension = extensions.of(checkpointing.load_config(workdir))
   if extension and extension.evaluate_elsewhere:
     raise ConfigError(f"{workdir} holds {extension.name}: {extension.evaluate_elsewhere}")
@@ -213,24 +214,23 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                      "same_as_training": (trained_on.get("test") == fingerprint["test"]
                                           if trained_on else None)},
             "teacher": _read_record(workdir, checkpointing.TEACHER_FILE)}
-  if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
-    report["transfer_fit"] = _transfer_fit(run_config, model, variables, splits, mesh,
-                                           num_members, teacher_model)
-  if num_members > 1:
-    report.update(num_members=num_members, ensemble_mean=ensemble,
-                  members=[{**setting, **_test_report(figures)}
-                           for setting, figures in zip(settings, result["members"])],
-                  ensemble=_test_report(result["ensemble"]))
   reporting.say(f"{workdir} (step {step}, {report['model']}"
                 f"{f', {num_members} members' if num_members > 1 else ''}): "
                 f"{errors_summary(result)} test errors, accuracy "
                 f"{100 * report['test_accuracy']:.2f}%, loss {report['test_loss']:.4f}; "
                 f"per class {report['per_class_errors']}.")
+  if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
+    report["transfer_fit"] = _transfer_fit(run_config, model, variables, splits, mesh,
+                                           num_members, teacher_model)  # Printed under it.
+  if num_members > 1:
+    report.update(num_members=num_members, ensemble_mean=ensemble,
+                  members=[{**setting, **_test_report(figures)}
+                           for setting, figures in zip(settings, result["members"])],
+                  ensemble=_test_report(result["ensemble"]))
   try:  # The score is shown first: a read-only run directory does not lose it.
     reporting.write_json(pathlib.Path(workdir) / report_name, report)
-  except OSError as e:
-    raise CheckpointError(f"could not write {pathlib.Path(workdir) / report_name} "
-                          f"({e.strerror or e}); the score is printed above.") from e
+  except CheckpointError as e:
+    raise CheckpointError(f"{e} (the score is printed above)") from e
   return report
 
 

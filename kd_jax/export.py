@@ -17,8 +17,10 @@ With tensorflow installed, --saved_model also writes OUT/saved_model/ through ja
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
+import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -26,11 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from kd_jax import checkpointing, cli, data, losses, models, parallelism, reporting, targets
+from kd_jax import api, checkpointing, cli, data, losses, models, parallelism, reporting, targets
 from kd_jax.errors import CheckpointError, ConfigError
 
 MODEL_FILE = "model.jax_exported"
 METADATA_FILE = "metadata.json"
+EXPORT_FORMAT = "kd_jax export 1"  # metadata.json's "format": how a previous export is known.
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
 def serving_fn(model, member_variables: Any) -> Callable[[jax.Array], jax.Array]:
@@ -63,9 +66,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   Returns (and writes as OUT/metadata.json) what was exported.
   """
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  if out.exists() and not overwrite:
-    raise ConfigError(f"{out} already exists; pass --overwrite to replace it, or choose another "
-                      "--out.")
+  _check_destination(workdir, out, overwrite)
   if member is not None and member < 0:
     raise ConfigError(f"--member={member} is invalid: expected a member index >= 0.")
   mesh = parallelism.make_mesh(jax.devices()[:1])
@@ -87,7 +88,8 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
     raise ConfigError(f"could not lower the model for --platforms={','.join(platforms)}: "
                       f"{e}") from e
   metadata = {
-      "source_workdir": str(workdir.absolute()), "step": step, "epochs": epochs,
+      "format": EXPORT_FORMAT, "source_workdir": str(workdir.absolute()), "step": step,
+      "epochs": epochs,
       "model": models.describe(run_config.model),
       "members": [member] if member is not None else list(range(num_members)),
       "output": ("class probabilities at T = 1" if num_members == 1 else
@@ -96,20 +98,60 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
       "platforms": list(exported.platforms), "jax": jax.__version__,
       "num_parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]))),
       "files": [MODEL_FILE, METADATA_FILE] + (["saved_model"] if saved_model else [])}
-  staging = out.with_name(out.name + ".tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  (staging / MODEL_FILE).write_bytes(exported.serialize())
-  if saved_model:
-    _write_saved_model(serving_fn(model, variables), image_shape, staging / "saved_model")
-  reporting.write_json(staging / METADATA_FILE, metadata)
-  if out.exists():
-    shutil.rmtree(out)
-  staging.rename(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Created exclusively, with a name no user folder has: never someone else's to delete.
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.kd_jax-export-", dir=out.parent))
+  try:
+    (staging / MODEL_FILE).write_bytes(exported.serialize())
+    if saved_model:
+      _write_saved_model(serving_fn(model, variables), image_shape, staging / "saved_model")
+    reporting.write_json(staging / METADATA_FILE, metadata)
+    if out.exists():  # A previous export (checked above): moved aside, then deleted.
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.kd_jax-replaced-",
+                                          dir=out.parent))
+      out.rename(old / out.name)
+      staging.rename(out)
+      shutil.rmtree(old)
+    else:
+      staging.rename(out)
+  except OSError as e:
+    raise CheckpointError(f"could not write the export into {out} ({e.strerror or e}): is the "
+                          "disk full or read-only?") from e
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   reporting.say(f"Exported {workdir} (step {step}, {metadata['model']}, "
                 f"{'member ' + str(member) if member is not None else f'{num_members} member(s)'}"
                 f") to {out} for {', '.join(exported.platforms)}.")
   return metadata
+
+
+def is_export(folder: pathlib.Path) -> bool:
+  """A folder this command wrote: its metadata.json says so and the model file is there."""
+  try:
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+  except (OSError, json.JSONDecodeError):
+    return False
+  return (isinstance(metadata, dict) and (folder / MODEL_FILE).is_file()
+          and (metadata.get("format") == EXPORT_FORMAT or "source_workdir" in metadata))
+
+
+def _check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool) -> None:
+  """Refuses an --out that is not absent (or an empty folder) or, with --overwrite, a previous
+  export: a run directory, the source run, or any other folder is left untouched."""
+  if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    return
+  resolved = out.resolve()
+  if resolved == workdir.resolve() or resolved in workdir.resolve().parents:
+    raise ConfigError(f"--out={out} is (or holds) the run being exported, {workdir}; choose "
+                      "another --out.")
+  if not is_export(out):
+    what = ("a kd_jax run directory" if (out / checkpointing.CONFIG_FILE).exists() else
+            "a folder that is not a kd_jax export")
+    raise ConfigError(f"--out={out} is {what}; it is left as it is. Choose another --out "
+                      "(--overwrite replaces only a previous export).")
+  if not overwrite:
+    raise ConfigError(f"{out} already holds an export; pass --overwrite to replace it, or choose "
+                      "another --out.")
 
 
 def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
@@ -129,12 +171,22 @@ def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tup
 
 
 def load(folder: str | pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
-  """The exported model as a function: uint8 images [B, H, W] -> probabilities [B, C]."""
+  """The exported model as a function: images [B, H, W] -> probabilities [B, C]. Images are
+  uint8 pixels as stored, or floats in [0, 1] (turned back into the pixels they came from);
+  anything else is a ValueError."""
   path = pathlib.Path(folder) / MODEL_FILE
   if not path.exists():
     raise CheckpointError(f"{path} does not exist: {folder} is not a kd_jax export.")
   exported = jax.export.deserialize(bytearray(path.read_bytes()))
-  return lambda images: np.asarray(exported.call(jnp.asarray(images, jnp.uint8)))
+  image_shape = tuple(exported.in_avals[0].shape[1:])
+
+  def predict(images: np.ndarray) -> np.ndarray:
+    images = api.check_images(images, image_shape)
+    if images.dtype != np.uint8:
+      images = np.round(images * 255).astype(np.uint8)
+    return np.asarray(exported.call(jnp.asarray(images)))
+
+  return predict
 
 
 def define_flags() -> None:

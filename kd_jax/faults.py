@@ -6,11 +6,14 @@ Tests of crash safety and signal handling then hit exact moments instead of raci
   signal_twice:POINT     SIGTERM twice (an impatient scheduler, or Ctrl-C pressed twice)
   signal_and_hang:POINT  SIGTERM, then hang, as a run stuck in a collective would
   oom:POINT              XLA's out-of-memory error
-Points: put_data, set_aside:<entry moved>, discard_set_aside. Unset (always, outside tests): no-op.
+  enospc:POINT           a full disk (OSError ENOSPC) where the point writes
+Points: put_data, set_aside:<entry moved>, discard_set_aside, save_config:<file written>,
+write_metrics, write_tensorboard. Unset (always, outside tests): no-op.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -30,6 +33,8 @@ def point(name: str) -> None:
       os.kill(os.getpid(), signal.SIGTERM)
     if action == "signal_and_hang":
       threading.Event().wait()
+  elif action == "enospc":
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   elif action == "oom":
     raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.00GiB "
                        "(injected by KD_JAX_FAULT).")

@@ -1,8 +1,11 @@
 """Hard-label and distillation losses (Hinton, Vinyals & Dean 2015, section 2).
 
-All losses average over the batch. The soft-target cross-entropy is multiplied by T^2 so that its
-gradients keep the same scale as the temperature changes (the paper's section 2 remark); logit
-matching is its high-temperature limit, scaled to match: its gradient is (z_i - v_i) / N.
+All losses average over the batch. The soft term ("soft_cross_entropy", the paper's) is computed
+and reported as KL(teacher || student) at temperature T, which has the cross-entropy's gradients
+(they differ by the teacher's entropy, a constant) and falls to 0 as the student matches the
+teacher; it is multiplied by T^2 so that its gradients keep the same scale as the temperature
+changes (the paper's section 2 remark). Logit matching is its high-temperature limit, scaled to
+match: its gradient is (z_i - v_i) / N.
 
 Teacher outputs arrive as logits [B, M, C] from M teachers (M = 1 for a single teacher): the soft
 targets are the ensemble's tempered probabilities, their arithmetic mean by default or their
@@ -50,19 +53,23 @@ def hard_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def soft_cross_entropy(student_logits: jax.Array, soft_targets: jax.Array,
+def soft_kl_divergence(student_logits: jax.Array, teacher_log_probs: jax.Array,
                        temperature: float | jax.Array, t_squared: bool = True) -> jax.Array:
-  """T^2 * CE(soft_targets, softmax(student / T)); soft_targets are the teacher's at T.
+  """T^2 * KL(teacher || softmax(student / T)), averaged over the batch; `teacher_log_probs` are
+  the teacher's log-probabilities at T. It differs from the paper's soft cross-entropy only by
+  the teacher's entropy, a constant: the gradients are the same, and the value goes to 0 as the
+  student matches the teacher (the cross-entropy never falls below T^2 * H, ~800 at T = 20).
   `t_squared=False` drops the T^2 factor (an ablation: the soft term's gradients then shrink
   as 1/T^2 against the hard term's)."""
-  chex.assert_equal_shape([student_logits, soft_targets])
+  chex.assert_equal_shape([student_logits, teacher_log_probs])
   log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   scale = temperature**2 if t_squared else 1.0
-  return scale * -(soft_targets * log_probs).sum(axis=-1).mean()
+  kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - log_probs), axis=-1)
+  return scale * kl.mean()
 
 
 def logit_matching(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
-  """0.5 * mean over classes of (z - v)^2: the T -> infinity limit of `soft_cross_entropy`."""
+  """0.5 * mean over classes of (z - v)^2: the T -> infinity limit of `soft_kl_divergence`."""
   chex.assert_equal_shape([student_logits, teacher_logits])
   return 0.5 * jnp.mean(jnp.square(student_logits - teacher_logits), axis=-1).mean()
 
@@ -80,10 +87,10 @@ def soft_loss(name: str, student_logits: jax.Array, teacher_logits: jax.Array,
   """The soft term `name` against teacher logits [B, M, C] (an ensemble of M >= 1 teachers)."""
   if name == "logit_matching":
     return logit_matching(student_logits, teacher_logits.mean(axis=1))
-  targets = jnp.exp(ensemble_log_probabilities(teacher_logits, temperature, ensemble))
+  teacher_log_probs = ensemble_log_probabilities(teacher_logits, temperature, ensemble)
   if name == "softmax_mse":
-    return softmax_mse(student_logits, targets, temperature)
-  return soft_cross_entropy(student_logits, targets, temperature, t_squared)
+    return softmax_mse(student_logits, jnp.exp(teacher_log_probs), temperature)
+  return soft_kl_divergence(student_logits, teacher_log_probs, temperature, t_squared)
 
 
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,

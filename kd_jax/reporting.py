@@ -5,6 +5,7 @@ Only process 0 writes or prints, so a multi-process run logs once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -13,11 +14,12 @@ import pathlib
 import platform
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 from absl import logging
 
+from kd_jax import faults
 from kd_jax.errors import CheckpointError
 
 TIMINGS_FILE = "timings.json"  # Multi-stage commands' wall seconds per stage, in their ROOT.
@@ -69,6 +71,7 @@ class MetricsWriter:
     the stale record keeps exactly one line per epoch.
     """
     self._path = pathlib.Path(path)
+    self._tb_dir = pathlib.Path(tensorboard_dir)
     self._tb = None
     if not is_main_process():
       return
@@ -77,29 +80,37 @@ class MetricsWriter:
       kept = [r for r in read_metrics(self._path) if r["epoch"] <= keep_epochs_up_to]
       if len(kept) != len(lines):
         tmp = self._path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self._path)
+        with _written(self._path):
+          tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+          tmp.replace(self._path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(str(tensorboard_dir))
+      with _written(self._tb_dir):
+        self._tb = SummaryWriter(str(self._tb_dir))
     except ImportError:
       logging.info("tensorboardX is not installed: no TensorBoard events are written.")
       print("Note: tensorboardX is not installed, so no TensorBoard events are written.")
 
   def write(self, record: dict[str, Any]) -> None:
+    """Appends the epoch's record; a failed write (a full disk) is a CheckpointError (exit 4),
+    raised before the epoch's checkpoint is saved, so the run resumes from the one before."""
     if not is_main_process():
       return
     record = {k: _to_python(v) for k, v in record.items()}
-    with self._path.open("a") as f:
-      f.write(json.dumps(record, allow_nan=False) + "\n")
+    with _written(self._path):
+      faults.point("write_metrics")
+      with self._path.open("a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb is not None:
-      for key, value in record.items():
-        if isinstance(value, (int, float)) and key != "epoch":
-          self._tb.add_scalar(key, value, record["epoch"])
-        elif isinstance(value, list):  # A population's per-member figures.
-          for member, member_value in enumerate(value):
-            self._tb.add_scalar(f"{key}/member_{member}", member_value, record["epoch"])
-      self._tb.flush()
+      with _written(self._tb_dir):
+        faults.point("write_tensorboard")
+        for key, value in record.items():
+          if isinstance(value, (int, float)) and key != "epoch":
+            self._tb.add_scalar(key, value, record["epoch"])
+          elif isinstance(value, list):  # A population's per-member figures.
+            for member, member_value in enumerate(value):
+              self._tb.add_scalar(f"{key}/member_{member}", member_value, record["epoch"])
+        self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
@@ -112,14 +123,29 @@ def stage_timings(root: pathlib.Path) -> dict[str, float]:
   return json.loads(path.read_text()) if path.exists() else {}
 
 
+@contextlib.contextmanager
+def _written(path: str | pathlib.Path) -> Iterator[None]:
+  """Turns an OS error while writing `path` (a full or read-only disk) into the one-line
+  CheckpointError (exit 4) that commands print instead of a traceback."""
+  try:
+    yield
+  except OSError as e:
+    raise CheckpointError(f"could not write {path} ({e.strerror or e}): is the disk full or "
+                          "read-only? Checkpoints already written are intact; free space and "
+                          "rerun to resume.") from e
+
+
 def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:
-  """Writes JSON atomically (temp file then rename), so a kill never leaves half a file."""
+  """Writes JSON atomically (temp file then rename), so a kill never leaves half a file; an OS
+  error is a CheckpointError naming the file."""
   if not is_main_process():
     return
   path = pathlib.Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(_to_python(payload), indent=2, allow_nan=False) + "\n")
-  tmp.replace(path)
+  with _written(path):
+    faults.point(f"write_json:{path.name}")
+    tmp.write_text(json.dumps(_to_python(payload), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
 
 
 def progress_bar(total: int, initial: int, description: str):

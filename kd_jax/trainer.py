@@ -171,11 +171,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   mesh = parallelism.make_mesh()
   parallelism.check_batch_divides(config.batch_size, mesh, "batch_size")
-  with checkpointing.locked(workdir):
-    checkpointing.recover_replacement(workdir)
-    if not overwrite:  # Fail fast on a config mismatch, before loading anything.
-      _refuse_mismatch(workdir, checkpointing.run_mismatch(workdir, config, {}))
-    return _train(config, workdir, mesh, overwrite, restart_on_new_teacher, model, teacher_model)
+  created = not workdir.exists()
+  try:
+    with checkpointing.locked(workdir):
+      checkpointing.recover_replacement(workdir)
+      if not overwrite:  # Fail fast on a config mismatch, before loading anything.
+        _refuse_mismatch(workdir, checkpointing.run_mismatch(workdir, config, {}))
+      return _train(config, workdir, mesh, overwrite, restart_on_new_teacher, model,
+                    teacher_model)
+  except BaseException:
+    if created:  # Refused before it wrote anything (bad data, a config the data refutes).
+      checkpointing.remove_if_unused(workdir)
+    raise
 
 
 def _refuse_mismatch(workdir: pathlib.Path, mismatch: str | None) -> None:
@@ -367,7 +374,10 @@ class EpochLoop:
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.4f}", test_errors=test_errors)
         if reporting.is_main_process():
-          bar.write(f"epoch {epoch + 1:3d}  train_loss {mean_loss:.4f}  test_loss "
+          parts = "".join(  # A distilled run: the soft term (KL x T^2) and the hard term.
+              f"  {name} {statistics.mean(np.atleast_1d(record[f'train_{name}_loss'])):.4f}"
+              for name in ("soft", "hard") if f"train_{name}_loss" in record)
+          bar.write(f"epoch {epoch + 1:3d}  train_loss {mean_loss:.4f}{parts}  test_loss "
                     f"{evaluation.headline(results['test'])['loss']:.4f}  test_errors {test_errors}  "
                     f"time {epoch_time:.1f}s")
         stopping = guard.requested()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import pathlib
 import subprocess
@@ -137,11 +138,35 @@ def pytest_sessionfinish(session, exitstatus):
 SHARED_WORKER = {"test_export": "reproduction", "test_reproduce": "reproduction"}
 
 
+# Whole files of end-to-end work (the fast tier, -m "not slow", leaves them to the full suite).
+SLOW_MODULES = {"test_benchmark", "test_cluster_scripts", "test_commands", "test_e2e_mnist",
+                "test_examples", "test_export", "test_install", "test_multiprocess",
+                "test_parallel", "test_resume"}
+SLOW_CALLS = ("run_command(", "subprocess.", "signal_after_epoch(")
+
+
+def _is_slow(item) -> bool:
+  """A test that starts processes (commands, kills, other device counts), or reads the tiny
+  reproduction, belongs to the full suite only."""
+  if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+    return True
+  if "tiny_reproduction" in getattr(item, "fixturenames", ()):
+    return True
+  try:
+    source = inspect.getsource(item.function)
+  except (OSError, TypeError):
+    return False
+  return any(call in source for call in SLOW_CALLS)
+
+
 @pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups from the markers.
 def pytest_collection_modifyitems(config, items):
   """With pytest-xdist's loadgroup, a group runs on one worker: one group per test file, the
-  files that read the tiny reproduction in one group (see pyproject's addopts)."""
+  files that read the tiny reproduction in one group (see pyproject's addopts). Tests that start
+  processes are marked slow (the fast tier is -m "not slow")."""
   del config
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
+    if _is_slow(item):
+      item.add_marker(pytest.mark.slow)

@@ -52,6 +52,10 @@ def expect_failure(module, *args, match, code=None, untouched=None, **kwargs):
     ("num_epochs", 0, False), ("batch_size", -8, False), ("learning_rate", 0.0, False),
     ("lr_schedule", "step", False), ("model.max_norm", -1.0, False), ("data.jitter", -1, False),
     ("checkpoint.every_epochs", 0, False),
+    # Non-finite numbers are refused by name, not left to end as a diverged run (exit 5).
+    ("temperature", float("inf"), True), ("temperature", float("nan"), True),
+    ("learning_rate", float("inf"), False), ("alpha", float("nan"), True),
+    ("model.max_norm", float("inf"), False),
 ])
 def test_out_of_range_values_name_the_field(field, value, distill):
   config = config_lib.add_distillation(config_lib.base_config())

@@ -70,7 +70,7 @@ def test_export_refuses_bad_requests_before_writing(tiny_reproduction, tmp_path)
   before = snapshot(tmp_path)
   result = run_command("export", f"--workdir={root / 'teachers'}", f"--out={existing}",
                        check=False)
-  assert result.returncode == 2 and "already exists" in result.stderr
+  assert result.returncode == 2 and "not a kd_jax export; it is left as it is" in result.stderr
   result = run_command("export", f"--workdir={root / 'teachers'}", f"--out={tmp_path / 'x'}",
                        "--member=5", check=False)
   assert result.returncode == 4 and "has 2 member(s)" in result.stderr

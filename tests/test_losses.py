@@ -13,19 +13,37 @@ def _logits(seed, shape=(1, 10), scale=1.0):
 
 
 def _soft_ce(student_logits, teacher_logits, temperature):
-  """The soft term against one teacher's logits (the loss itself takes soft targets)."""
-  return losses.soft_cross_entropy(student_logits,
-                                   losses.tempered_softmax(teacher_logits, temperature),
-                                   temperature)
+  """The soft term against one teacher's logits (the loss takes its log-probabilities at T)."""
+  return losses.soft_kl_divergence(student_logits,
+                                   jax.nn.log_softmax(teacher_logits / temperature), temperature)
 
 
-def test_soft_cross_entropy_matches_its_definition():
+def _paper_cross_entropy(student, teacher, t):
+  """The paper's soft term as written: T^2 * CE(p_teacher, q_student) at T."""
+  p = jax.nn.softmax(teacher / t)
+  return t**2 * jnp.mean(-(p * jax.nn.log_softmax(student / t)).sum(-1))
+
+
+def test_soft_term_is_kl_times_t_squared_with_the_cross_entropys_gradients():
   student, teacher = _logits(0, (4, 10)), _logits(1, (4, 10))
   t = 5.0
   p = np.exp(teacher / t) / np.exp(teacher / t).sum(-1, keepdims=True)
   log_q = student / t - np.log(np.exp(student / t).sum(-1, keepdims=True))
-  expected = t**2 * np.mean(-(p * log_q).sum(-1))
+  expected = t**2 * np.mean((p * (np.log(p) - log_q)).sum(-1))
   np.testing.assert_allclose(_soft_ce(student, teacher, t), expected, rtol=1e-5)
+  # The paper's cross-entropy minus the teacher's (T^2-scaled) entropy: the same gradients.
+  entropy = t**2 * np.mean(-(p * np.log(p)).sum(-1))
+  np.testing.assert_allclose(_paper_cross_entropy(student, teacher, t),
+                             expected + entropy, rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(_soft_ce)(student, teacher, t),
+                             jax.grad(_paper_cross_entropy)(student, teacher, t), atol=1e-6)
+  # A student that matches its teacher reports 0, at any temperature and through the full loss.
+  for temperature in (1.0, 4.0, 20.0):
+    assert abs(float(_soft_ce(teacher, teacher, temperature))) < 1e-4
+  loss, parts = losses.make_distillation_loss()(teacher, {"label": jnp.argmax(teacher, -1)},
+                                                teacher[:, None], {"temperature": 20.0,
+                                                                   "alpha": 1.0})
+  assert abs(float(loss)) < 1e-3 and abs(float(parts["soft_loss"])) < 1e-3
 
 
 def test_t_squared_keeps_gradient_magnitude_across_temperatures():
@@ -94,7 +112,7 @@ def test_soft_loss_is_minimal_when_student_matches_teacher():
 
 def test_shape_mismatch_is_caught():
   with pytest.raises(AssertionError):
-    losses.soft_cross_entropy(jnp.zeros((2, 10)), jnp.zeros((3, 10)), 2.0)
+    losses.soft_kl_divergence(jnp.zeros((2, 10)), jnp.zeros((3, 10)), 2.0)
 
 
 def test_ensemble_targets_average_tempered_probabilities():

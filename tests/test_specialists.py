@@ -126,7 +126,7 @@ def test_specialist_loss_maps_labels_and_sums_soft_targets():
   _, parts = soft(logits, batch, teacher, hparams)
   summed = specialist_lib.local_probabilities(jax.nn.softmax(teacher[:, 0] / 2.0), maps[0], 3)
   np.testing.assert_allclose(parts["soft_loss"],
-                             losses.soft_cross_entropy(logits, summed, 2.0), rtol=1e-5)
+                             losses.soft_kl_divergence(logits, jnp.log(summed), 2.0), rtol=1e-5)
 
 
 def test_combination_without_active_specialists_is_the_generalist():

@@ -1,0 +1,13 @@
+"""Writes docs/config_reference.md from the config defaults and their descriptions in code.
+
+  python scripts/config_reference.py
+"""
+
+import pathlib
+
+from kd_jax import config_lib
+
+if __name__ == "__main__":
+  path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "config_reference.md"
+  path.write_text(config_lib.reference_markdown())
+  print(f"Wrote {path}")
