@@ -68,12 +68,19 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    drop = lambda x, rate: dropout(self.make_rng("dropout"), x, rate) if train and rate else x
-    x = drop(x.reshape((x.shape[0], -1)), self.input_dropout)
-    for i, size in enumerate(self.hidden_sizes):
-      x = drop(nn.relu(nn.Dense(size, dtype=self.dtype, name=f"hidden_{i}")(x)),
-               self.hidden_dropout)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
+    return dense_head(self, x, train)
+
+
+def dense_head(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+  """`module`'s flattened input -> hidden layers (ReLU, dropout; named hidden_i, which max-norm
+  constrains) -> logits (named output), inside its compact `__call__`; reads its hidden_sizes,
+  input_dropout, hidden_dropout, num_classes and dtype."""
+  drop = lambda x, rate: dropout(module.make_rng("dropout"), x, rate) if train and rate else x
+  x = drop(x.reshape((x.shape[0], -1)), module.input_dropout)
+  for i, size in enumerate(module.hidden_sizes):
+    x = drop(nn.relu(nn.Dense(size, dtype=module.dtype, name=f"hidden_{i}")(x)),
+             module.hidden_dropout)
+  return nn.Dense(module.num_classes, dtype=module.dtype, name="output")(x).astype(jnp.float32)
 
 
 class CNN(nn.Module):
@@ -97,12 +104,7 @@ class CNN(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                        name=f"norm_{i}")(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-    drop = lambda x, rate: dropout(self.make_rng("dropout"), x, rate) if train and rate else x
-    x = drop(x.reshape((x.shape[0], -1)), self.input_dropout)
-    for i, size in enumerate(self.hidden_sizes):
-      x = drop(nn.relu(nn.Dense(size, dtype=self.dtype, name=f"hidden_{i}")(x)),
-               self.hidden_dropout)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="output")(x).astype(jnp.float32)
+    return dense_head(self, x, train)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")

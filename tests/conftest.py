@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import config_lib, data
+from kd_jax import config_lib, configs, data
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,7 @@ def tiny_config(mnist_dir, teacher=None, **overrides):
   config.eval_batch_size = 40
   config.data.mnist_dir = str(mnist_dir)
   config.data.check_counts = False
-  for field, value in overrides.items():
-    *parents, name = field.split("__")
-    holder = config
-    for parent in parents:
-      holder = holder[parent]
-    holder[name] = value
+  configs.override(config, **overrides)
   config_lib.validate(config)
   return config
 

@@ -57,13 +57,11 @@ def cell_config(config: ml_collections.ConfigDict, root: pathlib.Path,
         raise ConfigError(f"a cell names teacher {value!r}; the config has {list(config.teachers)}.")
       run.teacher_workdir = str(root / "teachers" / value)
       continue
-    *parents, name = field.split(".")
-    holder = run
-    for parent in parents:
-      holder = holder[parent]
-    if name not in holder:
-      raise ConfigError(f"a cell changes config.{field}, which the student config does not have.")
-    holder[name] = value
+    try:
+      configs.override(run, **{field: value})
+    except KeyError as e:
+      raise ConfigError(f"a cell changes config.{field}, which the student config does not "
+                        "have.") from e
   return run
 
 
