@@ -19,17 +19,24 @@ Profiles:
         transfer fractions), jittered_relabelled, alone_jittered; then
         an ensemble of three of our teachers (57 min) for paper_ensemble (40 and 80
         epochs: 10 and 20 min) and jittered_relabelled_ensemble (about 1 hour).
+  decisive  one more attack on the paper's protocol, in about 12 minutes on a 2-core CPU once the
+        teachers exist: the reproduction's `cpu` teachers (configs/teacher_ensemble.py, shared with
+        `kd_jax.reproduce --profile cpu`: trained once), the 2x800 distilled for 40 epochs from
+        member 2 (seed 2, 66 errors) in eval mode (`paper`) and with its tempered probabilities
+        averaged over 10 dropout masks per image (`dropout_masks`: dropout trains an ensemble of
+        weight-sharing models, so average that ensemble).
   gpu   the long schedules the paper's numbers need: teachers 300 epochs, students 150, 500 and
         1500 epochs.
-  tiny  seconds, on the tests' tiny IDX folder.
+  tiny  seconds, on the tests' tiny IDX folder; its teacher is the tiny reproduction's, so a study
+        after `kd_jax.reproduce --profile tiny` trains no teacher.
 """
 
 import ml_collections
 
 from kd_jax import config_lib
-from kd_jax.configs import paper_teacher, quick_teacher, teacher
+from kd_jax.configs import paper_teacher, quick_teacher, reproduce, teacher, teacher_ensemble
 
-PROFILES = ("cpu", "cpu_long", "gpu", "tiny")
+PROFILES = ("cpu", "cpu_long", "decisive", "gpu", "tiny")
 
 
 def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
@@ -46,7 +53,7 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
   config.teacher = "sqrt15"
   config.student = config_lib.add_distillation(config_lib.base_config(), temperature=20.0,
                                                alpha=0.9)
-  long_epochs = {"cpu": 16, "cpu_long": 80, "gpu": 500, "tiny": 3}[profile]
+  long_epochs = {"cpu": 16, "cpu_long": 80, "decisive": 80, "gpu": 500, "tiny": 3}[profile]
   # name -> ((field, value), ...) changed from `student`; "teacher" picks a teacher stage.
   config.cells = ml_collections.ConfigDict()
   config.cells.paper = ()
@@ -95,6 +102,16 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     config.cells.paper_ensemble_longer = (("teacher", "ensemble3"), ("num_epochs", 80))
     config.cells.jittered_relabelled_ensemble = (("data.jitter", 2), ("num_epochs", 80),
                                                  ("teacher", "ensemble3"))
+  elif profile == "decisive":
+    config.teachers = ml_collections.ConfigDict({"ensemble3": teacher_ensemble.get_config()})
+    config.teacher = "ensemble3"
+    config.student.num_epochs = 40
+    config.cells = ml_collections.ConfigDict()
+    # Member 2 (66 test errors; members 0 and 1 had 74) is the one teacher of at most 70 errors
+    # the question asks for. Chosen by its test errors, it is the same teacher in both cells, so
+    # the comparison between them is not biased by the choice.
+    config.cells.paper = (("teacher_members", (2,)),)
+    config.cells.dropout_masks = (("teacher_members", (2,)), ("teacher_dropout_masks", 10))
   elif profile == "gpu":
     for gpu_teacher in (config.teachers.sqrt15, config.teachers.maxnorm4):
       gpu_teacher.num_epochs = 300
@@ -107,12 +124,13 @@ def get_config(profile: str = "cpu") -> ml_collections.ConfigDict:
     for cell in ("jittered_relabelled", "jittered_relabelled_longer", "constant_lr", "longer",
                  "alone_longer", "no_t_squared", "teacher_maxnorm4", "sgd_momentum"):
       del config.cells[cell]
-    del config.teachers["maxnorm4"]
-    for run in (config.teachers.sqrt15, config.student):
-      run.num_epochs = 2
-      run.batch_size = 20
-      run.eval_batch_size = 40
-      run.data.check_counts = False
-    config.teachers.sqrt15.model.hidden_sizes = (32, 32)
+    config.cells.dropout_masks = (("teacher_dropout_masks", 3),)
+    # The tiny reproduction's teachers, so the study shares them (tests/test_reproduce.py).
+    config.teachers = ml_collections.ConfigDict({"shared": reproduce.get_config("tiny").teacher})
+    config.teacher = "shared"
+    config.student.num_epochs = 2
+    config.student.batch_size = 20
+    config.student.eval_batch_size = 40
+    config.student.data.check_counts = False
     config.student.model.hidden_sizes = (16, 16)
   return config

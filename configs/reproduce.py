@@ -3,9 +3,19 @@
 Profiles (`configs/reproduce.py:quick` etc.):
   quick   a 2-core CPU in about 35 minutes: 10 teachers of 5 epochs, students of 8 epochs
           (the temperature sweeps 6), students on the 3% subset 60 epochs; 3 seeds per figure.
-  paper   schedules long enough to approach the paper's numbers (teachers 60 epochs, students
-          60): hours on a CPU, minutes per stage on a GPU.
+  cpu     every claim at decisive length on a 2-core CPU in under 2 hours (measured on a 2-core
+          AMD EPYC: 3 teachers 16.8 s per epoch, three 2x800 students 8.5 s, 30 2x300s 22 s,
+          50 2x30s 9 s): configs/teacher_ensemble.py's three 100-epoch teachers (the fidelity
+          study's best: 63 errors, members 70-72), students of 40 epochs (the length at which the
+          fidelity study's distilled students stopped improving), 5 seeds for the MNIST table,
+          the 2x30 sweep 60 epochs with 5 seeds, the 2x300 sweep 40 with 3, the subset students
+          150 epochs.
+  paper   the long schedules for an accelerator: 10 of configs/teacher.py's teachers (100 epochs),
+          students 60 epochs, subset students 600.
   tiny    seconds, on a tiny IDX folder (the tests' end-to-end run).
+
+The teacher stage is shared with every other study of the same teacher config (e.g. the fidelity
+study's `decisive` profile): it trains once under --teachers_dir.
 
 `teacher` is the teacher population: `teacher.members` seeds, which are the ensemble of the
 ensemble experiment; member `teacher_member` is "the teacher" of every other experiment. `student`
@@ -16,10 +26,10 @@ variations of it (see `kd_jax.reproduce.stage_configs`).
 import ml_collections
 
 from kd_jax import config_lib
-from kd_jax.configs import paper_teacher, quick_teacher
+from kd_jax.configs import quick_teacher, teacher, teacher_ensemble
 
 
-PROFILES = ("quick", "paper", "tiny")
+PROFILES = ("quick", "cpu", "paper", "tiny")
 
 
 def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
@@ -28,9 +38,12 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.profile = profile
   config.seeds = 3  # Members (seeds) behind every mean +- sd of a student.
+  config.table_seeds = 0  # Of the MNIST table's two students (0: `seeds`).
   config.teacher_member = 0
-  config.teacher = quick_teacher.get_config() if profile != "paper" else paper_teacher.get_config()
-  config.teacher.members = 10
+  config.teacher = {"cpu": teacher_ensemble.get_config,
+                    "paper": teacher.get_config}.get(profile, quick_teacher.get_config)()
+  if profile != "cpu":
+    config.teacher.members = 10
   config.student = config_lib.add_distillation(config_lib.base_config(), temperature=20.0,
                                                alpha=0.9)
   # Temperature versus student size (section 3): distilled and alone, every T with `seeds` seeds.
@@ -38,6 +51,10 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
   config.temperature_sweep.hidden_sizes = ((300, 300), (30, 30))
   config.temperature_sweep.temperatures = (1.0, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 30.0)
   config.temperature_sweep.num_epochs = 0  # 0: the student's.
+  config.temperature_sweep.num_epochs_by_size = ()  # One per hidden size, in place of num_epochs.
+  # "All T above 8 alike" holds when every pair's 90% interval is within this many test errors.
+  config.temperature_sweep.alike_margin = 10.0
+  config.temperature_sweep.seeds_by_size = ()  # One per hidden size (empty: `seeds`).
   # Transfer sets without classes, and the bias correction tuned on this many held-out images.
   config.validation_size = 5000
   config.mythical_digit = 3
@@ -55,8 +72,14 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
     config.temperature_sweep.num_epochs = 6
     config.regulariser.num_epochs = 60
     config.regulariser.checkpoint_every = 20
+  elif profile == "cpu":
+    config.table_seeds = 5
+    config.student.num_epochs = 40
+    config.temperature_sweep.num_epochs_by_size = (40, 60)  # 2x300, 2x30.
+    config.temperature_sweep.seeds_by_size = (3, 5)
+    config.regulariser.num_epochs = 150
+    config.regulariser.checkpoint_every = 25
   elif profile == "paper":
-    config.teacher.num_epochs = 60
     config.student.num_epochs = 60
     config.regulariser.num_epochs = 600
     config.regulariser.checkpoint_every = 100
@@ -65,8 +88,8 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
     config.teacher.members = 2
     config.teacher.model.hidden_sizes = (32, 32)
     config.student.model.hidden_sizes = (16, 16)
-    config.temperature_sweep.hidden_sizes = ((4, 4),)
-    config.temperature_sweep.temperatures = (1.0, 4.0)
+    config.temperature_sweep.hidden_sizes = ((8, 8), (4, 4))
+    config.temperature_sweep.temperatures = (1.0, 3.0, 12.0, 20.0)
     config.validation_size = 80
     config.regulariser.subset = 40
     config.regulariser.num_epochs = 6

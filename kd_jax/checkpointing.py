@@ -94,7 +94,7 @@ def _defaults_for(saved: dict[str, Any]) -> dict[str, Any]:
   flattened: a run saved before one existed held, in effect, its default. Other missing fields
   stay missing, so validation names them rather than guessing."""
   defaults = config_lib.base_config()
-  if saved.get("teacher_workdir"):
+  if "teacher_workdir" in saved:  # Distillation fields, also in a hard-label run that has them.
     defaults = config_lib.add_distillation(defaults)
   flat = _flatten(json.loads(defaults.to_json_best_effort()))
   return {k: v for k, v in flat.items() if k in config_lib.ADDED_FIELDS}
@@ -133,6 +133,14 @@ def config_differences(saved: ml_collections.ConfigDict,
          if not (k not in new and config_lib.REMOVED_FIELDS.get(k, object()) == v)}
   return sorted(k for k in old.keys() | new.keys()
                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+
+
+def config_digest(config: ml_collections.ConfigDict) -> str:
+  """12 hex digits naming a config: equal configs, equal digests, leaving out the fields a run may
+  change when it resumes (RESUMABLE_CHANGES, such as the MNIST folder)."""
+  flat = {k: v for k, v in _flatten(json.loads(config.to_json_best_effort())).items()
+          if k not in RESUMABLE_CHANGES}
+  return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- one writer, safely

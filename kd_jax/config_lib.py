@@ -31,7 +31,8 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
                 "extension", "optimizer", "sgd.momentum_start",
                 "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
-                "soft_t_squared", "model.name", "model.conv_features")
+                "soft_t_squared", "model.name", "model.conv_features", "teacher_dropout_masks",
+                "teacher_dropout_seed")
 # Fields removed from the defaults, with the value they had in runs saved before (their old
 # default): such a run is the same run as one without them. (Specialists' fields moved to their
 # extension, kd_jax.paper.specialist_lib.)
@@ -116,6 +117,10 @@ def add_distillation(config: ml_collections.ConfigDict, temperature: float = 20.
   config.teacher_ensemble = "arithmetic"  # How members' tempered probabilities are combined.
   config.cache_teacher_logits = True  # Without jitter, compute teacher logits once per run.
   config.soft_t_squared = True  # The paper's T^2 on the soft term (False: an ablation).
+  # > 0: the cached targets average the teacher's tempered probabilities over this many dropout
+  # masks per image (train mode, masks from teacher_dropout_seed); 0: the teacher in eval mode.
+  config.teacher_dropout_masks = 0
+  config.teacher_dropout_seed = 0
   return config
 
 
@@ -259,6 +264,13 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
     check("teacher_ensemble", lambda v: v in losses.ENSEMBLE_MEANS,
           f"one of {losses.ENSEMBLE_MEANS}")
     check("cache_teacher_logits", lambda v: isinstance(v, bool), "True or False")
+    check("teacher_dropout_masks", lambda v: is_int(v) and v >= 0,
+          "an integer >= 0 (0: the teacher in eval mode)")
+    check("teacher_dropout_seed", lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
+    if config.get("teacher_dropout_masks", 0):
+      check("teacher_dropout_masks", lambda v: not config.data.jitter and config.cache_teacher_logits,
+            "0 unless the teacher's logits are cached once (data.jitter=0, "
+            "cache_teacher_logits=True): masks are drawn once per image of a fixed transfer set")
     check("soft_t_squared", lambda v: isinstance(v, bool), "True or False")
     check("sweep.temperature", is_tuple_of(lambda x: is_num(x) and x > 0),
           "a tuple of numbers > 0 (empty: not swept)")
@@ -349,6 +361,10 @@ FIELDS: dict[str, tuple[str, str]] = {
                                       "ensemble)"),
     "teacher_ensemble": (DISTILLATION, "how a population teacher's members combine: "
                                        "arithmetic or geometric mean"),
+    "teacher_dropout_masks": (DISTILLATION, "> 0: the soft targets average the teacher's "
+                              "tempered probabilities over this many dropout masks per image "
+                              "(train mode, cached once); 0: the teacher in eval mode"),
+    "teacher_dropout_seed": (DISTILLATION, "the key the teacher's dropout masks are drawn from"),
     "cache_teacher_logits": (DISTILLATION, "without jitter, compute the teacher's logits once "
                                            "per run instead of in every step"),
     "soft_t_squared": (DISTILLATION, "the paper's T^2 on the soft term (False: an ablation)"),

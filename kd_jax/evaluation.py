@@ -40,23 +40,28 @@ def put_eval_split(images: np.ndarray, labels: np.ndarray, batch_size: int,
 
 
 def logits_of(model, variables: Any, images: jax.Array, batch_size: int, mesh: jax.sharding.Mesh,
-              member_batch: int | None) -> jax.Array:
+              member_batch: int | None, dropout_masks: int = 0,
+              dropout_seed: int = 0) -> jax.Array:
   """Eval-mode logits [N, M, C] of M stacked variable sets on images [N, ...] (uint8, or floats
-  in [0, 1]), any N (padded to whole batches, sharded over the mesh, one compiled scan)."""
+  in [0, 1]), any N (padded to whole batches, sharded over the mesh, one compiled scan); with
+  `dropout_masks` K > 0, train-mode logits under K dropout masks, [N, M * K, C]
+  (`targets.teacher_logits`)."""
   num_pad = -images.shape[0] % batch_size
   padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
-  return _logits_fn(model, batch_size, mesh, member_batch)(variables, padded)[:images.shape[0]]
+  return _logits_fn(model, batch_size, mesh, member_batch, dropout_masks, dropout_seed)(
+      variables, padded)[:images.shape[0]]
 
 
 @functools.lru_cache(maxsize=16)
-def _logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None):
-  """`logits_of`'s jitted scan, one per (model, batch size, mesh, member batch), so that calls
-  with the same ones and image shape (a distilled run caching its teacher's logits, then
+def _logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None,
+               dropout_masks: int, dropout_seed: int):
+  """`logits_of`'s jitted scan, one per (model, batch size, mesh, member batch, masks), so that
+  calls with the same ones and image shape (a distilled run caching its teacher's logits, then
   measuring its fit to that teacher; the cells of a study) compile once."""
   return jax.jit(functools.partial(
       targets.teacher_logits, teacher=model, batch_size=batch_size, member_batch=member_batch,
-      batch_sharding=parallelism.batch_sharded(mesh)),
-      out_shardings=parallelism.replicated(mesh))
+      batch_sharding=parallelism.batch_sharded(mesh), dropout_masks=dropout_masks,
+      dropout_seed=dropout_seed), out_shardings=parallelism.replicated(mesh))
 
 
 def logits_on(workdir: str | pathlib.Path, images: np.ndarray,

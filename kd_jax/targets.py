@@ -29,10 +29,16 @@ def no_targets(teacher_variables: Any, batch: dict) -> None:
 
 
 def member_logits(model: nn.Module, member_variables: Any, images: jax.Array,
-                  member_batch: int | None = None) -> jax.Array:
+                  member_batch: int | None = None, dropout_key: jax.Array | None = None
+                  ) -> jax.Array:
   """Eval-mode logits [B, M, C] of M stacked variable sets ({'params': ..., and e.g.
-  'batch_stats', each [M, ...]}) on normalised images [B, H, W]."""
-  apply = lambda variables: model.apply(variables, images, train=False)
+  'batch_stats', each [M, ...]}) on normalised images [B, H, W]; with `dropout_key`, train-mode
+  logits under the dropout masks that key draws (the same key for every member)."""
+  if dropout_key is None:
+    apply = lambda variables: model.apply(variables, images, train=False)
+  else:
+    apply = lambda variables: model.apply(variables, images, train=True,
+                                          rngs={"dropout": dropout_key})
   return jnp.moveaxis(parallelism.map_members(apply, member_variables, member_batch), 0, 1)
 
 
@@ -54,19 +60,32 @@ def cached_targets(teacher_variables: Any, batch: dict) -> jax.Array:
 
 def teacher_logits(teacher_variables: Any, images: jax.Array, *, teacher: nn.Module,
                    batch_size: int, member_batch: int | None,
-                   batch_sharding: jax.sharding.Sharding) -> jax.Array:
+                   batch_sharding: jax.sharding.Sharding, dropout_masks: int = 0,
+                   dropout_seed: int = 0) -> jax.Array:
   """Logits [N, M, C] of every teacher on images [N, H, W] (uint8, or floats in [0, 1]; N a
   multiple of batch_size).
 
   Computed once per run when the transfer set is not jittered: a teacher's output on a fixed image
   never changes, so the step can gather it instead of running the teacher again every epoch.
+
+  With `dropout_masks` K > 0 each teacher runs in train mode under K dropout masks per image,
+  giving [N, M * K, C]: K members per teacher, whose tempered probabilities the loss averages like
+  an ensemble's (the paper's remark that dropout trains an ensemble of weight-sharing models). The
+  masks are drawn from `dropout_seed` folded with the batch's index, so they are the same for every
+  run with the same batch size (the eval batch, rounded to the device count).
   """
   batches = images.reshape((-1, batch_size) + images.shape[1:])
+  mask_keys = jax.random.split(jax.random.key(dropout_seed), max(dropout_masks, 1))
 
-  def body(_, batch_images):
-    batch_images = jax.lax.with_sharding_constraint(batch_images, batch_sharding)
-    return None, member_logits(teacher, teacher_variables, data.normalize(batch_images),
-                               member_batch)
+  def body(index, batch_images):
+    batch_images = data.normalize(jax.lax.with_sharding_constraint(batch_images, batch_sharding))
+    if not dropout_masks:
+      return index + 1, member_logits(teacher, teacher_variables, batch_images, member_batch)
+    per_mask = jax.lax.map(lambda key: member_logits(
+        teacher, teacher_variables, batch_images, member_batch, jax.random.fold_in(key, index)),
+                           mask_keys)  # [K, B, M, C]
+    per_mask = jnp.moveaxis(per_mask, 0, 2)  # [B, M, K, C]
+    return index + 1, per_mask.reshape(per_mask.shape[:1] + (-1,) + per_mask.shape[3:])
 
-  _, logits = jax.lax.scan(body, None, batches)
+  _, logits = jax.lax.scan(body, jnp.zeros((), jnp.uint32), batches)
   return logits.reshape((-1,) + logits.shape[2:])

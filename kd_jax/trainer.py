@@ -105,14 +105,22 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
 def make_teacher(config: ml_collections.ConfigDict, teacher: nn.Module, variables: Any,
                  train_images: jax.Array, mesh: jax.sharding.Mesh, member_batch: int,
                  eval_batch: int) -> Teacher:
-  """The teacher in the step (jittered transfer set) or its logits cached once (un-jittered)."""
+  """The teacher in the step (jittered transfer set) or its logits cached once (un-jittered),
+  under `teacher_dropout_masks` dropout masks per image when that is > 0."""
   if config.data.jitter or not config.cache_teacher_logits:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), variables, None)
+  masks = config.get("teacher_dropout_masks", 0)
+  if masks and set(variables) != {"params"}:
+    raise ConfigError(f"teacher_dropout_masks={masks} runs the teacher in train mode, which would "
+                      f"also update its {sorted(set(variables) - {'params'})}: use it with a "
+                      "teacher without running statistics (no BatchNorm).")
   start = time.perf_counter()
   logits = jax.block_until_ready(evaluation.logits_of(
-      teacher, variables, train_images, eval_batch, mesh, member_batch))
-  reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images in "
-                f"{time.perf_counter() - start:.1f}s.")
+      teacher, variables, train_images, eval_batch, mesh, member_batch, masks,
+      config.get("teacher_dropout_seed", 0)))
+  under = f" under {masks} dropout masks each" if masks else ""
+  reporting.say(f"Cached the teacher's logits on the {train_images.shape[0]} training images"
+                f"{under} in {time.perf_counter() - start:.1f}s.")
   return Teacher(targets.cached_targets, None, logits)
 
 

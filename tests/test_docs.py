@@ -1,6 +1,7 @@
 """The documentation: the site builds in strict mode (no broken link or missing page), the config
 reference is current and describes every field, and the README stays a front page."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,16 @@ def test_config_reference_describes_every_field_and_is_current():
   committed = (REPO_ROOT / "docs" / "config_reference.md").read_text()
   assert committed == config_lib.reference_markdown(), (
       "docs/config_reference.md is stale: run python scripts/config_reference.py")
+
+
+def test_readme_claims_are_the_committed_reproduction():
+  spec = importlib.util.spec_from_file_location("readme_claims",
+                                                REPO_ROOT / "scripts" / "readme_claims.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  block = script.current_block((REPO_ROOT / "README.md").read_text())
+  assert block.group(0) == script.rendered(block.group("path")), (
+      "README.md's claims block is stale: run python scripts/readme_claims.py")
 
 
 def test_docs_build_strictly(tmp_path):

@@ -48,6 +48,18 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert [m["seed"] for m in config_lib.population_members(ensemble)] == [0, 1, 2]
   for cell in ("paper_ensemble", "paper_ensemble_longer", "jittered_relabelled_ensemble"):
     assert long[f"cells/{cell}"].teacher_workdir == str(tmp_path / "teachers" / "ensemble3")
+  # decisive: the reproduction's cpu teachers (the same config, so one shared run), member 2
+  # in eval mode beside the same student under 10 dropout masks per image.
+  decisive = fidelity.stages(fidelity.load_config("decisive"), tmp_path)
+  assert set(decisive) == {"teachers/ensemble3", "cells/paper", "cells/dropout_masks"}
+  assert decisive["teachers/ensemble3"].to_dict() == configs.module("reproduce").get_config(
+      "cpu").teacher.to_dict()
+  for run in decisive.values():
+    config_lib.validate(run)
+  masked = decisive["cells/dropout_masks"].to_dict()
+  assert masked.pop("teacher_dropout_masks") == 10 and masked["teacher_members"] == (2,)
+  assert {**decisive["cells/paper"].to_dict(), "teacher_dropout_masks": None} == {
+      **masked, "teacher_dropout_masks": None}
   for name, dropout in (("cpu_long", (0.1, 0.3)), ("sqrt15", (0.2, 0.5))):
     teacher = long[f"teachers/{name}"]
     assert (teacher.num_epochs, teacher.data.jitter) == (100, 2)
@@ -67,9 +79,10 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
 
 
 def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
-  run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}", mnist_dir=tiny_mnist_dir)
+  run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}",
+              f"--teachers_dir={tmp_path / 'teachers_store'}", mnist_dir=tiny_mnist_dir)
   results = json.loads((tmp_path / "results.json").read_text())
-  assert set(results["teachers"]) == {"sqrt15"}
+  assert set(results["teachers"]) == {"shared"}
   cells = results["cells"]
   assert [(r["temperature"], r["alpha"]) for r in cells["t_alpha"]] == [(4.0, 0.9), (20.0, 0.9)]
   assert cells["alone_jittered"][0]["paper_protocol"] is False
@@ -79,7 +92,7 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
       assert ("train_agreement" in row) == (row["teacher"] is not None), name
       assert ("test_agreement" in row) == (row["teacher"] is not None), name
   assert KEYS <= set(results["paper_protocol"]) and KEYS <= set(results["best_overall"])
-  assert results["paper_protocol"]["cell"] in ("paper", "t_alpha")  # Distilled, un-jittered.
+  assert results["paper_protocol"]["cell"] in ("paper", "t_alpha", "dropout_masks")
   assert "† a jittered transfer set" in (tmp_path / "RESULTS.md").read_text()
   assert pathlib.Path(tmp_path / "cells" / "paper" / "eval.json").exists()
   assert (tmp_path / "test_errors.png").stat().st_size > 1000
@@ -88,7 +101,7 @@ def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   shutil.rmtree(tmp_path / "cells" / "alone_jittered")
   (tmp_path / "results.json").unlink()
   result = run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}", "--report_only",
-                       mnist_dir=tiny_mnist_dir)
+                       f"--teachers_dir={tmp_path / 'teachers_store'}", mnist_dir=tiny_mnist_dir)
   assert "left out: cells/alone_jittered." in result.stdout
   assert not (tmp_path / "cells" / "alone_jittered").exists()
   partial = json.loads((tmp_path / "results.json").read_text())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import checkpointing, config_lib, data, parallelism, preemption
-from kd_jax.paper import bias_correction, reproduce, stages
+from kd_jax import checkpointing, config_lib, configs, data, parallelism, preemption
+from kd_jax.paper import bias_correction, fidelity, reproduce, stages, verdicts
 from kd_jax.errors import ConfigError, DataError
 
 
@@ -64,6 +64,17 @@ def test_runs_saved_before_the_selection_fields_resume_unchanged():
   changed = config_lib.base_config()
   changed.data.train_subset = 100
   assert checkpointing.config_differences(saved, changed) == ["data.train_subset"]
+
+
+def test_hard_label_runs_saved_before_a_distillation_field_resume_unchanged():
+  """A study's hard-label students carry the distillation fields (teacher_workdir=""): one saved
+  before a field was added is still the same run, not retrained."""
+  current = config_lib.add_distillation(config_lib.base_config())
+  saved = current.copy_and_resolve_references()
+  del saved["teacher_dropout_masks"], saved["teacher_dropout_seed"]
+  assert checkpointing.config_differences(saved, current) == []
+  current.teacher_dropout_masks = 4
+  assert checkpointing.config_differences(saved, current) == ["teacher_dropout_masks"]
 
 
 # ----------------------------------------------------------------------------- bias correction
@@ -133,10 +144,11 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
   assert table["alone_errors"]["n"] == table["distilled_errors"]["n"] == 2
   assert table["paper"] == {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
                             "transfer": 0.91}
+  assert set(experiments["temperature"]["sizes"]) == {"2x8", "2x4"}
   for sweep in experiments["temperature"]["sizes"].values():
-    assert set(sweep["by_temperature"]) == {"1.0", "4.0"}
+    assert set(sweep["by_temperature"]) == {"1.0", "3.0", "12.0", "20.0"}
     assert all(s["n"] == 2 for s in sweep["by_temperature"].values())
-    assert sweep["best_temperature"] in (1.0, 4.0)
+    assert sweep["best_temperature"] in (1.0, 3.0, 12.0, 20.0)
   ensemble = experiments["ensemble"]
   assert ensemble["member_errors"]["n"] == 2
   assert ensemble["paper"].startswith("No MNIST figure")
@@ -151,16 +163,33 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
   records = [json.loads(line) for line in
              (root / "regulariser" / "soft_subset" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [2 * e for e in range(1, 7)]
-  assert len(results["claims"]) == 6 and results["machine"]["host_cores"] >= 1
+  # Every claim: a verdict from its tests at the last epoch and over the last 10% of epochs.
+  claims = {c["claim"].split(" (")[0]: c for c in results["claims"]}
+  assert len(claims) == 8 and results["machine"]["host_cores"] >= 1
+  for claim in claims.values():
+    assert claim["verdict"] in (verdicts.HOLDS, verdicts.FAILS, verdicts.UNDECIDED)
+    for window in ("last_epoch", "last_10_percent"):
+      assert 0 <= claim[window]["p"] <= 1 and claim[window]["verdict"] in (
+          verdicts.HOLDS, verdicts.FAILS, verdicts.UNDECIDED)
+    if claim["last_epoch"]["verdict"] != claim["last_10_percent"]["verdict"]:
+      assert claim["verdict"] == verdicts.UNDECIDED
+  table_claim = claims["the distilled student beats the same student trained alone"]
+  assert table_claim["last_epoch"]["n"] == [2, 2]
+  assert table_claim["last_epoch"]["difference"] == pytest.approx(
+      table["distilled_errors"]["mean"] - table["alone_errors"]["mean"])
+  assert claims["the 2x4 student does best at a temperature from 2.5 to 4"]["last_epoch"][
+      "test"] == "Welch"
+  assert "with 2x8, all temperatures above 8 give alike errors" in claims
   markdown = (root / "RESULTS.md").read_text()
   for heading in ("## 1. The MNIST table", "## 2. Temperature", "## 3. Ensembles",
                   "## 4. The mythical digit", "## 5. Only 7 and 8", "## 6. Soft targets"):
     assert heading in markdown
   assert "| 74 |" in markdown  # The paper's figure beside ours.
-  assert (root / "temperature.png").stat().st_size > 0
-  assert (root / "regulariser.png").stat().st_size > 0
+  assert "| claim | verdict | at the last epoch | over the last 10% of epochs |" in markdown
+  for plot in ("temperature.png", "regulariser.png", "curves.png"):
+    assert (root / plot).stat().st_size > 0
   assert set(json.loads((root / "timings.json").read_text())) == set(
-      results["wall_time_s"]) and len(results["wall_time_s"]) == 15
+      results["wall_time_s"]) and len(results["wall_time_s"]) == 17
   assert "claims hold" in stdout
 
 
@@ -169,17 +198,89 @@ def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir)
   checkpoints = {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)}
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
                        mnist_dir=tiny_mnist_dir)
-  assert result.stdout.count("is finished; skipped") == 11
+  assert result.stdout.count("is finished; skipped") == 13
   assert "Bias correction" not in result.stdout  # Finished corrections are kept as they are.
   assert {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)} == checkpoints
 
 
+def test_verdict_windows_are_the_last_epoch_and_the_last_tenth_of_the_epochs(tmp_path):
+  config = config_lib.base_config()
+  config.num_epochs, config.members = 20, 2
+  checkpointing.save_config(tmp_path, config)
+
+  def write(epochs):
+    (tmp_path / checkpointing.METRICS_FILE).write_text("".join(
+        json.dumps({"epoch": e, "step": 10 * e, "test_errors": [100 - e, 200 - e],
+                    "ensemble_test_errors": 50 + e}) + "\n" for e in epochs))
+
+  write(range(1, 21))
+  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=False), [80, 180])
+  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=True), [80.5, 180.5])
+  assert reproduce.curve_errors(tmp_path, True, "ensemble_test_errors") == [69.5]
+  write([*range(1, 19), 20])  # Epoch 19's line lost: the window stays epochs 19-20.
+  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=True), [80, 180])
+  write(range(1, 20))  # The last line lost: the last one written stands for it.
+  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=False), [81, 181])
+
+
+def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path):
+  teacher = config_lib.base_config()
+  store, root = tmp_path / "teachers", tmp_path / "study"
+  directory = stages.link_stage(root, "teachers", teacher, store)
+  assert directory == store / f"teacher-{checkpointing.config_digest(teacher)}"
+  assert (root / "teachers").is_symlink() and not (root / "teachers").readlink().is_absolute()
+  directory.mkdir(parents=True)
+  checkpointing.save_config(directory, teacher)  # As training does first.
+  moved = tmp_path / "elsewhere"  # Another default store (a moved study): the link is kept.
+  assert stages.link_stage(root, "teachers", teacher, moved) == directory.resolve()
+  other = config_lib.base_config()
+  other.num_epochs = 7
+  with pytest.raises(ConfigError, match="a run of another config"):
+    stages.link_stage(root, "teachers", other, store)
+  # --overwrite starts the study over: the link moves to the other config's run; the first
+  # teacher is left where it is for whoever shares it.
+  new = stages.link_stage(root, "teachers", other, store, overwrite=True)
+  assert new != directory and (root / "teachers").resolve() == new.resolve()
+  assert (directory / checkpointing.CONFIG_FILE).exists()
+  assert stages.shared_stage_dir(store, teacher) == directory  # Found by its config.
+
+
+def test_a_second_study_of_the_same_teacher_trains_no_teacher(tiny_reproduction, tiny_mnist_dir):
+  """The fidelity study's tiny teacher is the tiny reproduction's: it finds that run under the
+  shared teachers folder (ROOT/../teachers) and trains no teacher of its own."""
+  root, _ = tiny_reproduction
+  shared = (root / "teachers").resolve()
+  assert (root / "teachers").is_symlink() and shared.parent == (root.parent / "teachers").resolve()
+  checkpoints = {p: t for p, t in snapshot(shared).items() if "checkpoints" in str(p)}
+  study = root.parent / "fidelity"
+  result = run_command("fidelity", "--profile=tiny", f"--workdir={study}",
+                       mnist_dir=tiny_mnist_dir)
+  assert (study / "teachers" / "shared").resolve() == shared
+  assert f"{shared} is finished; skipped." in result.stdout  # Both sides resolved.
+  assert "Training MLP 784-32-32-10" not in result.stdout  # The teacher's size: never trained.
+  assert "teachers/shared" not in json.loads((study / "timings.json").read_text())
+  assert {p: t for p, t in snapshot(shared).items() if "checkpoints" in str(p)} == checkpoints
+  # The dropout-mask cell distilled from three masks per image of each of the two teachers.
+  assert "under 3 dropout masks each" in result.stdout
+  results = json.loads((study / "results.json").read_text())
+  assert results["cells"]["dropout_masks"][0]["test_errors"]["n"] == 2
+
+
 def test_profiles_and_their_bad_uses(tmp_path):
-  for profile in ("quick", "paper", "tiny"):
+  for profile in ("quick", "cpu", "paper", "tiny"):
     config = reproduce.load_config(None, profile)
     for name, stage in reproduce.training_stages(config, tmp_path).items():
       config_lib.validate(stage)
-      assert stage.members == (config.teacher.members if name == "teachers" else config.seeds)
+      if name == "teachers":
+        assert stage.members == config.teacher.members
+      elif name.startswith("table/"):
+        assert stage.members == (config.table_seeds or config.seeds)
+      elif not name.startswith("temperature/"):
+        assert stage.members == config.seeds
+  cpu = reproduce.training_stages(reproduce.load_config(None, "cpu"), tmp_path)
+  assert (cpu["temperature/2x30"].members, cpu["temperature/2x30"].num_epochs) == (5, 60)
+  assert (cpu["temperature/2x300"].members, cpu["temperature/2x300"].num_epochs) == (3, 40)
+  assert cpu["teachers"].to_dict() == configs.get("teacher_ensemble").to_dict()
   quick = reproduce.load_config(None, "quick")
   runs = reproduce.training_stages(quick, tmp_path)
   assert runs["regulariser/hard_subset"].data.train_subset == 1800

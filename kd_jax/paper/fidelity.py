@@ -36,6 +36,7 @@ def define_flags() -> None:
   flags.DEFINE_enum("profile", "cpu", configs.module("fidelity").PROFILES,
                     "Schedules: configs/fidelity.py.")
   flags.DEFINE_string("workdir", None, "Root folder of the stages.", required=True)
+  study.define_teachers_dir_flag()
   flags.DEFINE_bool("report_only", False, "Train nothing: write the report from the finished "
                     "stages alone, leaving the others out.")
 
@@ -124,6 +125,12 @@ def summarise(config: ml_collections.ConfigDict, root: pathlib.Path,
       continue
     rows = cell_results(reports[name], run)
     teacher = pathlib.Path(run.teacher_workdir).name if run.teacher_workdir else None
+    chosen = tuple(run.get("teacher_members", ()))
+    if teacher in teachers and chosen:  # Some members of a population teacher: theirs.
+      teacher_report = reports[f"teachers/{teacher}"]
+      teacher = f"{teacher}[{','.join(map(str, chosen))}]"
+      teachers[teacher] = (study.member_errors(teacher_report)[chosen[0]] if len(chosen) == 1
+                           else None)  # Several members' own ensemble is not scored.
     for row in rows:
       row["teacher"] = teacher
       row["teacher_errors"] = teachers.get(teacher)
@@ -132,7 +139,8 @@ def summarise(config: ml_collections.ConfigDict, root: pathlib.Path,
       row["alone_errors_mean"] = reference
       row["transfer"] = (study.transfer_fraction(reference, row["test_errors"]["mean"],
                                                      teachers[teacher])
-                         if teacher in teachers and reference is not None else None)
+                         if teachers.get(teacher) is not None and reference is not None
+                         else None)
     cells[name.split("/", 1)[1]] = rows
 
   def best(protocol_only: bool) -> dict[str, Any] | None:
@@ -164,8 +172,8 @@ def render_markdown(results: dict[str, Any]) -> str:
            f"against the hard-label cell of equal epochs. Paper: teacher {PAPER['teacher_errors']}"
            f", distilled {PAPER['distilled_errors']}, alone {PAPER['alone_errors']}, transfer "
            f"{PAPER['transfer']}.", "",
-           "Teachers: " + ", ".join(f"{name} {errors}" for name, errors in
-                                    results["teachers"].items()) + ".", ""]
+           "Teachers: " + ", ".join(f"{name} {'—' if errors is None else errors}"
+                                    for name, errors in results["teachers"].items()) + ".", ""]
   rows = []
   for cell, cell_rows in results["cells"].items():
     for row in cell_rows:
@@ -204,7 +212,9 @@ def main(argv):
     timings = {name: seconds for name, seconds in reporting.stage_timings(root).items()
                if name in runs}
   else:
-    timings = study.run_stages(runs, root, flags.FLAGS.overwrite, command="fidelity")
+    timings = study.run_stages(runs, root, flags.FLAGS.overwrite, command="fidelity",
+                               shared=tuple(name for name in runs if name.startswith("teachers/")),
+                               teachers_dir=study.teachers_dir_flag())
   reporting.say("== fidelity: evaluating every stage ==")
   results = {"profile": config.profile, "machine": reporting.machine(),
              "code_version": reporting.code_version(), "wall_time_s": timings, "paper": PAPER,

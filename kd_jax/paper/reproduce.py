@@ -4,13 +4,17 @@
 
 Each stage is an ordinary run directory under RUN/ (teachers/, table/alone/, ...; see
 `training_stages` and `correction_stages`), so a killed command resumes every stage where it
-stopped and reports finished ones without retraining. At the end it evaluates every stage and
-writes RUN/results.json, RUN/RESULTS.md, RUN/temperature.png and RUN/regulariser.png.
+stopped and reports finished ones without retraining; RUN/teachers links to the teacher run shared
+by every study of the same teacher config (`stages.shared_stage_dir`, under --teachers_dir). At the
+end it evaluates every stage, tests each of the paper's claims on the seeds (`claim_verdicts`:
+holds, does not hold, or not decided at this length) and writes RUN/results.json, RUN/RESULTS.md,
+RUN/temperature.png, RUN/regulariser.png and RUN/curves.png.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import time
 from typing import Any
@@ -20,7 +24,7 @@ import numpy as np
 from absl import flags
 
 from kd_jax import checkpointing, cli, config_lib, configs, data, models, plots, reporting
-from kd_jax.paper import bias_correction, stages
+from kd_jax.paper import bias_correction, stages, verdicts
 from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError
 
@@ -34,30 +38,50 @@ def size_tag(hidden_sizes) -> str:
   return f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "-".join(map(str, sizes))
 
 
+def by_size(config: ml_collections.ConfigDict, field: str, default: int) -> list[int]:
+  """temperature_sweep.<field>_by_size: one number per hidden size of the sweep (0 or an empty
+  tuple: `default`)."""
+  sizes = config.temperature_sweep.hidden_sizes
+  values = list(config.temperature_sweep.get(f"{field}_by_size") or [0] * len(sizes))
+  if len(values) != len(sizes):
+    raise ConfigError(f"temperature_sweep.{field}_by_size={tuple(values)} needs one entry per "
+                      f"hidden size ({len(sizes)}).")
+  return [v or default for v in values]
+
+
+def sweep_epochs(config: ml_collections.ConfigDict) -> list[int]:
+  """The temperature sweep's epochs for each of its hidden sizes."""
+  return by_size(config, "num_epochs", config.temperature_sweep.get("num_epochs")
+                 or config.student.num_epochs)
+
+
 def training_stages(config: ml_collections.ConfigDict,
                     root: pathlib.Path) -> dict[str, ml_collections.ConfigDict]:
   """Every run to train, in the order to train them, by stage name (its directory under
   `root`)."""
   teachers = str(root / "teachers")
 
-  def student(distil: bool = True, validation: bool = False) -> ml_collections.ConfigDict:
+  def student(distil: bool = True, validation: bool = False,
+              seeds: int = 0) -> ml_collections.ConfigDict:
     run = config.student.copy_and_resolve_references()
-    run.members = config.seeds
+    run.members = seeds or config.seeds
     run.teacher_workdir = teachers if distil else ""
     run.teacher_members = (config.teacher_member,)
     run.data.validation_size = config.validation_size if validation else 0
     return run
 
+  table_seeds = config.get("table_seeds", 0)
   stages = {"teachers": config.teacher.copy_and_resolve_references(),
-            "table/alone": student(distil=False), "table/distilled": student()}
+            "table/alone": student(distil=False, seeds=table_seeds),
+            "table/distilled": student(seeds=table_seeds)}
   stages["ensemble/distilled"] = student()
   stages["ensemble/distilled"].teacher_members = ()  # All teachers: their averaged targets.
-  for sizes in config.temperature_sweep.hidden_sizes:
-    sweep, alone = student(), student(distil=False)
+  for sizes, epochs, seeds in zip(config.temperature_sweep.hidden_sizes, sweep_epochs(config),
+                                  by_size(config, "seeds", config.seeds)):
+    sweep, alone = student(seeds=seeds), student(distil=False, seeds=seeds)
     sweep.sweep.temperature = tuple(config.temperature_sweep.temperatures)
     sweep.model.hidden_sizes = alone.model.hidden_sizes = tuple(sizes)
-    sweep.num_epochs = alone.num_epochs = (config.temperature_sweep.get("num_epochs")
-                                           or config.student.num_epochs)
+    sweep.num_epochs = alone.num_epochs = epochs
     stages[f"temperature/{size_tag(sizes)}"] = sweep
     stages[f"temperature/{size_tag(sizes)}_alone"] = alone
   stages["mythical/distilled"] = student(validation=True)
@@ -155,12 +179,14 @@ def omitted_class_results(reports: dict[str, Any], experiment: str, classes: tup
 
 
 def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
-  """step [E] and per-member test and validation errors [E, P] from RUN/metrics.jsonl."""
+  """step and epoch [E], per-member test (and, when the run has them, validation) errors [E, P]
+  and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl."""
   records = reporting.read_metrics(run / checkpointing.METRICS_FILE)
-  as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records])
+  as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records], float)
   return {"step": np.array([r["step"] for r in records]),
-          "test_errors": as_matrix("test_errors"),
-          "validation_errors": as_matrix("validation_errors")}
+          "epoch": np.array([r["epoch"] for r in records]),
+          **{key: as_matrix(key) for key in ("test_errors", "validation_errors",
+                                             "ensemble_test_errors") if key in records[0]}}
 
 
 def early_stopping(curves: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -201,29 +227,98 @@ def summarise(root: pathlib.Path, config: ml_collections.ConfigDict,
   }
 
 
-def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
-  """The paper's qualitative claims, each checked against our means."""
-  table, ensemble = results["table"], results["ensemble"]
-  mythical, regulariser = results["mythical"], results["regulariser"]
-  smallest = results["temperature"]["sizes"][min(
-      results["temperature"]["sizes"], key=lambda tag: int(tag.split("x")[-1].split("-")[0]))]
+TAIL_FRACTION = 0.1  # "Over the last 10% of epochs": each member's mean test errors there.
+
+
+def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.ndarray:
+  """Per member (or one ensemble figure): test errors at the run's last epoch, or (tail) their
+  mean over the epochs of its last TAIL_FRACTION (by epoch number, so an epoch whose line a kill
+  cut off leaves a gap rather than widening the window)."""
+  curves = metrics_curves(run)
+  num_epochs = checkpointing.load_config(run).num_epochs
+  window = max(1, math.ceil(TAIL_FRACTION * num_epochs)) if tail else 1
+  selected = curves["epoch"] > num_epochs - window
+  if not selected.any():  # The window's only line was cut off: the last one written.
+    selected = curves["epoch"] == curves["epoch"][-1]
+  return curves[key][selected].mean(axis=0)
+
+
+def by_temperature(run: pathlib.Path, errors: np.ndarray) -> dict[float, list[float]]:
+  """A temperature sweep's member figures grouped by each member's T."""
+  groups: dict[float, list[float]] = {}
+  for member in config_lib.population_members(checkpointing.load_config(run)):
+    groups.setdefault(float(member["temperature"]), []).append(float(errors[member["index"]]))
+  return dict(sorted(groups.items()))
+
+
+def temperature_claims(root: pathlib.Path, config: ml_collections.ConfigDict,
+                       tail: bool) -> list[dict[str, Any]]:
+  """The paper's two temperature claims: the smallest student best at T from 2.5 to 4 (better than
+  the best T below and the best above), and with the largest all T above 8 alike."""
+  sizes = sorted(config.temperature_sweep.hidden_sizes, key=lambda s: s[0])
+  small, large = size_tag(sizes[0]), size_tag(sizes[-1])
+  groups = by_temperature(root / f"temperature/{small}",
+                          curve_errors(root / f"temperature/{small}", tail))
+  mean = lambda t: np.mean(groups[t])
+  inside = [t for t in groups if 2.5 <= t <= 4]
+  below_, above_ = [t for t in groups if t < 2.5], [t for t in groups if t > 4]
+  claims = []
+  if inside and below_ and above_:
+    best = min(inside, key=mean)
+    tests = [verdicts.lower(groups[best], groups[min(side, key=mean)]) for side in (below_, above_)]
+    verdict = (verdicts.FAILS if verdicts.FAILS in [t["verdict"] for t in tests] else
+               verdicts.HOLDS if all(t["verdict"] == verdicts.HOLDS for t in tests) else
+               verdicts.UNDECIDED)
+    shown = ([t for t in tests if t["verdict"] == verdicts.FAILS] if verdict == verdicts.FAILS
+             else [max(tests, key=lambda t: t["p"])])[0]  # The test that decided the verdict.
+    claims.append({"claim": f"the {small} student does best at a temperature from 2.5 to 4 "
+                            f"(best of them, T = {best:g}, against the best T below and above)",
+                   **shown, "verdict": verdict, "tests": tests})
+  groups = by_temperature(root / f"temperature/{large}",
+                          curve_errors(root / f"temperature/{large}", tail))
+  hot = {f"T={t:g}": groups[t] for t in groups if t > 8}
+  if len(hot) > 1:
+    margin = config.temperature_sweep.alike_margin
+    claims.append({"claim": f"with {large}, all temperatures above 8 give alike errors (within "
+                            f"+-{margin:g})", **verdicts.alike(hot, margin)})
+  return claims
+
+
+def claims(root: pathlib.Path, config: ml_collections.ConfigDict, experiments: dict[str, Any],
+           tail: bool) -> list[dict[str, Any]]:
+  """The paper's qualitative claims, each with its test and verdict (`kd_jax.paper.verdicts`) on
+  the members' test errors at the last epoch, or (tail) over the last 10% of epochs. The bias
+  corrections score the final checkpoints only, so their claims read the same either way."""
+  errors = lambda stage, key="test_errors": curve_errors(root / stage, tail, key)
+  mythical, only = experiments["mythical"], experiments["only_classes"]
   return [
       {"claim": "the distilled student beats the same student trained alone",
-       "holds": table["distilled_errors"]["mean"] < table["alone_errors"]["mean"]},
+       **verdicts.lower(errors("table/distilled"), errors("table/alone"))},
       {"claim": "the ensemble of teachers beats its mean member",
-       "holds": ensemble["arithmetic_ensemble_errors"] < ensemble["member_errors"]["mean"]},
+       **verdicts.above(errors("teachers"), float(errors("teachers", "ensemble_test_errors")[0]))},
       {"claim": "a student distilled from the ensemble beats one distilled from one teacher",
-       "holds": (ensemble["student_from_ensemble_errors"]["mean"]
-                 < ensemble["student_from_one_teacher_errors"]["mean"])},
-      {"claim": "the smallest student does best at a temperature from 2.5 to 4",
-       "holds": 2.5 <= smallest["best_temperature"] <= 4},
+       **verdicts.lower(errors("ensemble/distilled"), errors("table/distilled"))},
+      *temperature_claims(root, config, tail),
       {"claim": "the bias correction tuned on validation gets >= 90% of the test "
                 f"{mythical['classes']} right",
-       "holds": mythical["corrected"]["accuracy_on_classes"]["mean"] >= 0.9},
-      {"claim": "soft targets on the subset beat hard targets on it (final epoch)",
-       "holds": (regulariser["soft_subset"]["final_test_errors"]["mean"]
-                 < regulariser["hard_subset"]["final_test_errors"]["mean"])},
+       **verdicts.above(mythical["corrected"]["accuracy_on_classes"]["values"], 0.9),
+       "unit": "accuracy"},
+      {"claim": f"raising the biases of {' and '.join(map(str, only['classes']))} (tuned on "
+                "validation) cuts the errors of the student that saw only them",
+       **verdicts.lower(only["corrected"]["errors"]["values"],
+                        only["distilled"]["errors"]["values"], pairs=True)},
+      {"claim": "soft targets on the subset beat hard targets on it",
+       **verdicts.lower(errors("regulariser/soft_subset"), errors("regulariser/hard_subset"))},
   ]
+
+
+def claim_verdicts(root: pathlib.Path, config: ml_collections.ConfigDict,
+                   experiments: dict[str, Any]) -> list[dict[str, Any]]:
+  """Every claim with its test at the last epoch and over the last 10% of epochs, and one verdict:
+  theirs when they agree, else not decided."""
+  last, tail = (claims(root, config, experiments, tail) for tail in (False, True))
+  return [{"claim": a["claim"], "verdict": verdicts.combined(a, b), "last_epoch": a,
+           "last_10_percent": b} for a, b in zip(last, tail)]
 
 
 # ----------------------------------------------------------------------------- evaluation, report
@@ -255,6 +350,8 @@ def render_markdown(results: dict[str, Any]) -> str:
   machine = results["machine"]
   table = stages.markdown_table
   total_min = sum(results["wall_time_s"].values()) / 60
+  sweeps = ", ".join(f"{tag} {epochs}" for tag, epochs in
+                     results["schedule"]["sweep_epochs"].items())
   lines = [f"# Distillation on MNIST: the paper's claims, re-run (profile `{results['profile']}`)",
            "",
            f"Ours: mean ± sd over seeds (n = members); the paper's figures are single runs, typed "
@@ -264,11 +361,19 @@ def render_markdown(results: dict[str, Any]) -> str:
            f"`{results['code_version']}`. Wall time: {total_min:.1f} min in all "
            f"(per stage below). Schedules: teachers {results['schedule']['teacher_epochs']} "
            f"epochs, students {results['schedule']['student_epochs']} epochs (temperature "
-           f"sweeps {results['schedule']['sweep_epochs']}), subset students "
+           f"sweeps: {sweeps}), subset students "
            f"{results['schedule']['subset_epochs']} epochs.",
            "", "## Claims checked", ""]
-  lines += table(["claim", "holds"], [[c["claim"], "yes" if c["holds"] else "**no**"]
-                                      for c in results["claims"]])
+  lines += [f"A claim holds only where the evidence is decisive: p < {verdicts.ALPHA} (two-sided) "
+            "in the claimed direction, at the last epoch and over each member's mean of the last "
+            "10% of epochs alike; decisive evidence the other way does not hold; anything else is "
+            "not decided at this length. Differences are ours minus the reference, in test "
+            "errors (accuracy for the bias correction).", ""]
+  lines += table(["claim", "verdict", "at the last epoch", "over the last 10% of epochs"], [
+      [c["claim"], c["verdict"] if c["verdict"] != verdicts.FAILS else "**does not hold**",
+       f"{c['last_epoch']['verdict']}: {verdicts.describe(c['last_epoch'])}",
+       f"{c['last_10_percent']['verdict']}: {verdicts.describe(c['last_10_percent'])}"]
+      for c in results["claims"]])
   t = e["table"]
   transfer = f"{t['transfer']:.2f}" if t["transfer"] is not None else "n/a"
   teacher, student = results["models"]["teacher"], results["models"]["student"]
@@ -346,8 +451,32 @@ def render_markdown(results: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_plots(root: pathlib.Path, results: dict[str, Any]) -> None:
-  """temperature.png (errors against T per size) and regulariser.png (test-error curves)."""
+README_BEGIN = "<!-- claims: generated by scripts/readme_claims.py from {path} -->"
+README_END = "<!-- /claims -->"
+
+
+def readme_claims(results: dict[str, Any], path: str) -> str:
+  """The README's claims block: each claim's verdict and its test at the last epoch, from a
+  reproduction's results.json at `path` (scripts/readme_claims.py writes it; a test keeps it
+  current)."""
+  machine = results["machine"]
+  minutes = sum(results["wall_time_s"].values()) / 60
+  lines = [README_BEGIN.format(path=path), "",
+           f"The paper's claims at decisive length (`kd_jax.reproduce --profile "
+           f"{results['profile']}`, {minutes:.0f} min on {machine['host_cpu']} with "
+           f"{machine['host_cores']} cores; a claim holds only where p < {verdicts.ALPHA} at the "
+           f"last epoch and over the last 10% of epochs alike; all figures in "
+           f"`{pathlib.PurePosixPath(path).parent}/RESULTS.md`):", ""]
+  lines += stages.markdown_table(["claim", "verdict", "ours: difference ± se (test)"], [
+      [c["claim"], f"**{c['verdict']}**" if c["verdict"] != verdicts.HOLDS else c["verdict"],
+       verdicts.describe(c["last_epoch"], brief=True)] for c in results["claims"]])
+  return "\n".join([*lines, "", README_END])
+
+
+def write_plots(root: pathlib.Path, results: dict[str, Any],
+                config: ml_collections.ConfigDict) -> None:
+  """temperature.png (errors against T per size), regulariser.png (test-error curves) and
+  curves.png (every stage's, `write_curves`)."""
   plt = plots.pyplot()
   if plt is None:
     return
@@ -374,16 +503,50 @@ def write_plots(root: pathlib.Path, results: dict[str, Any]) -> None:
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   plots.save(fig, root / "regulariser.png")
+  write_curves(root, config)
+
+
+def write_curves(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """curves.png: every trained stage's test errors per epoch (mean ± sd over its members; a
+  temperature sweep's per T), the evidence that its schedule is long enough for its verdict."""
+  plt = plots.pyplot()
+  if plt is None:
+    return
+  names = list(training_stages(config, root))
+  columns = 4
+  fig, axes = plt.subplots(math.ceil(len(names) / columns), columns,
+                           figsize=(4 * columns, 3 * math.ceil(len(names) / columns)),
+                           squeeze=False)
+  for ax, name in zip(axes.flat, names):
+    curves = metrics_curves(root / name)
+    run = checkpointing.load_config(root / name)
+    groups = ({f"T={t:g}": [m["index"] for m in config_lib.population_members(run)
+                            if float(m["temperature"]) == t]
+               for t in by_temperature(root / name, curves["test_errors"][-1])}
+              if run.sweep.get("temperature") else {"": list(range(curves["test_errors"].shape[1]))})
+    for label, members in groups.items():
+      errors = curves["test_errors"][:, members]
+      mean, sd = errors.mean(axis=1), errors.std(axis=1)
+      ax.plot(curves["epoch"], mean, label=label or None, linewidth=1)
+      ax.fill_between(curves["epoch"], mean - sd, mean + sd, alpha=0.15)
+    ax.set(title=f"{name} (n={curves['test_errors'].shape[1]})", yscale="log", xlabel="epoch")
+    ax.grid(True, which="both", alpha=0.3)
+    if len(groups) > 1:
+      ax.legend(fontsize="xx-small", ncol=2)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis("off")
+  plots.save(fig, root / "curves.png")
 
 
 def define_flags() -> flags.FlagHolder:
   """The command's flags (defined only when it runs, so the library imports without them);
   returns the --config holder."""
   flags.DEFINE_enum("profile", "quick", configs.module("reproduce").PROFILES,
-                    "Schedules: quick (a 2-core CPU, <45 min), paper (long), tiny (seconds, for "
-                    "tests).")
+                    "Schedules: quick (a 2-core CPU, <45 min), cpu (every claim at decisive "
+                    "length, <2 h on 2 cores), paper (long), tiny (seconds, for tests).")
   flags.DEFINE_string("workdir", None, "Root folder of every stage and the results.",
                       required=True)
+  stages.define_teachers_dir_flag()
   return cli.define_config(
       "config", None, "Experiment config (default reproduce:PROFILE); fields can be overridden, "
       "e.g. --config.seeds=5.")
@@ -407,7 +570,8 @@ def main(argv):
   root = pathlib.Path(flags.FLAGS.workdir)
   start = time.perf_counter()
   timings = stages.run_stages(training_stages(config, root), root, flags.FLAGS.overwrite,
-                       correction_stages(config))
+                              correction_stages(config), shared=("teachers",),
+                              teachers_dir=stages.teachers_dir_flag())
   reporting.say("== reproduce: evaluating every stage ==")
   reports, geometric = evaluate_stages(config, root)
   results = {"profile": config.profile, "machine": reporting.machine(),
@@ -418,15 +582,16 @@ def main(argv):
                         "temperature": config.student.temperature},
              "schedule": {"teacher_epochs": config.teacher.num_epochs,
                           "student_epochs": config.student.num_epochs,
-                          "sweep_epochs": (config.temperature_sweep.get("num_epochs")
-                                           or config.student.num_epochs),
+                          "sweep_epochs": dict(zip(
+                              map(size_tag, config.temperature_sweep.hidden_sizes),
+                              sweep_epochs(config))),
                           "subset_epochs": config.regulariser.num_epochs},
              "experiments": summarise(root, config, reports, geometric)}
-  results["claims"] = claims(results["experiments"])
+  results["claims"] = claim_verdicts(root, config, results["experiments"])
   reporting.write_json(root / "results.json", results)
   (root / "RESULTS.md").write_text(render_markdown(results))
-  write_plots(root, results["experiments"])
-  held = sum(c["holds"] for c in results["claims"])
+  write_plots(root, results["experiments"], config)
+  held = sum(c["verdict"] == verdicts.HOLDS for c in results["claims"])
   reporting.say(f"Reproduced in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "
                 f"{held} of {len(results['claims'])} claims hold. Written: {root / 'RESULTS.md'}, "
                 f"{root / 'results.json'}.")

@@ -4,21 +4,28 @@ helpers that turn evaluation reports into the numbers the tables show.
 Timings mean one thing everywhere: ROOT/timings.json holds each stage's wall seconds, summed over
 every invocation that worked on it (one stopped by a signal or an error included), so a resumed
 study reports the time its stages really took.
+
+Teachers are shared between studies: a teacher stage trains into TEACHERS/teacher-<digest of its
+config> (`shared_stage_dir`) and ROOT/<stage> links there, so a second study whose teacher config
+is the same (reproduce and fidelity, or two roots of one study) finds the run finished and trains
+no teacher; every reader still finds the stage at ROOT/<stage>.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import statistics
 import time
 from typing import Any, Iterator
 
 import ml_collections
+from absl import flags
 
 from kd_jax import api, checkpointing, config_lib, evaluation, reporting
-from kd_jax.errors import ConfigError
+from kd_jax.errors import CheckpointError, ConfigError
 from kd_jax.paper import bias_correction
 
 
@@ -36,23 +43,83 @@ def timed_stage(root: pathlib.Path, name: str) -> Iterator[None]:
 
 
 def train_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
-                overwrite: bool = False) -> bool:
-  """Trains stage `name` into ROOT/name unless it is finished (then it is skipped, untimed);
-  returns whether it trained."""
-  if not overwrite and checkpointing.finished_step(root / name, config) is not None:
-    reporting.say(f"{root / name} is finished; skipped.")
+                overwrite: bool = False, directory: pathlib.Path | None = None) -> bool:
+  """Trains stage `name` into `directory` (default ROOT/name) unless it is finished (then it is
+  skipped, untimed); returns whether it trained."""
+  directory = directory or root / name
+  if not overwrite and checkpointing.finished_step(directory, config) is not None:
+    reporting.say(f"{directory} is finished; skipped.")
     return False
   with timed_stage(root, name):
-    api.train(config, root / name, overwrite=overwrite)
+    api.train(config, directory, overwrite=overwrite)
   return True
+
+
+def holds_config(run: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+  """Whether `run` holds a run of `config`, compared as training compares them (a field added to
+  the defaults since it trained does not count); False for a folder without a readable one."""
+  try:
+    return ((run / checkpointing.CONFIG_FILE).exists()
+            and not checkpointing.config_differences(checkpointing.load_config(run), config))
+  except CheckpointError:
+    return False
+
+
+def shared_stage_dir(teachers_dir: pathlib.Path, config: ml_collections.ConfigDict
+                     ) -> pathlib.Path:
+  """Where a teacher with this config trains, whichever study asks for it: a finished run of it
+  under `teachers_dir`, else an unfinished one, else TEACHERS/teacher-<digest of the config>."""
+  runs = [run for run in sorted(teachers_dir.glob("teacher-*")) if holds_config(run, config)] \
+      if teachers_dir.is_dir() else []
+  finished = [run for run in runs if checkpointing.finished_step(run, config) is not None]
+  return (finished or runs or
+          [teachers_dir / f"teacher-{checkpointing.config_digest(config)}"])[0]
+
+
+def link_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
+               teachers_dir: pathlib.Path, overwrite: bool = False) -> pathlib.Path:
+  """The directory shared stage `name` trains in, with ROOT/name a (relative) link to it: the run
+  the link already names when it holds this config; else the shared run of this config
+  (`shared_stage_dir`); ROOT/name itself when it is a real folder (a study that trained its
+  teacher in place). A link to a run of another config is refused, since the study's finished
+  students learnt from it, unless `overwrite` starts the study over."""
+  link = root / name
+  if link.exists() and not link.is_symlink():
+    return link
+  if link.exists() and (link / checkpointing.CONFIG_FILE).exists():
+    if holds_config(link, config):
+      return link.resolve()
+    if not overwrite:
+      raise ConfigError(f"{link} links to {link.resolve()}, a run of another config, from which "
+                        "this study's students learnt: give --overwrite to start the study over "
+                        "with this config's teacher, or another --workdir.")
+  target = shared_stage_dir(teachers_dir, config).absolute()
+  link.parent.mkdir(parents=True, exist_ok=True)
+  link.unlink(missing_ok=True)
+  link.symlink_to(os.path.relpath(target, link.parent.absolute()), target_is_directory=True)
+  return target
+
+
+def define_teachers_dir_flag() -> None:
+  """--teachers_dir, the studies' shared teacher folder (defined only when a command runs)."""
+  flags.DEFINE_string("teachers_dir", None, "Folder of the teachers every study shares, one run "
+                      "per teacher config (default: WORKDIR/../teachers).")
+
+
+def teachers_dir_flag() -> pathlib.Path | None:
+  return pathlib.Path(flags.FLAGS.teachers_dir) if flags.FLAGS.teachers_dir else None
 
 
 def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
                overwrite: bool = False, corrections: dict[str, dict[str, Any]] | None = None,
-               command: str = "reproduce") -> dict[str, float]:
+               command: str = "reproduce", shared: tuple[str, ...] = (),
+               teachers_dir: pathlib.Path | None = None) -> dict[str, float]:
   """Trains (then bias-corrects) every stage in order, skipping finished ones; returns
-  ROOT/timings.json (see the module docstring)."""
+  ROOT/timings.json (see the module docstring). The stages named in `shared` (teachers) train
+  under `teachers_dir` (default ROOT/../teachers), one run per distinct config, which
+  `overwrite` does not retrain (it may only re-point ROOT/name at another config's run)."""
   corrections = corrections or {}
+  teachers_dir = teachers_dir or root.absolute().parent / "teachers"
   for name, run in stages.items():  # Every config is checked before the first one trains.
     try:
       config_lib.validate(run)
@@ -61,6 +128,10 @@ def run_stages(stages: dict[str, ml_collections.ConfigDict], root: pathlib.Path,
   total = len(stages) + len(corrections)
   for number, name in enumerate([*stages, *corrections], start=1):
     reporting.say(f"== {command} {number}/{total}: {name} ==")
+    if name in shared:  # Never overwritten: a run of the same config is the same teacher.
+      train_stage(root, name, stages[name], False,
+                  link_stage(root, name, stages[name], teachers_dir, overwrite))
+      continue
     if name in stages:
       train_stage(root, name, stages[name], overwrite)
       continue
