@@ -120,8 +120,8 @@ def alike(groups: dict[str, Sequence[float]], margin: float) -> dict[str, Any]:
     verdict = HOLDS
   else:
     verdict = UNDECIDED
-  return {**widest, "test": f"equivalence within ±{margin:g} (two one-sided tests), widest "
-                           f"pair {widest['pair'][0]} vs {widest['pair'][1]}: Welch",
+  return {**widest, "test": f"two one-sided tests within ±{margin:g}; widest pair "
+                           f"{widest['pair'][0]} vs {widest['pair'][1]}, Welch",
           "margin": margin, "pairs": pairs, "verdict": verdict}
 
 
@@ -139,8 +139,8 @@ def describe(test: dict[str, Any], brief: bool = False) -> str:
   se = "n/a" if test["se"] is None else f"{test['se']:.3g}"
   n = " / ".join(map(str, test["n"]))
   if brief:
-    return f"{test['difference']:+.3g} ± {se} {unit} ({test['test']}, p = {test['p']:.2g}, n = {n})"
+    return f"{test['difference']:+.4g} ± {se} {unit} ({test['test']}, p = {test['p']:.2g}, n = {n})"
   df = "" if test["df"] is None else f", df = {test['df']:.1f}"
   t = "n/a" if test["t"] is None else f"{test['t']:.2f}"
-  return (f"{test['difference']:+.3g} ± {se} {unit}, {test['test']} t = {t}{df}, "
+  return (f"{test['difference']:+.4g} ± {se} {unit}, {test['test']} t = {t}{df}, "
           f"p = {test['p']:.2g}, n = {n}")
