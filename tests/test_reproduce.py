@@ -273,7 +273,7 @@ def test_profiles_and_their_bad_uses(tmp_path):
       config_lib.validate(stage)
       if name == "teachers":
         assert stage.members == config.teacher.members
-      elif name.startswith("table/"):
+      elif name.startswith("table/") or name == "ensemble/distilled":
         assert stage.members == (config.table_seeds or config.seeds)
       elif not name.startswith("temperature/"):
         assert stage.members == config.seeds

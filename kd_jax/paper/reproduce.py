@@ -74,7 +74,7 @@ def training_stages(config: ml_collections.ConfigDict,
   stages = {"teachers": config.teacher.copy_and_resolve_references(),
             "table/alone": student(distil=False, seeds=table_seeds),
             "table/distilled": student(seeds=table_seeds)}
-  stages["ensemble/distilled"] = student()
+  stages["ensemble/distilled"] = student(seeds=table_seeds)
   stages["ensemble/distilled"].teacher_members = ()  # All teachers: their averaged targets.
   for sizes, epochs, seeds in zip(config.temperature_sweep.hidden_sizes, sweep_epochs(config),
                                   by_size(config, "seeds", config.seeds)):
