@@ -131,16 +131,14 @@ def table_results(reports: dict[str, Any], config: ml_collections.ConfigDict) ->
           "paper": PAPER["table"]}
 
 
-def temperature_results(reports: dict[str, Any], config: ml_collections.ConfigDict
-                        ) -> dict[str, Any]:
+def temperature_results(root: pathlib.Path, reports: dict[str, Any],
+                        config: ml_collections.ConfigDict) -> dict[str, Any]:
   results = {}
   for sizes in config.temperature_sweep.hidden_sizes:
     tag = size_tag(sizes)
-    by_temperature = {}
-    for member in stages.member_reports(reports[f"temperature/{tag}"]):
-      by_temperature.setdefault(member.get("temperature", config.student.temperature),
-                                []).append(member["test_errors"])
-    sweep = {str(t): stages.mean_sd(errors) for t, errors in sorted(by_temperature.items())}
+    groups = by_temperature(root / f"temperature/{tag}",
+                            stages.member_errors(reports[f"temperature/{tag}"]))
+    sweep = {str(t): stages.mean_sd(errors) for t, errors in groups.items()}
     best = min(sweep, key=lambda t: sweep[t]["mean"])
     results[tag] = {"by_temperature": sweep, "best_temperature": float(best),
                     "alone_errors": stages.mean_sd(stages.member_errors(reports[f"temperature/{tag}_alone"]))}
@@ -215,7 +213,7 @@ def summarise(root: pathlib.Path, config: ml_collections.ConfigDict,
   class_counts = np.bincount(splits.test_labels, minlength=data.NUM_CLASSES)
   return {
       "table": table_results(reports, config),
-      "temperature": temperature_results(reports, config),
+      "temperature": temperature_results(root, reports, config),
       "ensemble": ensemble_results(reports, geometric, config),
       "mythical": {**omitted_class_results(reports, "mythical", (config.mythical_digit,),
                                            class_counts), "paper": PAPER["mythical"]},
@@ -243,12 +241,18 @@ def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.
   return curves[key][selected].mean(axis=0)
 
 
-def by_temperature(run: pathlib.Path, errors: np.ndarray) -> dict[float, list[float]]:
-  """A temperature sweep's member figures grouped by each member's T."""
-  groups: dict[float, list[float]] = {}
+def temperature_members(run: pathlib.Path) -> dict[float, list[int]]:
+  """A temperature sweep's member indices by T, in order of T (from the run's config)."""
+  groups: dict[float, list[int]] = {}
   for member in config_lib.population_members(checkpointing.load_config(run)):
-    groups.setdefault(float(member["temperature"]), []).append(float(errors[member["index"]]))
+    groups.setdefault(float(member["temperature"]), []).append(member["index"])
   return dict(sorted(groups.items()))
+
+
+def by_temperature(run: pathlib.Path, errors) -> dict[float, list[float]]:
+  """A temperature sweep's member figures (one per member, in member order) grouped by T."""
+  return {t: [float(errors[i]) for i in members]
+          for t, members in temperature_members(run).items()}
 
 
 def temperature_claims(root: pathlib.Path, config: ml_collections.ConfigDict,
@@ -520,9 +524,7 @@ def write_curves(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   for ax, name in zip(axes.flat, names):
     curves = metrics_curves(root / name)
     run = checkpointing.load_config(root / name)
-    groups = ({f"T={t:g}": [m["index"] for m in config_lib.population_members(run)
-                            if float(m["temperature"]) == t]
-               for t in by_temperature(root / name, curves["test_errors"][-1])}
+    groups = ({f"T={t:g}": members for t, members in temperature_members(root / name).items()}
               if run.sweep.get("temperature") else {"": list(range(curves["test_errors"].shape[1]))})
     for label, members in groups.items():
       errors = curves["test_errors"][:, members]

@@ -86,12 +86,6 @@ def lower(a: Sequence[float], b: Sequence[float], pairs: bool = False) -> dict[s
   return {**test, "verdict": _verdict(test["difference"] < 0, test["p"])}
 
 
-def below(a: Sequence[float], figure: float) -> dict[str, Any]:
-  """"mean(a) < figure": the one-sample test and its verdict."""
-  test = one_sample(a, figure)
-  return {**test, "verdict": _verdict(test["difference"] < 0, test["p"])}
-
-
 def above(a: Sequence[float], figure: float) -> dict[str, Any]:
   """"mean(a) > figure": the one-sample test and its verdict."""
   test = one_sample(a, figure)
