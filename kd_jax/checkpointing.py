@@ -51,7 +51,8 @@ RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
 # Fields that say where data lives or how often to save: they may change when a run resumes.
 # How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
-                     "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch")
+                     "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch",
+                     "data.grain_workers", "data.prefetch", "checkpoint.every_steps")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 

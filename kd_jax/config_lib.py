@@ -32,12 +32,14 @@ ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_r
                 "extension", "optimizer", "sgd.momentum_start",
                 "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
                 "soft_t_squared", "model.name", "model.conv_features", "teacher_dropout_masks",
-                "teacher_dropout_seed")
+                "teacher_dropout_seed", "data.records_dir", "data.pipeline", "data.grain_workers",
+                "data.prefetch", "data.shared_order", "checkpoint.every_steps")
 # Fields removed from the defaults, with the value they had in runs saved before (their old
 # default): such a run is the same run as one without them. (Specialists' fields moved to their
 # extension, kd_jax.paper.specialist_lib.)
 REMOVED_FIELDS = {"class_subsets": [], "init_workdir": ""}
 OPTIMIZERS = ("adam", "sgd_momentum")
+PIPELINES = ("memory", "grain")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 
 
@@ -95,10 +97,20 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_subset = 0
   config.data.subset_seed = 0
   config.data.check_counts = True  # False accepts IDX folders smaller than MNIST (tests).
+  # A folder made by `python -m kd_jax.data.prepare` (ArrayRecord shards), read instead of the
+  # source data.name names (which must match what it was prepared from).
+  config.data.records_dir = ""
+  # "memory": the dataset on every device, epochs compiled whole (fastest where it fits); "grain":
+  # records_dir streamed by grain, each process reading its share of every batch.
+  config.data.pipeline = "memory"
+  config.data.grain_workers = 0  # grain: worker processes (0: threads of this process).
+  config.data.prefetch = 2  # grain: batches read ahead of the step, per stream.
+  config.data.shared_order = False  # grain: a population's members read one stream, one order.
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1
   config.checkpoint.max_to_keep = 3
+  config.checkpoint.every_steps = 0  # grain: also checkpoint within epochs (0: epochs only).
 
   # "package.module:NAME" of a kd_jax.extensions.Extension that changes the run (the paper's
   # specialists); empty for a plain run.
@@ -247,6 +259,24 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("data.train_subset", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: all)")
   check("data.subset_seed", is_int, "an integer")
   check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
+  check("checkpoint.every_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: epochs "
+        "only)")
+  check("data.records_dir", lambda v: isinstance(v, str), "a folder made by kd_jax.data.prepare")
+  check("data.pipeline", lambda v: v in PIPELINES, f"one of {PIPELINES}")
+  check("data.grain_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: threads)")
+  check("data.prefetch", lambda v: is_int(v) and v > 0, "a positive integer")
+  check("data.shared_order", lambda v: isinstance(v, bool), "True or False")
+  if config.data.pipeline == "grain":
+    check("data.records_dir", bool, "a folder made by `python -m kd_jax.data.prepare --name "
+          f"{config.data.name} --out DIR`: the grain pipeline streams prepared ArrayRecord shards")
+    check("extension", lambda v: not v, "'' with data.pipeline='grain' (an extension's sampler "
+          "draws batches on the device, from a dataset held there)")
+    if config.get("teacher_dropout_masks", 0):
+      check("teacher_dropout_masks", lambda v: False, "0 with data.pipeline='grain' (the masks "
+            "are drawn per batch of the memory pipeline's cache)")
+  else:
+    check("checkpoint.every_steps", lambda v: v == 0, "0 with data.pipeline='memory' (its "
+          "epoch is one compiled call; checkpoints fall between epochs)")
   check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
   check("members", lambda v: is_int(v) and v > 0, "a positive integer")
   check("member_batch", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: auto)")
@@ -350,6 +380,18 @@ FIELDS: dict[str, tuple[str, str]] = {
     "checkpoint.every_epochs": (TRAINING, "checkpoint cadence in epochs (the last is always "
                                           "saved)"),
     "checkpoint.max_to_keep": (TRAINING, "checkpoints kept"),
+    "checkpoint.every_steps": (TRAINING, "grain pipeline: also checkpoint every that many steps "
+                                         "within an epoch, with the data iterator (0: epochs "
+                                         "only)"),
+    "data.records_dir": (TRAINING, "a folder made by `python -m kd_jax.data.prepare` "
+                                   "(ArrayRecord shards), read instead of data.name's source"),
+    "data.pipeline": (TRAINING, "memory (the dataset on every device, whole epochs compiled) or "
+                                "grain (data.records_dir streamed, each process its share)"),
+    "data.grain_workers": (TRAINING, "grain: worker processes decoding and batching (0: threads "
+                                     "of this process)"),
+    "data.prefetch": (TRAINING, "grain: batches read ahead of the step"),
+    "data.shared_order": (TRAINING, "grain: a population's members read one stream in one order "
+                                    "(else one stream per member)"),
     "extension": (TRAINING, "'package.module:NAME' of a kd_jax.extensions.Extension that changes "
                             "the run (the paper's specialists), or empty"),
     "teacher_workdir": (DISTILLATION, "the teacher's run; a config with one distils"),

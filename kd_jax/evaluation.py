@@ -48,13 +48,13 @@ def logits_of(model, variables: Any, images: jax.Array, batch_size: int, mesh: j
   (`targets.teacher_logits`)."""
   num_pad = -images.shape[0] % batch_size
   padded = jnp.pad(images, ((0, num_pad),) + ((0, 0),) * (images.ndim - 1))
-  return _logits_fn(model, batch_size, mesh, member_batch, dropout_masks, dropout_seed)(
+  return logits_fn(model, batch_size, mesh, member_batch, dropout_masks, dropout_seed)(
       variables, padded)[:images.shape[0]]
 
 
 @functools.lru_cache(maxsize=16)
-def _logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None,
-               dropout_masks: int, dropout_seed: int):
+def logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None,
+              dropout_masks: int = 0, dropout_seed: int = 0):
   """`logits_of`'s jitted scan, one per (model, batch size, mesh, member batch, masks), so that
   calls with the same ones and image shape (a distilled run caching its teacher's logits, then
   measuring its fit to that teacher; the cells of a study) compile once."""
@@ -84,7 +84,8 @@ def _figures(totals: dict[str, Any], num_examples: int) -> dict[str, Any]:
 
 def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int,
                    ensemble: str = "arithmetic", label_maps: jax.Array | None = None):
-  """A jitted (stacked variables, split) -> {'members': [figures...], 'ensemble': figures}.
+  """A jitted (stacked variables, split) -> {'members': [figures...], 'ensemble': figures}; the
+  split on device (`DeviceSplit`) or streamed (`kd_jax.data.streaming.StreamedSplit`).
 
   Figures are host numbers: errors, accuracy, loss, per_class_errors. With `label_maps`
   (specialists, see `steps.evaluate`) each member is scored on its own classes and 'ensemble' is
@@ -94,9 +95,18 @@ def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch
       steps.evaluate, model=model, batch_size=batch_size, member_batch=member_batch,
       batch_sharding=parallelism.batch_sharded(mesh), ensemble=ensemble))
 
-  def run(member_variables: Any, split: DeviceSplit) -> dict[str, Any]:
-    totals = jax.device_get(evaluate_fn(member_variables, split.images, split.labels, split.mask,
-                                        label_maps))
+  def run(member_variables: Any, split: Any) -> dict[str, Any]:
+    if isinstance(split, DeviceSplit):
+      totals = evaluate_fn(member_variables, split.images, split.labels, split.mask, label_maps)
+    else:  # A streaming.StreamedSplit: batch by batch, the totals added up on the device.
+      from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+      totals = None
+      for batch in streaming.eval_batches(split):
+        batch = streaming.put_batch(batch, mesh)
+        counts = evaluate_fn(member_variables, batch["image"], batch["label"], batch["mask"],
+                             label_maps)
+        totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+    totals = jax.device_get(totals)
     num_members = len(totals["members"]["errors"])
     return {"members": [_figures(steps.take_member(totals["members"], i), split.num_examples)
                         for i in range(num_members)],
@@ -196,14 +206,17 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   variables, run_config, step = checkpointing.restore_variables(workdir, mesh, step, model=model)
   model = models.model_from_config(run_config.model) if model is None else model
   batch_size = parallelism.eval_batch_size(run_config.eval_batch_size, mesh)
-  splits = data.load_dataset(run_config.data, mnist_dir)
-  fingerprint = data.fingerprint(splits)
+  if run_config.data.get("pipeline", "memory") == "grain":  # Streamed: the test split only.
+    splits, test, fingerprint = None, *_streamed_test(run_config, batch_size)
+  else:
+    splits = data.load_dataset(run_config.data, mnist_dir)
+    fingerprint = data.fingerprint(splits)
+    test = put_eval_split(splits.test_images, splits.test_labels, batch_size, mesh)
   trained_on = _read_record(workdir, checkpointing.DATA_FILE)
   if trained_on and trained_on.get("test") != fingerprint["test"]:
     reporting.say(f"Warning: the test set ({fingerprint['source']}, {fingerprint['test']}) differs "
                   f"from the one {workdir} was trained with ({trained_on.get('source')}, "
                   f"{trained_on.get('test')}).")
-  test = put_eval_split(splits.test_images, splits.test_labels, batch_size, mesh)
   settings = config_lib.population_members(run_config)
   num_members = len(settings)
   evaluator = make_evaluator(
@@ -214,7 +227,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
             "num_test_examples": test.num_examples, "step": step,
             "model": models.describe(run_config.model),
             "distilled_from": run_config.get("teacher_workdir") or None,
-            "data_source": splits.source, "num_devices": mesh.size,
+            "data_source": fingerprint["source"], "num_devices": mesh.size,
             "data": {"source": fingerprint["source"], "test": fingerprint["test"],
                      "same_as_training": (trained_on.get("test") == fingerprint["test"]
                                           if trained_on else None)},
@@ -224,7 +237,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                 f"{errors_summary(result)} test errors, accuracy "
                 f"{100 * report['test_accuracy']:.2f}%, loss {report['test_loss']:.4f}; "
                 f"per class {report['per_class_errors']}.")
-  if config_lib.is_distillation(run_config):  # Per member: lists, as `members` below.
+  if config_lib.is_distillation(run_config) and splits is not None:  # Per member: lists.
     report["transfer_fit"] = _transfer_fit(run_config, model, variables, splits, mesh,
                                            num_members, teacher_model)  # Printed under it.
   if num_members > 1:
@@ -237,6 +250,16 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
   except CheckpointError as e:
     raise CheckpointError(f"{e} (the score is printed above)") from e
   return report
+
+
+def _streamed_test(run_config, batch_size: int) -> tuple[Any, dict[str, str]]:
+  """A streamed run's test split, read batch by batch as it trained, and its fingerprint (the
+  fit to the teacher on the transfer set, which needs it in memory, is not measured)."""
+  from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+  prepared = data.open_records(run_config.data)
+  test = streaming.StreamedSplit(tuple(prepared.paths("test")), prepared.image_shape,
+                                 np.arange(prepared.splits["test"]["num_examples"]), batch_size)
+  return test, {"source": prepared.source, "test": prepared.splits["test"]["digest"]}
 
 
 def _read_record(workdir: str | pathlib.Path, name: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ Tests of crash safety and signal handling then hit exact moments instead of raci
   oom:POINT              XLA's out-of-memory error
   enospc:POINT           a full disk (OSError ENOSPC) where the point writes
 Points: put_data, set_aside:<entry moved>, discard_set_aside, save_config:<file written>,
+step_checkpoint:<step> (a checkpoint within an epoch, streamed runs),
 write_metrics, write_tensorboard. Unset (always, outside tests): no-op.
 """
 

@@ -58,6 +58,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def member_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """[P, B, ...] member-stacked batches: the batch dimension split across the `data` axis."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
 def put_replicated(host_array: np.ndarray, mesh: Mesh) -> jax.Array:
   """Places a host array whole on every device of the mesh (works across processes too).
 

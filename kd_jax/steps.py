@@ -147,6 +147,11 @@ def shuffled_batches(key: jax.Array, train_data: dict[str, jax.Array],
   return data.epoch_batch_indices(key, train_data["image"].shape[0], batch_size)
 
 
+def epoch_keys(rng: jax.Array, epoch: jax.Array) -> jax.Array:
+  """A member's (order, jitter, dropout) keys of one epoch; step keys fold in the step."""
+  return jax.random.split(jax.random.fold_in(rng, epoch), 3)
+
+
 def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
                 teacher_variables: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
                 max_shift: int, batch_sharding: jax.sharding.Sharding,
@@ -159,8 +164,7 @@ def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: di
   jitter and dropout keys are folded from (member key, epoch, step), so a resumed run sees exactly
   the data and masks an uninterrupted one would.
   """
-  epoch_key = jax.random.fold_in(state.rng, epoch)
-  order_key, jitter_key, dropout_key = jax.random.split(epoch_key, 3)
+  order_key, jitter_key, dropout_key = epoch_keys(state.rng, epoch)
   batch_indices = sampler(order_key, train_data, hparams, batch_size)
 
   def body(state, inputs):
@@ -196,6 +200,45 @@ def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
                        **epoch_kwargs)
 
   return parallelism.map_members(one_member, (states, hparams), member_batch)
+
+
+def population_step(states: TrainState, batch: dict[str, jax.Array],
+                    hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
+                    step_in_epoch: jax.Array, *, member_batch: int, step_fn: Callable,
+                    shared_batch: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of every member on a streamed batch (the grain pipeline's compiled call).
+
+  `batch` holds uint8 images, already jittered on the host: one batch all members share, or with
+  `shared_batch=False` one per member, stacked [P, B, ...]. Dropout keys are those of
+  `train_epoch` (member key, epoch, step in epoch). Metrics come back per member, [P].
+  """
+
+  def one_member(member):
+    if shared_batch:
+      (state, member_hparams), member_data = member, batch
+    else:
+      state, member_hparams, member_data = member
+    member_data = {**member_data, "image": data.normalize(member_data["image"])}
+    dropout_key = epoch_keys(state.rng, epoch)[2]
+    return step_fn(state, member_data, jax.random.fold_in(dropout_key, step_in_epoch),
+                   member_hparams, teacher_variables)
+
+  members = (states, hparams) if shared_batch else (states, hparams, batch)
+  return parallelism.map_members(one_member, members, member_batch)
+
+
+def accumulate_metrics(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array],
+                       step_in_epoch: jax.Array) -> dict[str, jax.Array]:
+  """An epoch's running sums of per-member step metrics (f32[P], added in step order, so a run
+  resumed mid-epoch from saved sums adds up exactly as an uninterrupted one), and
+  'first_nonfinite_step' (i32[P], -1 while every loss is finite)."""
+  if sums is None:
+    sums = {**jax.tree.map(jnp.zeros_like, metrics),
+            "first_nonfinite_step": jnp.full(metrics["loss"].shape, -1, jnp.int32)}
+  bad = sums["first_nonfinite_step"]
+  first_bad = jnp.where((bad < 0) & ~jnp.isfinite(metrics["loss"]), step_in_epoch, bad)
+  return {**{name: sums[name] + value for name, value in metrics.items()},
+          "first_nonfinite_step": first_bad.astype(jnp.int32)}
 
 
 def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:

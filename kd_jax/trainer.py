@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 import shutil
 import statistics
@@ -33,15 +34,23 @@ from kd_jax.errors import (CheckpointError, ConfigError, CorruptCheckpointError,
 class RunSetup:
   """Everything a run needs on device, built once before the first epoch."""
 
-  train_data: dict[str, jax.Array]  # 'image', 'label' and maybe cached 'teacher_logits'.
-  eval_splits: dict[str, evaluation.DeviceSplit]
+  # Memory pipeline: 'image', 'label' and maybe cached 'teacher_logits'; streamed: {}.
+  train_data: dict[str, jax.Array]
+  eval_splits: dict[str, Any]  # evaluation.DeviceSplit, or streamed: streaming.StreamedSplit.
   source: str = flax.struct.field(pytree_node=False)
   fingerprint: dict[str, str] = flax.struct.field(pytree_node=False)  # data.fingerprint
   eval_batch: int = flax.struct.field(pytree_node=False)  # Evaluation batch on this mesh.
+  num_train: int = flax.struct.field(pytree_node=False, default=0)
+  # Streamed (data.pipeline = "grain"): the prepared folder, and the record index of each
+  # training example (after any class filter or subset); None in memory.
+  records: Any = flax.struct.field(pytree_node=False, default=None)
+  train_records: Any = flax.struct.field(pytree_node=False, default=None)
 
 
 def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
   faults.point("put_data")
+  if config.data.pipeline == "grain":
+    return open_streams(config, mesh)
   splits = data.load_dataset(config.data)
   if tuple(splits.train_images.shape[1:]) != tuple(config.model.input_shape):
     raise ConfigError(f"config.model.input_shape={tuple(config.model.input_shape)} does not match "
@@ -55,7 +64,35 @@ def put_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunS
   train_data = {"image": parallelism.put_replicated(splits.train_images, mesh),
                 "label": parallelism.put_replicated(splits.train_labels, mesh)}
   return RunSetup(train_data=train_data, eval_splits=eval_splits, source=splits.source,
-                  fingerprint=data.fingerprint(splits), eval_batch=eval_batch)
+                  fingerprint=data.fingerprint(splits), eval_batch=eval_batch,
+                  num_train=len(splits.train_labels))
+
+
+def open_streams(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> RunSetup:
+  """The grain pipeline's setup: which records train and evaluate, nothing read or placed yet."""
+  from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+  prepared = data.open_records(config.data)
+  if tuple(prepared.image_shape) != tuple(config.model.input_shape):
+    raise ConfigError(f"config.model.input_shape={tuple(config.model.input_shape)} does not match "
+                      f"the images of {prepared.source}, {prepared.image_shape}.")
+  cut = data.train_validation_cut(prepared.splits["train"]["num_examples"],
+                                  config.data.validation_size)
+  train_records = data.select_examples(
+      np.asarray(prepared.labels("train")[:cut]), tuple(config.data.train_classes),
+      config.data.train_subset, config.data.subset_seed, prepared.num_classes)
+  eval_batch = parallelism.eval_batch_size(config.eval_batch_size, mesh)
+  eval_splits = {"test": streaming.StreamedSplit(
+      tuple(prepared.paths("test")), prepared.image_shape,
+      np.arange(prepared.splits["test"]["num_examples"]), eval_batch)}
+  if config.data.validation_size:
+    eval_splits["validation"] = streaming.StreamedSplit(
+        tuple(prepared.paths("train")), prepared.image_shape,
+        np.arange(cut, prepared.splits["train"]["num_examples"]), eval_batch)
+  return RunSetup(train_data={}, eval_splits=eval_splits, source=prepared.source,
+                  fingerprint=streaming.fingerprint(prepared, train_records,
+                                                    config.data.validation_size),
+                  eval_batch=eval_batch, num_train=len(train_records), records=prepared,
+                  train_records=train_records)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +103,9 @@ class Teacher:
   variables: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
   cached_logits: jax.Array | None  # [N, M, C] on the un-jittered training images, or None.
   provenance: dict[str, Any] | None = None  # Which teacher it is: the student's teacher.json.
+  # Streamed runs: the teacher whose logits `cache_logits_on_disk` writes once into the workdir
+  # (the pipeline reads its rows with each batch); None otherwise.
+  to_cache_on_disk: tuple[nn.Module, Any] | None = None
 
 
 def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.sharding.Mesh,
@@ -96,6 +136,11 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
                 "digest": checkpointing.combined_digest(
                     checkpointing.array_digests(variables["params"])),
                 "finished": finished}
+  if setup.records is not None and not config.data.jitter and config.cache_teacher_logits:
+    return Teacher(targets.cached_targets, None, None, provenance, (teacher, variables))
+  if setup.records is not None:
+    return Teacher(targets.make_teacher_targets(teacher, member_batch), variables, None,
+                   provenance)
   return dataclasses.replace(
       make_teacher(config, teacher, variables, setup.train_data["image"], mesh, member_batch,
                    setup.eval_batch),
@@ -217,7 +262,7 @@ def make_objective(config: ml_collections.ConfigDict, setup: RunSetup, hparams: 
                    teacher_model: nn.Module | None) -> Objective:
   """The optimizer, loss and targets of the config: hard labels, or distillation from its
   teacher (logits cached once when the transfer set is fixed); an extension's loss and sampler."""
-  num_train = setup.train_data["image"].shape[0]
+  num_train = setup.num_train
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
@@ -269,7 +314,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
   if mismatch:  # Every check passed: only now is the old run moved out of the way.
     checkpointing.set_aside(workdir)
   checkpointing.discard_partial_checkpoints(workdir)
-  manager, state, start_epoch = _resume(workdir, config, state, parallelism.replicated(mesh))
+  manager, state, start_epoch, resumed = _resume(workdir, config, state,
+                                                 parallelism.replicated(mesh))
   evaluator = evaluation.make_evaluator(
       model, setup.eval_batch, mesh, member_batch,
       label_maps=objective.label_maps)
@@ -283,21 +329,27 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
     writer = reporting.MetricsWriter(workdir / checkpointing.METRICS_FILE,
                                      workdir / checkpointing.TENSORBOARD_DIR,
                                      keep_epochs_up_to=start_epoch)
-    num_train = setup.train_data["image"].shape[0]
+    num_train = setup.num_train
     population = f"{len(members)} members, " if len(members) > 1 else ""
     reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
                   f"({num_train} examples, {population}{mesh.size} device(s), "
-                  f"{num_train // config.batch_size} steps/epoch)"
+                  f"{num_train // config.batch_size} steps/epoch"
+                  f"{', streamed by grain' if setup.records is not None else ''})"
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
-    epoch_fn = make_epoch_fn(config, model, objective, mesh, member_batch)
-    loop = EpochLoop(config=config, workdir=workdir, setup=setup, hparams=hparams,
-                     teacher_variables=objective.teacher.variables, evaluator=evaluator,
+    if setup.records is None:
+      epochs = CompiledEpochs(make_epoch_fn(config, model, objective, mesh, member_batch),
+                              (setup.train_data, hparams, objective.teacher.variables))
+    else:
+      epochs = StreamedEpochs.start(config, workdir, model, objective, setup, hparams, mesh,
+                                    member_batch, members, resumed.get("stream"))
+    loop = EpochLoop(config=config, workdir=workdir, setup=setup, evaluator=evaluator,
                      manager=manager, writer=writer)
     try:
-      state, test = loop.run(epoch_fn, state, start_epoch)
+      state, test = loop.run(epochs, state, start_epoch)
     finally:
       writer.close()
+      epochs.close()
   manager.wait_until_finished()
   manager.close()
 
@@ -337,6 +389,174 @@ def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[s
   return record
 
 
+@dataclasses.dataclass
+class CompiledEpochs:
+  """The memory pipeline's epochs: each one compiled call over data already on the devices."""
+
+  epoch_fn: Any  # make_epoch_fn's jitted epoch; compiled ahead of the first epoch.
+  args: tuple[Any, ...]  # (train data, hparams, teacher variables)
+
+  def compiled(self, state: steps.TrainState) -> CompiledEpochs:
+    start = time.perf_counter()
+    compiled = self.epoch_fn.lower(state, *self.args, jnp.int32(0)).compile()
+    reporting.say(f"Compiled the epoch in {time.perf_counter() - start:.1f}s.")
+    return CompiledEpochs(compiled, self.args)
+
+  def train(self, state, epoch: int, loop: EpochLoop, guard) -> tuple[Any, dict[str, Any]]:
+    del loop, guard  # Signals are answered between epochs.
+    return self.epoch_fn(state, *self.args, jnp.int32(epoch))
+
+  def position(self) -> dict[str, Any]:
+    return {}
+
+  def close(self) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class StreamedEpochs:
+  """The grain pipeline's epochs: one compiled step per batch streamed from the records (the
+  step the memory pipeline scans), checkpoints within epochs every `checkpoint.every_steps`
+  with the iterators' state and the epoch's running metric sums, so a run killed mid-epoch
+  resumes exactly."""
+
+  step_fn: Any
+  accumulate: Any
+  iterators: list[Any]
+  feed: Any  # streaming.device_batches over the iterators.
+  args: tuple[Any, ...]  # (hparams, teacher variables)
+  steps_per_epoch: int
+  every_steps: int
+  resume_step: int = 0
+  resume_sums: dict[str, Any] | None = None
+
+  @classmethod
+  def start(cls, config, workdir: pathlib.Path, model: nn.Module, objective: Objective,
+            setup: RunSetup, hparams: dict[str, jax.Array], mesh: jax.sharding.Mesh,
+            member_batch: int, members: list[dict[str, Any]],
+            resumed: dict[str, Any] | None) -> StreamedEpochs:
+    """Streams for the run (one shared, or one per member), positioned where it resumes."""
+    from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+    shared = config.data.shared_order or len(members) == 1
+    logits = ""
+    if objective.teacher.to_cache_on_disk is not None:
+      logits = str(cache_logits_on_disk(workdir, config, objective.teacher, setup, mesh,
+                                        member_batch))
+    streams = [streaming.TrainStream(
+        paths=tuple(setup.records.paths("train")), image_shape=setup.records.image_shape,
+        example_records=setup.train_records, seed=seed, batch_size=config.batch_size,
+        num_epochs=config.num_epochs, max_shift=config.data.jitter,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        teacher_logits=logits)
+        for seed in ([config.seed] if shared else [m["seed"] for m in members])]
+    iterators = [iter(streaming.train_batches(stream, config.data.grain_workers,
+                                              config.data.prefetch)) for stream in streams]
+    resumed = resumed or {}
+    for iterator, state in zip(iterators, resumed.get("iterators", [])):
+      iterator.set_state(state)
+    step_fn = functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
+                                loss_fn=objective.loss_fn,
+                                targets_fn=objective.teacher.targets_fn,
+                                max_norm=config.model.max_norm)
+    population_step = jax.jit(functools.partial(
+        steps.population_step, member_batch=member_batch, step_fn=step_fn, shared_batch=shared),
+                              out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
+    sums = resumed.get("sums")
+    return cls(step_fn=population_step, accumulate=jax.jit(steps.accumulate_metrics),
+               iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
+               args=(hparams, objective.teacher.variables),
+               steps_per_epoch=streams[0].steps_per_epoch,
+               every_steps=config.checkpoint.every_steps,
+               resume_step=resumed.get("step_in_epoch", 0),
+               resume_sums=None if sums is None else {
+                   name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
+                                     else jnp.float32) for name, values in sums.items()})
+
+  def compiled(self, state: steps.TrainState) -> StreamedEpochs:
+    del state  # The step compiles on its first batch.
+    return self
+
+  def train(self, state, epoch: int, loop: EpochLoop, guard) -> tuple[Any, dict[str, Any]]:
+    """Steps through the rest of epoch `epoch`; returns epoch-mean metrics as the compiled epoch
+    does (stopping early, before any save, once a loss is non-finite)."""
+    start, sums = self.resume_step, self.resume_sums
+    self.resume_step, self.resume_sums = 0, None
+    for step_in_epoch in range(start, self.steps_per_epoch):
+      batch = next(self.feed)
+      state, metrics = self.step_fn(state, batch, *self.args, jnp.int32(epoch),
+                                    jnp.int32(step_in_epoch))
+      sums = self.accumulate(sums, metrics, jnp.int32(step_in_epoch))
+      done = step_in_epoch + 1
+      if self.every_steps and done % self.every_steps == 0 and done < self.steps_per_epoch:
+        if (np.asarray(jax.device_get(sums["first_nonfinite_step"])) >= 0).any():
+          break  # The loop reports it, with the last good checkpoint.
+        stopping = guard.requested()
+        loop.save(state, {"epoch": epoch, "test_errors": None,
+                          **self.position(done, sums)})
+        faults.point(f"step_checkpoint:{int(state.step[0])}")
+        if stopping:
+          raise preemption.Preempted(
+              f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
+              f"{int(state.step[0])} (step {done} of epoch {epoch + 1}) in {loop.workdir}. Rerun "
+              "the same command to resume.")
+    metrics = {name: (value if name == "first_nonfinite_step" else value / self.steps_per_epoch)
+               for name, value in sums.items()}
+    return state, metrics
+
+  def close(self) -> None:
+    """Stops grain's threads and worker processes (their shared memory goes with them)."""
+    for iterator in self.iterators:
+      iterator.close()
+
+  def position(self, step_in_epoch: int = 0, sums: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """The checkpoint's record of where the streams are (grain's iterator states)."""
+    stream = {"step_in_epoch": step_in_epoch,
+              "iterators": [iterator.get_state() for iterator in self.iterators]}
+    if sums is not None:
+      stream["sums"] = {name: np.asarray(value).tolist()
+                        for name, value in jax.device_get(sums).items()}
+    return {"stream": stream}
+
+
+def cache_logits_on_disk(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                         teacher: Teacher, setup: RunSetup, mesh: jax.sharding.Mesh,
+                         member_batch: int) -> pathlib.Path:
+  """A streamed run's teacher logits on its training records, computed once into
+  WORKDIR/teacher_logits.npy ([records, M, C], rows keyed by record index, read by the pipeline
+  with each batch; never on the devices whole). Reused on resume when made by the same teacher
+  from the same records."""
+  from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top
+  path = streaming.logits_path(workdir)
+  made_by = {"teacher": teacher.provenance["digest"], "data": setup.fingerprint["train"]}
+  record = path.with_suffix(".json")
+  if path.exists() and record.exists() and json.loads(record.read_text()) == made_by:
+    reporting.say(f"Teacher logits: {path} (cached earlier).")
+    return path
+  module, variables = teacher.to_cache_on_disk
+  logits_fn = evaluation.logits_fn(module, setup.eval_batch, mesh, member_batch)
+  split = streaming.StreamedSplit(tuple(setup.records.paths("train")), setup.records.image_shape,
+                                  setup.train_records, setup.eval_batch)
+  start, rows = time.perf_counter(), None
+  for keys, logits in streaming.stream_logits(split, functools.partial(logits_fn, variables),
+                                              mesh):
+    if rows is None and reporting.is_main_process():
+      rows = np.lib.format.open_memmap(
+          path.with_suffix(".tmp.npy"), "w+", logits.dtype,
+          (setup.records.splits["train"]["num_examples"],) + logits.shape[1:])
+    if rows is not None:
+      rows[keys] = logits
+  if rows is not None:
+    rows.flush()
+    del rows
+    path.with_suffix(".tmp.npy").replace(path)
+    reporting.write_json(record, made_by)
+  parallelism.sync_processes("kd_jax_teacher_logits")
+  reporting.say(f"Cached the teacher's logits on the {split.num_examples} training records in "
+                f"{path} in {time.perf_counter() - start:.1f}s.")
+  return path
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochLoop:
   """The epoch loop of one run: train, evaluate, log, checkpoint; stops cleanly on a signal."""
@@ -344,20 +564,20 @@ class EpochLoop:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   setup: RunSetup
-  hparams: dict[str, jax.Array]
-  teacher_variables: Any
-  evaluator: Callable[[Any, evaluation.DeviceSplit], dict[str, Any]]
+  evaluator: Callable[[Any, Any], dict[str, Any]]
   manager: ocp.CheckpointManager
   writer: reporting.MetricsWriter
 
-  def run(self, epoch_fn, state: steps.TrainState,
+  def save(self, state: steps.TrainState, meta: dict[str, Any]) -> None:
+    checkpointing.save(self.manager, int(state.step[0]),
+                       {**checkpointing.variable_items(state.variables),
+                        "train": _resume_item(state)}, meta)
+
+  def run(self, epochs: CompiledEpochs | StreamedEpochs, state: steps.TrainState,
           start_epoch: int) -> tuple[steps.TrainState, dict[str, Any]]:
     """Trains from `start_epoch` to the end; returns the final state and its test evaluation."""
     config, workdir = self.config, self.workdir
-    args = (self.setup.train_data, self.hparams, self.teacher_variables)
-    compile_start = time.perf_counter()
-    compiled_epoch = epoch_fn.lower(state, *args, jnp.int32(0)).compile()
-    reporting.say(f"Compiled the epoch in {time.perf_counter() - compile_start:.1f}s.")
+    epochs = epochs.compiled(state)
     train_time = 0.0
     with preemption.PreemptionGuard() as guard, \
         reporting.progress_bar(config.num_epochs, start_epoch, workdir.name) as bar:
@@ -368,7 +588,7 @@ class EpochLoop:
                                      "resume.")
         epoch_start = time.perf_counter()
         step_before = int(state.step[0])
-        state, train_metrics = compiled_epoch(state, *args, jnp.int32(epoch))
+        state, train_metrics = epochs.train(state, epoch, self, guard)
         train_metrics = jax.device_get(train_metrics)
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
@@ -391,11 +611,9 @@ class EpochLoop:
         stopping = guard.requested()
         if (stopping or epoch + 1 == config.num_epochs
             or (epoch + 1) % config.checkpoint.every_epochs == 0):
-          checkpointing.save(self.manager, int(state.step[0]),
-                             {**checkpointing.variable_items(state.variables),
-                              "train": _resume_item(state)},
-                             {"epoch": epoch + 1,
-                              "test_errors": evaluation.headline(results["test"])["errors"]})
+          self.save(state, {"epoch": epoch + 1,
+                            "test_errors": evaluation.headline(results["test"])["errors"],
+                            **epochs.position()})
         if stopping and epoch + 1 < config.num_epochs:
           raise preemption.Preempted(
               f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
@@ -429,10 +647,10 @@ def _resume_item(state: steps.TrainState) -> dict[str, Any]:
 
 
 def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: steps.TrainState,
-            sharding) -> tuple[ocp.CheckpointManager, steps.TrainState, int]:
+            sharding) -> tuple[ocp.CheckpointManager, steps.TrainState, int, dict[str, Any]]:
   """Opens the checkpoint manager and restores the newest intact checkpoint, if any: one that
   fails its checksums is moved to WORKDIR/corrupted_checkpoints/ with a warning, and the one
-  before it is used. Returns (manager, state, epoch to start from)."""
+  before it is used. Returns (manager, state, epoch to start from, the checkpoint's meta)."""
   manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
   while (step := manager.latest_step()) is not None:
     try:
@@ -452,7 +670,7 @@ def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: ste
                     "before it.")
       manager = checkpointing.open_manager(workdir, max_to_keep=config.checkpoint.max_to_keep)
   else:
-    return manager, state, 0
+    return manager, state, 0, {}
   train = restored["train"]
   state = steps.TrainState(step=train["step"], params=restored["params"],
                            opt_state=train["opt_state"], rng=train["rng"],
@@ -460,5 +678,7 @@ def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: ste
   if int(state.step[0]) != step:
     raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step[0])}.")
   epoch = int(restored["meta"]["epoch"])
-  reporting.say(f"Resuming {workdir} from checkpoint step {step} (epoch {epoch}).")
-  return manager, state, epoch
+  within = restored["meta"].get("stream", {}).get("step_in_epoch", 0)
+  reporting.say(f"Resuming {workdir} from checkpoint step {step} (epoch {epoch}"
+                f"{f', step {within} of epoch {epoch + 1}' if within else ''}).")
+  return manager, state, epoch, restored["meta"]

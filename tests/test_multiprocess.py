@@ -8,9 +8,11 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from kd_jax import checkpointing, parallelism
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command
+from kd_jax.data import records
+from conftest import REPO_ROOT, TINY_OVERRIDES, make_tiny_mnist, run_command
 
 ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, "--config.num_epochs=3",
         "--config.model.hidden_sizes=(64,64)"]
@@ -26,15 +28,25 @@ def _records(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_dir, tmp_path):
+@pytest.mark.parametrize("pipeline", ["memory", "grain"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_dir, tmp_path,
+                                                                    pipeline):
+  """The memory pipeline (every process holds the data) and the grain pipeline (each process
+  streams its half of every global batch) alike."""
   single, multi = tmp_path / "single", tmp_path / "multi"
-  run_command("train", f"--workdir={single}", *ARGS, mnist_dir=tiny_mnist_dir, devices=4)
+  args = ARGS
+  if pipeline == "grain":
+    folder = tmp_path / "records"
+    arrays = make_tiny_mnist()
+    records.write_arrays(folder, "mnist", 10, "tiny", arrays, num_shards=2)
+    args = [*ARGS, "--config.data.pipeline=grain", f"--config.data.records_dir={folder}"]
+  run_command("train", f"--workdir={single}", *args, mnist_dir=tiny_mnist_dir, devices=4)
 
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(tiny_mnist_dir))
   processes = [
-      subprocess.Popen([sys.executable, "-m", "kd_jax.train", f"--workdir={multi}", *ARGS,
+      subprocess.Popen([sys.executable, "-m", "kd_jax.train", f"--workdir={multi}", *args,
                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                         f"--process_id={i}"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
@@ -64,7 +76,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_d
   single_params, _, _ = checkpointing.restore_variables(single, mesh)
   assert step == 45
   pairs = list(zip(jax.tree.leaves(multi_params), jax.tree.leaves(single_params)))
-  print("two-process vs one-process: test errors", [r["test_errors"] for r in multi_records],
+  print(f"{pipeline}: two-process vs one-process: test errors", [r["test_errors"] for r in multi_records],
         "vs", [r["test_errors"] for r in single_records], "; max |param difference|",
         max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in pairs))
   for a, b in pairs:

@@ -209,12 +209,12 @@ def test_logits_of_pads_to_whole_batches_and_compiles_once_per_model():
   direct = models.MLP((16,)).apply({"params": params}, data.normalize(jnp.asarray(images)),
                                    train=False)
   params = steps.stack_members([{"params": params}])
-  compiled_before = evaluation._logits_fn.cache_info().misses
+  compiled_before = evaluation.logits_fn.cache_info().misses
   for _ in range(2):  # A new but equal module the second time: the same compiled scan.
     logits = evaluation.logits_of(models.MLP((16,)), params, jnp.asarray(images), 10, mesh, 1)
     assert logits.shape == (37, 1, 10)
     np.testing.assert_allclose(logits[:, 0], direct, rtol=1e-5, atol=1e-5)
-  assert evaluation._logits_fn.cache_info().misses == compiled_before + 1
+  assert evaluation.logits_fn.cache_info().misses == compiled_before + 1
 
 
 @pytest.mark.parametrize("soft_loss", ["soft_cross_entropy", "logit_matching", "softmax_mse"])

@@ -1,11 +1,14 @@
-"""Datasets on the host (MNIST IDX files, MNIST pairs, TFDS) and the input pipeline on the device.
+"""Datasets on the host (MNIST IDX files, MNIST pairs, TFDS, prepared ArrayRecord folders) and
+the memory pipeline on the device.
 
 A config names its dataset (`config.data.name`): "mnist" (the LeCun files or TFDS), "mnist_pairs"
 (100 classes 00..99, two MNIST digits side by side, see `make_pairs`) or "tfds:NAME" (any TFDS
 image classification dataset, e.g. "tfds:cifar100", where TFDS can download it). The host side
 reads the whole dataset once as uint8 numpy arrays. Everything per-epoch —
 shuffling, batching, jitter and normalisation — is a pure JAX function of a PRNG key so it can be
-traced into the compiled epoch (see `kd_jax.steps`).
+traced into the compiled epoch (see `kd_jax.steps`). That is the memory pipeline
+(`data.pipeline = "memory"`); `kd_jax.data.streaming` streams a prepared folder (`data.records_dir`,
+`kd_jax.data.records`) through grain instead, for datasets that do not fit.
 """
 
 from __future__ import annotations
@@ -173,10 +176,7 @@ def load_mnist(mnist_dir: str | None, validation_size: int = 0, tfds_data_dir: s
     arrays = load_tfds(tfds_data_dir, tfds_manual_dir, tfds_name)
     source = "tfds" if tfds_name == "mnist" else f"tfds:{tfds_name}"
   train_images, train_labels = arrays["train_images"], arrays["train_labels"].astype(np.int32)
-  if not 0 <= validation_size < len(train_images):
-    raise ConfigError(f"config.data.validation_size={validation_size} is invalid: expected an "
-                      f"integer in [0, {len(train_images)}) for this dataset.")
-  cut = len(train_images) - validation_size
+  cut = train_validation_cut(len(train_images), validation_size)
   return Splits(
       train_images=train_images[:cut], train_labels=train_labels[:cut],
       validation_images=train_images[cut:], validation_labels=train_labels[cut:],
@@ -243,6 +243,37 @@ def select_examples(labels: np.ndarray, classes: tuple[int, ...] = (), subset_si
   return np.sort(np.concatenate(chosen))
 
 
+def open_records(data_config) -> "records.Folder":
+  """The prepared folder `data.records_dir`, checked against the config's `data.name`."""
+  from kd_jax.data import records  # pylint: disable=g-import-not-at-top
+  prepared = records.open_folder(data_config.records_dir)
+  if prepared.name != data_config.name:
+    raise ConfigError(f"config.data.records_dir={data_config.records_dir} holds {prepared.name}, "
+                      f"not config.data.name={data_config.name}: set data.name to match.")
+  return prepared
+
+
+def train_validation_cut(num_train: int, validation_size: int) -> int:
+  """Where the validation split starts: the last `validation_size` training examples."""
+  if not 0 <= validation_size < num_train:
+    raise ConfigError(f"config.data.validation_size={validation_size} is invalid: expected an "
+                      f"integer in [0, {num_train}) for this dataset.")
+  return num_train - validation_size
+
+
+def load_records(data_config) -> Splits:
+  """A prepared ArrayRecord folder read whole (the memory pipeline)."""
+  from kd_jax.data import records  # pylint: disable=g-import-not-at-top
+  prepared = open_records(data_config)
+  train_images, train_labels = records.load_split(prepared, "train")
+  test_images, test_labels = records.load_split(prepared, "test")
+  cut = train_validation_cut(len(train_images), data_config.validation_size)
+  return Splits(train_images=train_images[:cut], train_labels=train_labels[:cut],
+                validation_images=train_images[cut:], validation_labels=train_labels[cut:],
+                test_images=test_images, test_labels=test_labels, source=prepared.source,
+                num_classes=prepared.num_classes)
+
+
 def load_dataset(data_config, mnist_dir: str | None = None) -> Splits:
   """The dataset config.data names, with its fields; `mnist_dir` overrides the configured folder.
 
@@ -250,12 +281,15 @@ def load_dataset(data_config, mnist_dir: str | None = None) -> Splits:
   with `data.train_subset`, a class-balanced subset of it; validation and test stay whole.
   """
   name = data_config.name
-  tfds_name = name.removeprefix("tfds:") if name.startswith("tfds:") else "mnist"
-  splits = load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
-                      data_config.validation_size, data_config.tfds_data_dir or None,
-                      data_config.tfds_manual_dir or None, data_config.check_counts, tfds_name)
-  if name == "mnist_pairs":
-    splits = mnist_pairs(splits, data_config.pairs)
+  if data_config.get("records_dir"):
+    splits = load_records(data_config)
+  else:
+    tfds_name = name.removeprefix("tfds:") if name.startswith("tfds:") else "mnist"
+    splits = load_mnist(mnist_dir or resolve_mnist_dir(data_config.mnist_dir),
+                        data_config.validation_size, data_config.tfds_data_dir or None,
+                        data_config.tfds_manual_dir or None, data_config.check_counts, tfds_name)
+    if name == "mnist_pairs":
+      splits = mnist_pairs(splits, data_config.pairs)
   classes = tuple(data_config.get("train_classes", ()))
   subset = data_config.get("train_subset", 0)
   if not classes and not subset:

@@ -1,0 +1,190 @@
+"""Datasets as ArrayRecord shards: the one owner of that format (write, describe, read).
+
+A prepared folder (`python -m kd_jax.data.prepare`) holds, per split (train, test):
+SPLIT-NNNNN-of-MMMMM.array_record shards, one record per example (the label as 4 little-endian
+bytes, then the image's uint8 pixels), and SPLIT_labels.npy (every label, 4 bytes each, so class
+filters and subsets are chosen without reading images); metadata.json names the dataset, its image
+shape, classes, counts and a digest of each split. The streaming pipeline (`kd_jax.data.streaming`)
+reads records one by one; `load_splits` reads a folder whole for the memory pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from kd_jax.errors import ConfigError, DataError
+
+METADATA_FILE = "metadata.json"
+SPLITS = ("train", "test")
+_LABEL_BYTES = 4
+
+
+def shard_paths(folder: str | os.PathLike, split: str, num_shards: int) -> list[pathlib.Path]:
+  return [pathlib.Path(folder) / f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
+          for i in range(num_shards)]
+
+
+def encode(image: np.ndarray, label: int) -> bytes:
+  return int(label).to_bytes(_LABEL_BYTES, "little", signed=True) + np.ascontiguousarray(
+      image, np.uint8).tobytes()
+
+
+def decode(record: bytes, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.int32]:
+  """(uint8 image of `image_shape`, int32 label) of one record."""
+  label = np.int32(int.from_bytes(record[:_LABEL_BYTES], "little", signed=True))
+  return np.frombuffer(record, np.uint8, offset=_LABEL_BYTES).reshape(image_shape), label
+
+
+def decode_many(raw: list[bytes], image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """`decode` of many records at once: uint8 images [B, ...] and int32 labels [B]."""
+  labels = np.frombuffer(b"".join(r[:_LABEL_BYTES] for r in raw), "<i4").astype(np.int32)
+  images = np.frombuffer(b"".join(r[_LABEL_BYTES:] for r in raw), np.uint8)
+  return images.reshape((len(raw),) + tuple(image_shape)), labels
+
+
+def write_split(folder: str | os.PathLike, split: str, examples: Iterable[tuple[np.ndarray, int]],
+                num_examples: int, num_shards: int = 1) -> dict[str, Any]:
+  """Writes `examples` (image, label), streamed, into `num_shards` contiguous shards and the
+  split's labels; returns its metadata entry (count, digest). Never holds more than one example."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  per_shard = -(-num_examples // num_shards)
+  labels = np.lib.format.open_memmap(folder / f"{split}_labels.npy", "w+", np.int32,
+                                     (num_examples,))
+  hasher, writer, count, shape = hashlib.sha256(), None, 0, None
+  try:
+    for count, (image, label) in enumerate(examples):
+      if count >= num_examples:
+        raise DataError(f"{split}: more than the {num_examples} examples announced.")
+      if count % per_shard == 0:
+        if writer is not None:
+          writer.close()
+        writer = array_record_module.ArrayRecordWriter(
+            str(shard_paths(folder, split, num_shards)[count // per_shard]), "group_size:1")
+      record = encode(image, label)
+      shape = shape or tuple(np.shape(image))
+      hasher.update(record)
+      writer.write(record)
+      labels[count] = label
+    count += 1
+  finally:
+    if writer is not None:
+      writer.close()
+  if count != num_examples:
+    raise DataError(f"{split}: {count} examples written, {num_examples} announced.")
+  labels.flush()
+  return {"num_examples": num_examples, "num_shards": num_shards, "image_shape": list(shape),
+          "digest": hasher.hexdigest()[:16]}
+
+
+def write_metadata(folder: str | os.PathLike, name: str, num_classes: int, source: str,
+                   splits: dict[str, dict[str, Any]]) -> None:
+  shapes = {tuple(s["image_shape"]) for s in splits.values()}
+  if len(shapes) != 1:
+    raise DataError(f"The splits hold images of different shapes: {sorted(shapes)}.")
+  metadata = {"name": name, "source": source, "num_classes": num_classes,
+              "image_shape": list(shapes.pop()), "splits": splits}
+  (pathlib.Path(folder) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def write_arrays(folder: str | os.PathLike, name: str, num_classes: int, source: str,
+                 arrays: dict[str, np.ndarray], num_shards: int = 1) -> None:
+  """A folder from in-memory splits {'train_images', 'train_labels', 'test_images', ...}."""
+  splits = {split: write_split(folder, split, zip(arrays[f"{split}_images"],
+                                                  arrays[f"{split}_labels"]),
+                               len(arrays[f"{split}_labels"]), num_shards)
+            for split in SPLITS}
+  write_metadata(folder, name, num_classes, source, splits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Folder:
+  """A prepared folder's description: what the pipelines need before reading any image."""
+
+  path: pathlib.Path
+  name: str
+  num_classes: int
+  image_shape: tuple[int, ...]
+  splits: dict[str, dict[str, Any]]
+
+  def paths(self, split: str) -> list[str]:
+    return [str(p) for p in shard_paths(self.path, split, self.splits[split]["num_shards"])]
+
+  def labels(self, split: str) -> np.ndarray:
+    return np.load(self.path / f"{split}_labels.npy", mmap_mode="r")
+
+  @property
+  def source(self) -> str:
+    return f"records:{self.path}"
+
+
+def open_folder(folder: str | os.PathLike) -> Folder:
+  """Reads metadata.json, checking the shards it names exist; a one-line DataError otherwise."""
+  path = pathlib.Path(folder)
+  try:
+    metadata = json.loads((path / METADATA_FILE).read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(f"{path} is not a dataset prepared by kd_jax.data.prepare (its "
+                    f"{METADATA_FILE} could not be read: {e}).") from e
+  prepared = Folder(path, metadata["name"], metadata["num_classes"],
+                    tuple(metadata["image_shape"]), metadata["splits"])
+  for split in SPLITS:
+    missing = [p for p in prepared.paths(split) if not os.path.exists(p)]
+    if missing:
+      raise DataError(f"{path} is incomplete: {missing[0]} is missing.")
+  return prepared
+
+
+def read_records(prepared: Folder, split: str) -> Iterator[tuple[np.ndarray, np.int32]]:
+  """Every example of a split in order, one at a time."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  for path in prepared.paths(split):
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      for index in range(reader.num_records()):
+        yield decode(reader.read([index])[0], prepared.image_shape)
+    finally:
+      reader.close()
+
+
+def load_split(prepared: Folder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A whole split in memory (the memory pipeline): uint8 images [N, ...] and int32 labels."""
+  count = prepared.splits[split]["num_examples"]
+  images = np.empty((count,) + prepared.image_shape, np.uint8)
+  for index, (image, _) in enumerate(read_records(prepared, split)):
+    images[index] = image
+  return images, np.asarray(prepared.labels(split), np.int32)
+
+
+def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: str | None = None,
+            check_counts: bool = True, overwrite: bool = False) -> Folder:
+  """Writes dataset `name` (all of its train split; validation is carved at training time) as a
+  prepared folder and returns its description."""
+  # pylint: disable-next=g-import-not-at-top  # config_lib imports kd_jax.data, which imports us.
+  from kd_jax import config_lib, data
+  out = pathlib.Path(out)
+  if num_shards < 1:
+    raise ConfigError(f"--shards={num_shards}: expected a positive integer.")
+  if out.exists() and any(out.iterdir()) and not overwrite:
+    raise ConfigError(f"{out} is not empty: choose a new --out, or pass --overwrite.")
+  config = config_lib.base_config()
+  config.data.name, config.data.check_counts = name, check_counts
+  config_lib.check_field(config, "data.name", lambda v: v in ("mnist", "mnist_pairs") or (
+      v.startswith("tfds:") and len(v) > 5), f"one of {data.DATASETS} (--name)")
+  splits = data.load_dataset(config.data, mnist_dir)
+  if out.exists():
+    for stale in out.iterdir():
+      stale.unlink()
+  write_arrays(out, name, splits.num_classes, splits.source,
+               {"train_images": splits.train_images, "train_labels": splits.train_labels,
+                "test_images": splits.test_images, "test_labels": splits.test_labels},
+               num_shards)
+  return open_folder(out)

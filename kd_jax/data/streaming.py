@@ -1,0 +1,279 @@
+"""The grain pipeline (`data.pipeline = "grain"`): a prepared folder streamed batch by batch.
+
+Each process reads only its share of every global batch, from ArrayRecord shards
+(`kd_jax.data.records`) through grain: `train_batches` is a grain MapDataset whose element s is
+this process's slice of global batch s of the run (all epochs end to end), decoded, jittered and,
+when distilling from cached logits, joined with the teacher's rows from a file on disk. The global
+order is a pure function of (seed, epoch) — `epoch_order` — so 1 process with 4 devices and 2
+processes with 2 each see the same global batches, and the iterator's position (grain's
+`get_state()`) is all a checkpoint needs to resume mid-epoch bitwise. Decoding, jitter and
+batching run in grain's threads or worker processes (`data.grain_workers`), `data.prefetch`
+batches ahead of the step.
+
+Evaluation splits stream the same way (`eval_batches`: padded, with a mask of real examples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import pathlib
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+
+from kd_jax import parallelism
+from kd_jax.data import records
+from kd_jax.errors import ConfigError
+
+_UINT32 = 2**32
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The 32-bit seed of one epoch's permutation: a pure function of (seed, epoch)."""
+  return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, positions: np.ndarray) -> np.ndarray:
+  """Which example (0..num_examples-1) sits at each of `positions` in epoch `epoch`'s
+  permutation: grain's index shuffle, O(1) memory whatever the dataset's size."""
+  shuffle = functools.partial(grain.experimental.index_shuffle, max_index=num_examples - 1,
+                              seed=epoch_seed(seed, epoch), rounds=4)
+  return np.fromiter((shuffle(int(p)) for p in positions), np.int64, len(positions))
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser, vectorised: well-spread bits from consecutive integers."""
+  with np.errstate(over="ignore"):
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def jitter(images: np.ndarray, max_shift: int, seed: int, positions: np.ndarray) -> np.ndarray:
+  """Each image shifted by up to `max_shift` pixels each way (zero padding, random crop), its
+  offsets a hash of (epoch seed, its position in the epoch): the same whichever process reads it.
+  The host-side twin of `kd_jax.data.jitter` (same transform, a different random stream)."""
+  if not max_shift:
+    return images
+  bits = _mix(np.uint64(seed) * np.uint64(_UINT32) + positions.astype(np.uint64))
+  span = np.uint64(2 * max_shift + 1)
+  offsets = np.stack([bits % span, (bits >> np.uint64(32)) % span], 1).astype(np.int64)
+  height, width = images.shape[1:3]
+  pad = ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + ((0, 0),) * (images.ndim - 3)
+  padded = np.pad(images, pad)
+  rows = (offsets[:, 0, None] + np.arange(height))[:, :, None]  # [B, H, 1]
+  cols = (offsets[:, 1, None] + np.arange(width))[:, None, :]  # [B, 1, W]
+  return padded[np.arange(len(images))[:, None, None], rows, cols]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStream:
+  """One stream of training batches (a run's, or one population member's)."""
+
+  paths: tuple[str, ...]  # The train split's shards.
+  image_shape: tuple[int, ...]
+  example_records: np.ndarray  # Record index of each training example (after any selection).
+  seed: int
+  batch_size: int  # Global.
+  num_epochs: int
+  max_shift: int  # Jitter.
+  process_index: int
+  process_count: int
+  teacher_logits: str = ""  # .npy of the teacher's logits, rows keyed by record index.
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.example_records) // self.batch_size
+
+  @property
+  def local_batch(self) -> int:
+    return self.batch_size // self.process_count
+
+  def positions(self, step: int) -> tuple[int, np.ndarray]:
+    """(epoch, positions in that epoch's order) of this process's share of global batch
+    `step` (counted from the start of the run)."""
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    start = step_in_epoch * self.batch_size + self.process_index * self.local_batch
+    return epoch, np.arange(start, start + self.local_batch)
+
+
+class _ReadTrainBatch(grain.transforms.Map):
+  """Global step -> this process's share of that batch: {'image', 'label'[, 'teacher_logits']}."""
+
+  def __init__(self, stream: TrainStream):
+    self.stream = stream
+    self._source = self._logits = None
+
+  def map(self, step: int) -> dict[str, np.ndarray]:
+    stream = self.stream
+    if self._source is None:  # Opened lazily, in the worker that reads.
+      self._source = grain.sources.ArrayRecordDataSource(list(stream.paths))
+      if stream.teacher_logits:
+        self._logits = np.load(stream.teacher_logits, mmap_mode="r")
+    epoch, positions = stream.positions(int(step))
+    examples = epoch_order(stream.seed, epoch, len(stream.example_records), positions)
+    record_keys = stream.example_records[examples]
+    images, labels = _decode(self._source.__getitems__(record_keys), stream.image_shape)
+    batch = {"image": jitter(images, stream.max_shift, epoch_seed(stream.seed, epoch), positions),
+             "label": labels}
+    if self._logits is not None:
+      order = np.argsort(record_keys)  # Sorted reads of the memory map, then back in order.
+      rows = np.empty((len(record_keys),) + self._logits.shape[1:], self._logits.dtype)
+      rows[order] = self._logits[record_keys[order]]
+      batch["teacher_logits"] = rows
+    return batch
+
+  def __getstate__(self):  # Sent to grain's workers without open files.
+    return {"stream": self.stream}
+
+  def __setstate__(self, state):
+    self.__init__(state["stream"])
+
+
+def _decode(raw: list[bytes], image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """`records.decode` of a batch of records at once: images [B, ...] and labels [B]."""
+  return records.decode_many(raw, image_shape)
+
+
+def check_grain_workers(workers: int) -> None:
+  """grain's worker processes read absl flags; a library call (a notebook) has not parsed them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if workers and not flags.FLAGS.is_parsed():
+    raise ConfigError(f"config.data.grain_workers={workers} starts grain worker processes, which "
+                      "read absl flags that this process has not parsed: call "
+                      "absl.flags.FLAGS.mark_as_parsed() first, or use data.grain_workers=0 "
+                      "(threads).")
+
+
+def train_batches(stream: TrainStream, workers: int = 0,
+                  prefetch: int = 2) -> grain.IterDataset:
+  """The run's batches for this process, every epoch in turn; iterate it, save its iterator's
+  `get_state()` with a checkpoint, and `set_state` it on resume."""
+  check_grain_workers(workers)
+  num_steps = stream.num_epochs * stream.steps_per_epoch
+  dataset = grain.MapDataset.range(num_steps).map(_ReadTrainBatch(stream)).to_iter_dataset(
+      grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch))
+  if workers:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=prefetch))
+  return dataset
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StreamedSplit:
+  """An evaluation split streamed from shards: the records `record_keys` of them, in order."""
+
+  paths: tuple[str, ...]
+  image_shape: tuple[int, ...]
+  record_keys: np.ndarray
+  batch_size: int  # Global evaluation batch.
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.record_keys)
+
+  @property
+  def num_batches(self) -> int:
+    return -(-self.num_examples // self.batch_size)
+
+  def rows(self, batch: int, process_index: int, process_count: int) -> np.ndarray:
+    """Rows of the split in this process's share of eval batch `batch` (some past the end)."""
+    local = self.batch_size // process_count
+    return batch * self.batch_size + process_index * local + np.arange(local)
+
+
+class _ReadEvalBatch(grain.transforms.Map):
+  """Batch index -> this process's share, padded: {'image', 'label', 'mask'}."""
+
+  def __init__(self, split: StreamedSplit, process_index: int, process_count: int):
+    self.split, self.process_index, self.process_count = split, process_index, process_count
+    self._source = None
+
+  def map(self, batch: int) -> dict[str, np.ndarray]:
+    split = self.split
+    if self._source is None:
+      self._source = grain.sources.ArrayRecordDataSource(list(split.paths))
+    rows = split.rows(int(batch), self.process_index, self.process_count)
+    mask = rows < split.num_examples
+    images = np.zeros((len(rows),) + split.image_shape, np.uint8)
+    labels = np.zeros(len(rows), np.int32)
+    if mask.any():
+      images[mask], labels[mask] = _decode(
+          self._source.__getitems__(split.record_keys[rows[mask]]), split.image_shape)
+    return {"image": images, "label": labels, "mask": mask}
+
+  def __getstate__(self):
+    return {"split": self.split, "process_index": self.process_index,
+            "process_count": self.process_count}
+
+  def __setstate__(self, state):
+    self.__init__(**state)
+
+
+def eval_batches(split: StreamedSplit, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+  """A split's batches in order, this process's share of each (the last padded, masked)."""
+  read = _ReadEvalBatch(split, jax.process_index(), jax.process_count())
+  iterator = iter(grain.MapDataset.range(split.num_batches).map(read).to_iter_dataset(
+      grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch)))
+  try:
+    yield from iterator
+  finally:
+    iterator.close()
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+              member_axis: bool = False) -> dict[str, jax.Array]:
+  """This process's share of a batch -> global arrays sharded over the mesh's `data` axis (the
+  batch axis, after the member axis of stacked member streams)."""
+  sharding = (parallelism.member_batch_sharded(mesh) if member_axis
+              else parallelism.batch_sharded(mesh))
+  return {name: jax.make_array_from_process_local_data(sharding, array)
+          for name, array in batch.items()}
+
+
+def device_batches(iterators: list[Iterator[dict[str, np.ndarray]]], mesh: jax.sharding.Mesh,
+                   shared: bool) -> Iterator[dict[str, jax.Array]]:
+  """The next global batch on device: one stream's, or the member streams' stacked [P, B, ...]."""
+  while True:
+    try:
+      batches = [next(iterator) for iterator in iterators]
+    except StopIteration:
+      return
+    if shared:
+      yield put_batch(batches[0], mesh)
+    else:
+      yield put_batch({name: np.stack([b[name] for b in batches]) for name in batches[0]}, mesh,
+                      member_axis=True)
+
+
+def stream_logits(split: StreamedSplit, logits_fn, mesh: jax.sharding.Mesh,
+                  prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(record keys, logits) of each batch of `split`: `logits_fn(uint8 images [B, ...])` gives
+  replicated logits [B, ...] of the global batch, whose padding rows are dropped here."""
+  for batch_index, batch in enumerate(eval_batches(split, prefetch)):
+    logits = np.asarray(jax.device_get(logits_fn(put_batch({"image": batch["image"]},
+                                                           mesh)["image"])))
+    rows = np.arange(batch_index * split.batch_size,
+                     min((batch_index + 1) * split.batch_size, split.num_examples))
+    yield split.record_keys[rows], logits[:len(rows)]
+
+
+def fingerprint(prepared: records.Folder, train_records: np.ndarray,
+                validation_size: int) -> dict[str, str]:
+  """What a streamed run reads (its data.json): the shards' digests, from metadata.json, and
+  which training records it chose (the memory pipeline hashes the arrays themselves)."""
+  chosen = hashlib.sha256(np.ascontiguousarray(train_records, np.int64).tobytes()).hexdigest()
+  train_digest = prepared.splits["train"]["digest"]
+  return {"source": prepared.source, "train": f"{train_digest}:{chosen[:16]}",
+          "validation": f"{train_digest}:last {validation_size}",
+          "test": prepared.splits["test"]["digest"]}
+
+
+def logits_path(workdir: str | pathlib.Path) -> pathlib.Path:
+  """Where a streamed distillation run caches its teacher's logits: rows keyed by record."""
+  return pathlib.Path(workdir) / "teacher_logits.npy"

@@ -1,0 +1,244 @@
+"""The grain pipeline: prepared ArrayRecord folders, per-host global batches, exact mid-epoch
+resume, teacher logits on disk, and a dataset larger than the process may address."""
+
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import checkpointing, data, evaluation, models, parallelism, trainer
+from kd_jax.data import records, streaming
+from kd_jax.errors import ConfigError, DataError
+from conftest import REPO_ROOT, TINY_OVERRIDES, make_tiny_mnist, run_command, tiny_config
+
+GRAIN = ["--config.data.pipeline=grain"]
+
+
+@pytest.fixture(scope="module")
+def tiny_records(tiny_mnist_dir, tmp_path_factory):
+  """The tiny IDX folder prepared by the command, as a user would (2 shards per split)."""
+  out = tmp_path_factory.mktemp("records") / "tiny"
+  run_command("data.prepare", "--name=mnist", f"--out={out}", "--shards=2",
+              "--nocheck_counts", mnist_dir=tiny_mnist_dir)
+  return out
+
+
+def test_prepared_folder_holds_the_dataset_exactly(tiny_records, tiny_mnist_dir):
+  prepared = records.open_folder(tiny_records)
+  arrays = make_tiny_mnist()
+  assert (prepared.name, prepared.num_classes, prepared.image_shape) == ("mnist", 10, (28, 28))
+  for split in records.SPLITS:
+    images, labels = records.load_split(prepared, split)
+    np.testing.assert_array_equal(images, arrays[f"{split}_images"])
+    np.testing.assert_array_equal(labels, arrays[f"{split}_labels"])
+    np.testing.assert_array_equal(prepared.labels(split), arrays[f"{split}_labels"])
+  # The memory pipeline reads a prepared folder as it reads the IDX files (validation carved alike).
+  config = tiny_config(tiny_mnist_dir, data__validation_size=80)
+  from_idx = data.load_dataset(config.data)
+  config.data.records_dir = str(tiny_records)
+  from_records = data.load_dataset(config.data)
+  for field in ("train", "validation", "test"):
+    np.testing.assert_array_equal(getattr(from_records, f"{field}_images"),
+                                  getattr(from_idx, f"{field}_images"))
+
+
+def _stream(prepared, process_index=0, process_count=1, **overrides):
+  fields = dict(paths=tuple(prepared.paths("train")), image_shape=prepared.image_shape,
+                example_records=np.arange(0, 480, 2), seed=3, batch_size=16, num_epochs=2,
+                max_shift=2, process_index=process_index, process_count=process_count)
+  return streaming.TrainStream(**{**fields, **overrides})
+
+
+def _batches(stream):
+  return list(streaming.train_batches(stream, prefetch=2))
+
+
+def test_global_batches_are_the_same_for_one_process_and_two(tiny_records):
+  """One process reading whole batches (1 x 4 devices) and two reading halves (2 x 2 devices):
+  the same global batches, in an order that is a pure function of (seed, epoch)."""
+  prepared = records.open_folder(tiny_records)
+  whole = _batches(_stream(prepared))
+  halves = [_batches(_stream(prepared, index, 2)) for index in range(2)]
+  assert len(whole) == 2 * (240 // 16) and len(halves[0]) == len(whole)
+  for step, batch in enumerate(whole):
+    for name in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][step][name], halves[1][step][name]]), batch[name])
+  assert [b["label"].tolist() for b in _batches(_stream(prepared))] == [
+      b["label"].tolist() for b in whole]  # Rebuilt from its description: the same order.
+
+  # Each epoch is a permutation of the chosen records (the incomplete last batch dropped), with
+  # a new order every epoch and for another seed.
+  images, labels = records.load_split(prepared, "train")
+  orders = [streaming.epoch_order(3, epoch, 240, np.arange(240)) for epoch in (0, 1)]
+  for order in orders:
+    assert sorted(order) == list(range(240))
+  assert not np.array_equal(orders[0], orders[1])
+  assert not np.array_equal(orders[0], streaming.epoch_order(4, 0, 240, np.arange(240)))
+  epoch_labels = np.concatenate([b["label"] for b in whole[:15]])
+  np.testing.assert_array_equal(epoch_labels, labels[np.arange(0, 480, 2)[orders[0]]])
+  # Jitter shifts each image within +-2 pixels: some images moved, none changed otherwise.
+  plain = _batches(_stream(prepared, max_shift=0))
+  moved = [not np.array_equal(a["image"], b["image"]) for a, b in zip(whole, plain)]
+  assert all(moved)
+  np.testing.assert_array_equal(plain[0]["image"], images[np.arange(0, 480, 2)[orders[0][:16]]])
+
+
+def test_host_jitter_is_a_random_crop_of_the_padded_image():
+  images = np.arange(2 * 5 * 5, dtype=np.uint8).reshape(2, 5, 5) + 1
+  shifted = streaming.jitter(images, 1, seed=7, positions=np.array([10, 11]))
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+  for image, out in zip(padded, shifted):
+    assert any(np.array_equal(out, image[y:y + 5, x:x + 5]) for y in range(3) for x in range(3))
+  np.testing.assert_array_equal(
+      shifted, streaming.jitter(images, 1, seed=7, positions=np.array([10, 11])))
+
+
+def test_grain_pipeline_refusals_are_one_line(tiny_mnist_dir, tiny_records):
+  with pytest.raises(ConfigError, match="made by `python -m kd_jax.data.prepare"):
+    tiny_config(tiny_mnist_dir, data__pipeline="grain")
+  with pytest.raises(ConfigError, match="checkpoint.every_steps"):
+    tiny_config(tiny_mnist_dir, checkpoint__every_steps=5)
+  config = tiny_config(tiny_mnist_dir, data__pipeline="grain", data__name="mnist_pairs",
+                       data__records_dir=str(tiny_records), model__input_shape=(28, 56),
+                       model__num_classes=100)
+  with pytest.raises(ConfigError, match="holds mnist, not config.data.name=mnist_pairs"):
+    trainer.put_data(config, parallelism.make_mesh())
+  with pytest.raises(DataError, match="is not a dataset prepared by kd_jax.data.prepare"):
+    records.open_folder(tiny_mnist_dir)
+  # grain's worker processes read absl flags: a library call without parsed flags is told so.
+  with pytest.raises(ConfigError, match="grain_workers=2 starts grain worker processes"):
+    streaming.check_grain_workers(2)
+
+
+def _params(workdir):
+  params, _, step = checkpointing.restore_variables(workdir,
+                                                 parallelism.make_mesh(jax.devices()[:1]))
+  return jax.device_get(params), step
+
+
+def _records_of(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_population_members_with_their_own_streams_are_their_single_runs(tiny_mnist_dir,
+                                                                         tiny_records, tmp_path):
+  """Without data.shared_order each member streams its own order: member 1 of a population is
+  the single run with seed 1, bitwise; with it, all members read member 0's stream."""
+  common = dict(data__pipeline="grain", data__records_dir=str(tiny_records), data__jitter=1,
+                num_epochs=2, model__hidden_sizes=(16,))
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, members=2, **common), tmp_path / "pop")
+  single_run = trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, seed=1, **common),
+                                          tmp_path / "one")
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, members=2, data__shared_order=True,
+                                         **common), tmp_path / "shared")
+  population, _ = _params(tmp_path / "pop")
+  single, _ = _params(tmp_path / "one")
+  shared, _ = _params(tmp_path / "shared")
+  for stacked, alone, one_order in zip(jax.tree.leaves(population), jax.tree.leaves(single),
+                                       jax.tree.leaves(shared)):
+    np.testing.assert_array_equal(stacked[1], alone[0])
+    np.testing.assert_array_equal(stacked[0], one_order[0])  # Member 0's stream either way.
+    assert not np.array_equal(stacked[1], one_order[1])  # Member 1 read another order.
+  # The evaluate command streams the test split as training did: the same score.
+  report = evaluation.evaluate_checkpoint(tmp_path / "one")
+  assert report["test_errors"] == single_run["test_errors"]
+  assert report["data"]["same_as_training"] and report["data_source"].startswith("records:")
+
+
+def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir, tiny_records,
+                                                                 tmp_path):
+  teacher = tmp_path / "teacher"
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, num_epochs=1, members=2,
+                                         model__hidden_sizes=(24,)), teacher)
+  config = tiny_config(tiny_mnist_dir, teacher, num_epochs=1, model__hidden_sizes=(16,),
+                       data__pipeline="grain", data__records_dir=str(tiny_records),
+                       data__train_classes=(1, 2, 3, 7))
+  trainer.train_and_evaluate(config, tmp_path / "student")
+  on_disk = np.load(streaming.logits_path(tmp_path / "student"))
+
+  mesh = parallelism.make_mesh()
+  variables, teacher_config, _ = checkpointing.restore_variables(teacher, mesh)
+  splits = data.load_dataset(tiny_config(tiny_mnist_dir, data__train_classes=(1, 2, 3, 7)).data)
+  in_memory = np.asarray(evaluation.logits_of(
+      models.model_from_config(teacher_config.model), variables,
+      jax.numpy.asarray(splits.train_images), 40, mesh, 1))
+  chosen = data.select_examples(make_tiny_mnist()["train_labels"], (1, 2, 3, 7))
+  assert on_disk.shape == (480, 2, 10) and in_memory.shape == (len(chosen), 2, 10)
+  np.testing.assert_array_equal(on_disk[chosen], in_memory)
+  assert not on_disk[np.setdiff1d(np.arange(480), chosen)].any()  # Rows never read stay empty.
+
+
+NUM_EPOCHS = 3
+RESUME_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epochs={NUM_EPOCHS}",
+               "--config.model.hidden_sizes=(32,)", "--config.checkpoint.every_steps=4",
+               "--config.checkpoint.max_to_keep=30", *GRAIN]
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise(tiny_mnist_dir, tiny_records, tmp_path):
+  """Killed right after the checkpoint at step 8 of epoch 2 (global step 23), the rerun restores
+  the iterator and the epoch's metric sums there and ends as the uninterrupted run, bit for bit."""
+  args = [*RESUME_ARGS, f"--config.data.records_dir={tiny_records}"]
+  reference, killed = tmp_path / "reference", tmp_path / "killed"
+  run_command("train", f"--workdir={reference}", *args, mnist_dir=tiny_mnist_dir)
+  result = run_command("train", f"--workdir={killed}", *args, mnist_dir=tiny_mnist_dir,
+                       check=False, extra_env={"KD_JAX_FAULT": "kill:step_checkpoint:23"})
+  assert result.returncode == -9, result.stderr[-2000:]
+  assert checkpointing.open_manager(killed, read_only=True).latest_step() == 23
+  resumed = run_command("train", f"--workdir={killed}", *args, mnist_dir=tiny_mnist_dir)
+  assert "from checkpoint step 23 (epoch 1, step 8 of epoch 2)" in resumed.stdout
+  params, step = _params(killed)
+  ref_params, ref_step = _params(reference)
+  assert step == ref_step == NUM_EPOCHS * 15
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_array_equal(a, b)
+  assert _records_of(killed) == [dict(r, epoch_time_s=k["epoch_time_s"])
+                                 for r, k in zip(_records_of(reference), _records_of(killed))]
+
+
+def _synthetic_examples(count, shape):
+  image = np.full(shape, 7, np.uint8)
+  for index in range(count):
+    image[0, 0, 0] = index % 251
+    yield image, index % 10
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_AS"), reason="needs RLIMIT_AS (Linux)")
+def test_dataset_larger_than_the_address_space_trains_streamed(tmp_path):
+  """2.4 GB of images under a 2 GiB address-space cap (RLIMIT_AS, set in the child before it
+  starts): the grain run trains and evaluates; the memory pipeline, which must hold the dataset,
+  fails with the one-line out-of-memory error."""
+  shape, count = (64, 64, 3), 200_000  # 12 KiB each (compressed on disk: 7 identical bytes).
+  folder = tmp_path / "big"
+  splits = {"train": records.write_split(folder, "train", _synthetic_examples(count, shape),
+                                         count, num_shards=4),
+            "test": records.write_split(folder, "test", _synthetic_examples(500, shape), 500)}
+  records.write_metadata(folder, "tfds:synthetic", 10, "synthetic", splits)
+  cap = 2 * 2**30
+  assert count * np.prod(shape) > cap
+  command = [sys.executable, "-c",
+             "import resource, runpy, sys; "
+             f"resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap})); "
+             "sys.argv = ['kd_jax.train'] + sys.argv[1:]; "
+             "runpy.run_module('kd_jax.train', run_name='__main__')",
+             "--config=configs/student.py", f"--config.data.records_dir={folder}",
+             "--config.data.name=tfds:synthetic", f"--config.model.input_shape={shape}",
+             "--config.model.hidden_sizes=(8,)", "--config.num_epochs=1",
+             "--config.batch_size=2000", "--config.eval_batch_size=500"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_ARENA_MAX="2",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  streamed = subprocess.run([*command, *GRAIN, f"--workdir={tmp_path / 'streamed'}"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert streamed.returncode == 0, streamed.stderr[-3000:]
+  assert "200000 examples" in streamed.stdout and "Done:" in streamed.stdout
+  in_memory = subprocess.run([*command, f"--workdir={tmp_path / 'memory'}"], cwd=REPO_ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)
+  assert in_memory.returncode != 0
+  assert in_memory.stderr.strip().splitlines()[-1].startswith("kd_jax: error: out of memory"), (
+      in_memory.stderr[-2000:])
