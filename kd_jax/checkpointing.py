@@ -40,7 +40,10 @@ TEACHER_FILE = "teacher.json"  # Which teacher (path, step, members, digest) a s
 METRICS_FILE = "metrics.jsonl"  # One JSON line per epoch (reporting.MetricsWriter).
 EVAL_FILE = "eval.json"  # The evaluate command's report (evaluation.evaluate_checkpoint).
 TENSORBOARD_DIR = "tensorboard"
-RUN_FILES = (CONFIG_FILE, POPULATION_FILE, METRICS_FILE, EVAL_FILE, DATA_FILE, TEACHER_FILE)
+TEACHER_LOGITS_FILE = "teacher_logits.npy"  # A streamed run's cached teacher logits, by record,
+TEACHER_LOGITS_RECORD = "teacher_logits.json"  # and which teacher and data made them.
+RUN_FILES = (CONFIG_FILE, POPULATION_FILE, METRICS_FILE, EVAL_FILE, DATA_FILE, TEACHER_FILE,
+             TEACHER_LOGITS_RECORD, TEACHER_LOGITS_FILE)
 PRE_CONFIG_FILES = (DATA_FILE, TEACHER_FILE, POPULATION_FILE)  # save_config writes these first.
 RECORD_NAMES = {DATA_FILE: "different data", TEACHER_FILE: "a different teacher"}
 RECORD_NOTES = ("source", "workdir", "finished")  # Where things are, or notes: not compared.
@@ -52,7 +55,7 @@ RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
 # How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
                      "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch",
-                     "data.grain_workers", "data.prefetch", "checkpoint.every_steps")
+                     "data.records_dir", "data.prefetch", "checkpoint.every_steps")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 

@@ -277,6 +277,10 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   else:
     check("checkpoint.every_steps", lambda v: v == 0, "0 with data.pipeline='memory' (its "
           "epoch is one compiled call; checkpoints fall between epochs)")
+    defaults = base_config().data
+    for name in ("grain_workers", "prefetch", "shared_order"):  # Not silently ignored.
+      check(f"data.{name}", lambda v, name=name: v == defaults[name],
+            f"{defaults[name]!r} with data.pipeline='memory' (it sets the grain pipeline)")
   check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
   check("members", lambda v: is_int(v) and v > 0, "a positive integer")
   check("member_batch", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: auto)")

@@ -3,6 +3,7 @@
 Tests of crash safety and signal handling then hit exact moments instead of racing a timer:
   kill:POINT             SIGKILL, as a power cut or the OOM killer would
   signal:POINT           SIGTERM, as a scheduler preempting the job
+  signal_group:POINT     SIGTERM to the whole process group (grain's workers too), as SLURM does
   signal_twice:POINT     SIGTERM twice (an impatient scheduler, or Ctrl-C pressed twice)
   signal_and_hang:POINT  SIGTERM, then hang, as a run stuck in a collective would
   oom:POINT              XLA's out-of-memory error
@@ -28,6 +29,8 @@ def point(name: str) -> None:
     return
   if action == "kill":
     os.kill(os.getpid(), signal.SIGKILL)
+  elif action == "signal_group":
+    os.killpg(os.getpgid(0), signal.SIGTERM)
   elif action in ("signal", "signal_twice", "signal_and_hang"):
     os.kill(os.getpid(), signal.SIGTERM)
     if action == "signal_twice":

@@ -44,6 +44,15 @@ def sync_processes(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def broadcast_from_main(value: bool) -> bool:
+  """Process 0's `value` on every process (itself in a single-process run): one decision where
+  processes could see a shared filesystem differently."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 def make_mesh(devices: list | None = None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (DATA_AXIS,))

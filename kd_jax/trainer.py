@@ -8,8 +8,10 @@ data on device, the teacher, resuming, metrics, checkpoints and preemption.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
+import os
 import pathlib
 import shutil
 import statistics
@@ -75,6 +77,8 @@ def open_streams(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
   if tuple(prepared.image_shape) != tuple(config.model.input_shape):
     raise ConfigError(f"config.model.input_shape={tuple(config.model.input_shape)} does not match "
                       f"the images of {prepared.source}, {prepared.image_shape}.")
+  streaming.check_mesh(mesh)
+  streaming.check_grain_workers(config.data.grain_workers)
   cut = data.train_validation_cut(prepared.splits["train"]["num_examples"],
                                   config.data.validation_size)
   train_records = data.select_examples(
@@ -337,19 +341,21 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
                   f"{', streamed by grain' if setup.records is not None else ''})"
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
-    if setup.records is None:
-      epochs = CompiledEpochs(make_epoch_fn(config, model, objective, mesh, member_batch),
-                              (setup.train_data, hparams, objective.teacher.variables))
-    else:
-      epochs = StreamedEpochs.start(config, workdir, model, objective, setup, hparams, mesh,
-                                    member_batch, members, resumed.get("stream"))
-    loop = EpochLoop(config=config, workdir=workdir, setup=setup, evaluator=evaluator,
-                     manager=manager, writer=writer)
+    epochs = None
     try:
+      if setup.records is None:
+        epochs = CompiledEpochs(make_epoch_fn(config, model, objective, mesh, member_batch),
+                                (setup.train_data, hparams, objective.teacher.variables))
+      else:
+        epochs = StreamedEpochs.start(config, workdir, model, objective, setup, hparams, mesh,
+                                      member_batch, members, resumed)
+      loop = EpochLoop(config=config, workdir=workdir, setup=setup, evaluator=evaluator,
+                       manager=manager, writer=writer)
       state, test = loop.run(epochs, state, start_epoch)
     finally:
       writer.close()
-      epochs.close()
+      if epochs is not None:
+        epochs.close()
   manager.wait_until_finished()
   manager.close()
 
@@ -434,26 +440,36 @@ class StreamedEpochs:
   def start(cls, config, workdir: pathlib.Path, model: nn.Module, objective: Objective,
             setup: RunSetup, hparams: dict[str, jax.Array], mesh: jax.sharding.Mesh,
             member_batch: int, members: list[dict[str, Any]],
-            resumed: dict[str, Any] | None) -> StreamedEpochs:
-    """Streams for the run (one shared, or one per member), positioned where it resumes."""
+            resumed: dict[str, Any]) -> StreamedEpochs:
+    """Streams for the run (one shared, or one per member), positioned where the checkpoint it
+    resumes from (its meta, `resumed`; {} when fresh) left them."""
     from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
     shared = config.data.shared_order or len(members) == 1
+    seeds = [config.seed] if shared else [m["seed"] for m in members]
+    position = resumed.get("stream", {})
+    if resumed and len(position.get("iterators", ())) != len(seeds):
+      raise CheckpointError(
+          f"The checkpoint in {workdir} holds {len(position.get('iterators', ()))} data "
+          f"iterator states for {len(seeds)} streams of this run: it was not written by this "
+          "run's grain pipeline. Use another --workdir, or --overwrite.")
     logits = ""
     if objective.teacher.to_cache_on_disk is not None:
-      logits = str(cache_logits_on_disk(workdir, config, objective.teacher, setup, mesh,
-                                        member_batch))
+      logits = str(cache_logits_on_disk(workdir, objective.teacher, setup, mesh, member_batch))
     streams = [streaming.TrainStream(
         paths=tuple(setup.records.paths("train")), image_shape=setup.records.image_shape,
         example_records=setup.train_records, seed=seed, batch_size=config.batch_size,
         num_epochs=config.num_epochs, max_shift=config.data.jitter,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        teacher_logits=logits)
-        for seed in ([config.seed] if shared else [m["seed"] for m in members])]
+        teacher_logits=logits) for seed in seeds]
     iterators = [iter(streaming.train_batches(stream, config.data.grain_workers,
                                               config.data.prefetch)) for stream in streams]
-    resumed = resumed or {}
-    for iterator, state in zip(iterators, resumed.get("iterators", [])):
-      iterator.set_state(state)
+    try:
+      for iterator, state in zip(iterators, position.get("iterators", ())):
+        iterator.set_state(state)
+    except BaseException:
+      for iterator in iterators:
+        iterator.close()
+      raise
     step_fn = functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
                                 loss_fn=objective.loss_fn,
                                 targets_fn=objective.teacher.targets_fn,
@@ -461,13 +477,13 @@ class StreamedEpochs:
     population_step = jax.jit(functools.partial(
         steps.population_step, member_batch=member_batch, step_fn=step_fn, shared_batch=shared),
                               out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
-    sums = resumed.get("sums")
+    sums = position.get("sums")
     return cls(step_fn=population_step, accumulate=jax.jit(steps.accumulate_metrics),
                iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
                args=(hparams, objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
-               resume_step=resumed.get("step_in_epoch", 0),
+               resume_step=position.get("step_in_epoch", 0),
                resume_sums=None if sums is None else {
                    name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
                                      else jnp.float32) for name, values in sums.items()})
@@ -478,29 +494,38 @@ class StreamedEpochs:
 
   def train(self, state, epoch: int, loop: EpochLoop, guard) -> tuple[Any, dict[str, Any]]:
     """Steps through the rest of epoch `epoch`; returns epoch-mean metrics as the compiled epoch
-    does (stopping early, before any save, once a loss is non-finite)."""
+    does (stopping early, before any save, once a loss is non-finite).
+
+    Every `every_steps` steps it checkpoints; every `every_steps` (else SIGNAL_CHECK_STEPS) steps
+    it asks whether any process was signalled, and if so checkpoints and stops: an epoch of a
+    large dataset is too long to finish inside a scheduler's grace period.
+    """
     start, sums = self.resume_step, self.resume_sums
     self.resume_step, self.resume_sums = 0, None
+    check_every = self.every_steps or SIGNAL_CHECK_STEPS
     for step_in_epoch in range(start, self.steps_per_epoch):
       batch = next(self.feed)
       state, metrics = self.step_fn(state, batch, *self.args, jnp.int32(epoch),
                                     jnp.int32(step_in_epoch))
       sums = self.accumulate(sums, metrics, jnp.int32(step_in_epoch))
       done = step_in_epoch + 1
-      if self.every_steps and done % self.every_steps == 0 and done < self.steps_per_epoch:
-        if (np.asarray(jax.device_get(sums["first_nonfinite_step"])) >= 0).any():
-          break  # The loop reports it, with the last good checkpoint.
-        stopping = guard.requested()
-        loop.save(state, {"epoch": epoch, "test_errors": None,
-                          **self.position(done, sums)})
+      if done % check_every or done == self.steps_per_epoch:
+        continue  # The epoch's end is the loop's to save.
+      if (np.asarray(jax.device_get(sums["first_nonfinite_step"])) >= 0).any():
+        break  # The loop reports it, with the last good checkpoint.
+      stopping = guard.requested()
+      if stopping or (self.every_steps and done % self.every_steps == 0):
+        loop.save(state, {"epoch": epoch, "test_errors": None, **self.position(done, sums)})
         faults.point(f"step_checkpoint:{int(state.step[0])}")
-        if stopping:
-          raise preemption.Preempted(
-              f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
-              f"{int(state.step[0])} (step {done} of epoch {epoch + 1}) in {loop.workdir}. Rerun "
-              "the same command to resume.")
-    metrics = {name: (value if name == "first_nonfinite_step" else value / self.steps_per_epoch)
-               for name, value in sums.items()}
+      if stopping:
+        raise preemption.Preempted(
+            f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
+            f"{int(state.step[0])} (step {done} of epoch {epoch + 1}) in {loop.workdir}. Rerun "
+            "the same command to resume.")
+    first_bad = sums["first_nonfinite_step"]  # Counted from the epoch's start; the loop counts
+    metrics = {name: value / self.steps_per_epoch for name, value in sums.items()  # from `start`.
+               if name != "first_nonfinite_step"}
+    metrics["first_nonfinite_step"] = jnp.where(first_bad >= 0, first_bad - start, first_bad)
     return state, metrics
 
   def close(self) -> None:
@@ -519,42 +544,64 @@ class StreamedEpochs:
     return {"stream": stream}
 
 
-def cache_logits_on_disk(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                         teacher: Teacher, setup: RunSetup, mesh: jax.sharding.Mesh,
-                         member_batch: int) -> pathlib.Path:
+SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
+
+
+def cache_logits_on_disk(workdir: pathlib.Path, teacher: Teacher, setup: RunSetup,
+                         mesh: jax.sharding.Mesh, member_batch: int) -> pathlib.Path:
   """A streamed run's teacher logits on its training records, computed once into
   WORKDIR/teacher_logits.npy ([records, M, C], rows keyed by record index, read by the pipeline
-  with each batch; never on the devices whole). Reused on resume when made by the same teacher
-  from the same records."""
+  with each batch; never on the devices whole), with teacher_logits.json naming the teacher and
+  data that made them: reused on resume when both match (process 0 decides for all)."""
   from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top
-  path = streaming.logits_path(workdir)
+  path = workdir / checkpointing.TEACHER_LOGITS_FILE
+  record = workdir / checkpointing.TEACHER_LOGITS_RECORD
   made_by = {"teacher": teacher.provenance["digest"], "data": setup.fingerprint["train"]}
-  record = path.with_suffix(".json")
-  if path.exists() and record.exists() and json.loads(record.read_text()) == made_by:
+  try:
+    cached = path.exists() and json.loads(record.read_text()) == made_by
+  except (OSError, json.JSONDecodeError):  # Missing or half-written: computed again.
+    cached = False
+  if parallelism.broadcast_from_main(cached):
     reporting.say(f"Teacher logits: {path} (cached earlier).")
     return path
   module, variables = teacher.to_cache_on_disk
-  logits_fn = evaluation.logits_fn(module, setup.eval_batch, mesh, member_batch)
+  logits_fn = evaluation.logits_fn(module, setup.eval_batch, mesh, member_batch, 0, 0)
   split = streaming.StreamedSplit(tuple(setup.records.paths("train")), setup.records.image_shape,
                                   setup.train_records, setup.eval_batch)
-  start, rows = time.perf_counter(), None
-  for keys, logits in streaming.stream_logits(split, functools.partial(logits_fn, variables),
-                                              mesh):
-    if rows is None and reporting.is_main_process():
-      rows = np.lib.format.open_memmap(
-          path.with_suffix(".tmp.npy"), "w+", logits.dtype,
-          (setup.records.splits["train"]["num_examples"],) + logits.shape[1:])
+  start, rows, partial = time.perf_counter(), None, path.with_suffix(".tmp.npy")
+  try:
+    for keys, logits in streaming.stream_logits(split, functools.partial(logits_fn, variables),
+                                                mesh):
+      if rows is None and reporting.is_main_process():
+        rows = _allocated_memmap(partial, logits.dtype, (
+            setup.records.splits["train"]["num_examples"],) + logits.shape[1:])
+      if rows is not None:
+        rows[keys] = logits
     if rows is not None:
-      rows[keys] = logits
-  if rows is not None:
-    rows.flush()
-    del rows
-    path.with_suffix(".tmp.npy").replace(path)
-    reporting.write_json(record, made_by)
+      rows.flush()
+      del rows
+      partial.replace(path)
+  except OSError as e:
+    raise CheckpointError(f"could not write the teacher's logits to {partial} ({e.strerror or e}); "
+                          "is the disk full or read-only?") from e
+  reporting.write_json(record, made_by)
   parallelism.sync_processes("kd_jax_teacher_logits")
   reporting.say(f"Cached the teacher's logits on the {split.num_examples} training records in "
                 f"{path} in {time.perf_counter() - start:.1f}s.")
   return path
+
+
+def _allocated_memmap(path: pathlib.Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+  """A .npy memory map whose blocks are allocated now: a full disk is an OSError here, not a
+  SIGBUS when a row is written."""
+  rows = np.lib.format.open_memmap(path, "w+", dtype, shape)
+  try:
+    with open(path, "r+b") as f:
+      os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+  except OSError as e:
+    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # A filesystem that cannot: as before.
+      raise
+  return rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -161,7 +161,7 @@ def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir,
                        data__pipeline="grain", data__records_dir=str(tiny_records),
                        data__train_classes=(1, 2, 3, 7))
   trainer.train_and_evaluate(config, tmp_path / "student")
-  on_disk = np.load(streaming.logits_path(tmp_path / "student"))
+  on_disk = np.load(tmp_path / "student" / checkpointing.TEACHER_LOGITS_FILE)
 
   mesh = parallelism.make_mesh()
   variables, teacher_config, _ = checkpointing.restore_variables(teacher, mesh)
@@ -200,6 +200,61 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(tiny_mnist_dir, tiny_records, 
     np.testing.assert_array_equal(a, b)
   assert _records_of(killed) == [dict(r, epoch_time_s=k["epoch_time_s"])
                                  for r, k in zip(_records_of(reference), _records_of(killed))]
+
+
+def test_grain_workers_stream_the_same_batches_and_survive_a_group_sigterm(
+    tiny_mnist_dir, tiny_records, tmp_path):
+  """With a grain worker process, a SIGTERM to the whole process group (as SLURM sends it) after
+  the checkpoint at step 19 stops the run at the next check (step 23) with exit 75 and no
+  traceback: the worker ignores it. Resumed, it ends bitwise equal to a run with threads."""
+  args = [*RESUME_ARGS, f"--config.data.records_dir={tiny_records}"]
+  reference, run = tmp_path / "threads", tmp_path / "worker"
+  run_command("train", f"--workdir={reference}", *args, mnist_dir=tiny_mnist_dir)
+  command = [sys.executable, "-m", "kd_jax.train", f"--workdir={run}", *args,
+             "--config.data.grain_workers=1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(tiny_mnist_dir),
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             KD_JAX_FAULT="signal_group:step_checkpoint:19")
+  stopped = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=300, start_new_session=True)  # Its own process group.
+  assert stopped.returncode == 75, stopped.stderr[-3000:]
+  assert "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+  assert "saved checkpoint step 23 (step 8 of epoch 2)" in stopped.stderr.splitlines()[-1]
+  env.pop("KD_JAX_FAULT")
+  resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  for a, b in zip(jax.tree.leaves(_params(run)[0]), jax.tree.leaves(_params(reference)[0])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_grain_settings_belong_to_the_grain_pipeline(tiny_mnist_dir, tiny_records, tmp_path):
+  for field, value in (("data__shared_order", True), ("data__grain_workers", 2),
+                       ("data__prefetch", 8)):
+    with pytest.raises(ConfigError, match="with data.pipeline='memory'"):
+      tiny_config(tiny_mnist_dir, **{field: value})
+  with pytest.raises(ConfigError, match="mnist_pairs cannot be prepared"):
+    records.prepare("mnist_pairs", tmp_path / "pairs")
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("mine")
+  with pytest.raises(ConfigError, match="replaces only a prepared folder"):
+    records.prepare("mnist", tmp_path / "mine", overwrite=True, mnist_dir=str(tiny_mnist_dir))
+  assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_shards_split_any_count_of_examples(tmp_path):
+  """Shards hold consecutive examples, as evenly as can be, empty ones included."""
+  images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 2, 2)
+  entry = records.write_split(tmp_path, "train", zip(images, range(5)), 5, num_shards=7)
+  assert entry["num_shards"] == 7
+  empty = records.write_split(tmp_path, "test", zip(images[:0], []), 0)
+  records.write_metadata(tmp_path, "tfds:tiny", 5, "test", {"train": entry, "test": empty})
+  prepared = records.open_folder(tmp_path)
+  loaded, labels = records.load_split(prepared, "train")
+  np.testing.assert_array_equal(loaded, images)
+  assert labels.tolist() == [0, 1, 2, 3, 4]
+  with pytest.raises(DataError, match="6 examples given, 5 announced|more examples given"):
+    records.write_split(tmp_path / "x", "train", zip(np.zeros((6, 2, 2), np.uint8), range(6)), 5)
 
 
 def _synthetic_examples(count, shape):

@@ -5,13 +5,14 @@ SPLIT-NNNNN-of-MMMMM.array_record shards, one record per example (the label as 4
 bytes, then the image's uint8 pixels), and SPLIT_labels.npy (every label, 4 bytes each, so class
 filters and subsets are chosen without reading images); metadata.json names the dataset, its image
 shape, classes, counts and a digest of each split. The streaming pipeline (`kd_jax.data.streaming`)
-reads records one by one; `load_splits` reads a folder whole for the memory pipeline.
+reads records batch by batch; `load_split` reads a split whole for the memory pipeline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import pathlib
@@ -36,14 +37,8 @@ def encode(image: np.ndarray, label: int) -> bytes:
       image, np.uint8).tobytes()
 
 
-def decode(record: bytes, image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.int32]:
-  """(uint8 image of `image_shape`, int32 label) of one record."""
-  label = np.int32(int.from_bytes(record[:_LABEL_BYTES], "little", signed=True))
-  return np.frombuffer(record, np.uint8, offset=_LABEL_BYTES).reshape(image_shape), label
-
-
 def decode_many(raw: list[bytes], image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """`decode` of many records at once: uint8 images [B, ...] and int32 labels [B]."""
+  """The inverse of `encode` for many records at once: uint8 images [B, ...], int32 labels [B]."""
   labels = np.frombuffer(b"".join(r[:_LABEL_BYTES] for r in raw), "<i4").astype(np.int32)
   images = np.frombuffer(b"".join(r[_LABEL_BYTES:] for r in raw), np.uint8)
   return images.reshape((len(raw),) + tuple(image_shape)), labels
@@ -51,43 +46,39 @@ def decode_many(raw: list[bytes], image_shape: tuple[int, ...]) -> tuple[np.ndar
 
 def write_split(folder: str | os.PathLike, split: str, examples: Iterable[tuple[np.ndarray, int]],
                 num_examples: int, num_shards: int = 1) -> dict[str, Any]:
-  """Writes `examples` (image, label), streamed, into `num_shards` contiguous shards and the
-  split's labels; returns its metadata entry (count, digest). Never holds more than one example."""
+  """Writes `examples` (image, label), streamed, into `num_shards` shards of consecutive
+  examples and the split's labels; returns its metadata entry (count, shards, shape, digest).
+  Never holds more than one example."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  per_shard = -(-num_examples // num_shards)
   labels = np.lib.format.open_memmap(folder / f"{split}_labels.npy", "w+", np.int32,
                                      (num_examples,))
-  hasher, writer, count, shape = hashlib.sha256(), None, 0, None
-  try:
-    for count, (image, label) in enumerate(examples):
-      if count >= num_examples:
-        raise DataError(f"{split}: more than the {num_examples} examples announced.")
-      if count % per_shard == 0:
-        if writer is not None:
-          writer.close()
-        writer = array_record_module.ArrayRecordWriter(
-            str(shard_paths(folder, split, num_shards)[count // per_shard]), "group_size:1")
-      record = encode(image, label)
-      shape = shape or tuple(np.shape(image))
-      hasher.update(record)
-      writer.write(record)
-      labels[count] = label
-    count += 1
-  finally:
-    if writer is not None:
+  hasher, shape, count, examples = hashlib.sha256(), None, 0, iter(examples)
+  bounds = [round(shard * num_examples / num_shards) for shard in range(num_shards + 1)]
+  for path, first, end in zip(shard_paths(folder, split, num_shards), bounds, bounds[1:]):
+    writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
+    try:
+      for image, label in itertools.islice(examples, end - first):
+        record = encode(image, label)
+        shape = shape or tuple(np.shape(image))
+        hasher.update(record)
+        writer.write(record)
+        labels[count] = label
+        count += 1
+    finally:
       writer.close()
-  if count != num_examples:
-    raise DataError(f"{split}: {count} examples written, {num_examples} announced.")
+  if count != num_examples or next(examples, None) is not None:
+    raise DataError(f"{split}: {'more' if count == num_examples else count} examples given, "
+                    f"{num_examples} announced.")
   labels.flush()
-  return {"num_examples": num_examples, "num_shards": num_shards, "image_shape": list(shape),
-          "digest": hasher.hexdigest()[:16]}
+  return {"num_examples": num_examples, "num_shards": num_shards,
+          "image_shape": list(shape or ()), "digest": hasher.hexdigest()[:16]}
 
 
 def write_metadata(folder: str | os.PathLike, name: str, num_classes: int, source: str,
                    splits: dict[str, dict[str, Any]]) -> None:
-  shapes = {tuple(s["image_shape"]) for s in splits.values()}
+  shapes = {tuple(s["image_shape"]) for s in splits.values() if s["num_examples"]}
   if len(shapes) != 1:
     raise DataError(f"The splits hold images of different shapes: {sorted(shapes)}.")
   metadata = {"name": name, "source": source, "num_classes": num_classes,
@@ -131,26 +122,32 @@ def open_folder(folder: str | os.PathLike) -> Folder:
   path = pathlib.Path(folder)
   try:
     metadata = json.loads((path / METADATA_FILE).read_text())
-  except (OSError, json.JSONDecodeError) as e:
+    prepared = Folder(path, metadata["name"], metadata["num_classes"],
+                      tuple(metadata["image_shape"]), metadata["splits"])
+    for split in SPLITS:
+      prepared.splits[split]["num_examples"]  # pylint: disable=pointless-statement
+  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
     raise DataError(f"{path} is not a dataset prepared by kd_jax.data.prepare (its "
-                    f"{METADATA_FILE} could not be read: {e}).") from e
-  prepared = Folder(path, metadata["name"], metadata["num_classes"],
-                    tuple(metadata["image_shape"]), metadata["splits"])
+                    f"{METADATA_FILE} could not be read: {type(e).__name__}: {e}).") from e
   for split in SPLITS:
-    missing = [p for p in prepared.paths(split) if not os.path.exists(p)]
+    missing = [p for p in (*prepared.paths(split), path / f"{split}_labels.npy")
+               if not os.path.exists(p)]
     if missing:
       raise DataError(f"{path} is incomplete: {missing[0]} is missing.")
   return prepared
 
 
-def read_records(prepared: Folder, split: str) -> Iterator[tuple[np.ndarray, np.int32]]:
-  """Every example of a split in order, one at a time."""
+def read_batches(prepared: Folder, split: str,
+                 batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """A split's examples in order, `batch` records at a time: (images [b, ...], labels [b])."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   for path in prepared.paths(split):
     reader = array_record_module.ArrayRecordReader(path)
     try:
-      for index in range(reader.num_records()):
-        yield decode(reader.read([index])[0], prepared.image_shape)
+      for first in range(0, reader.num_records(), batch):
+        yield decode_many(reader.read(list(range(first, min(first + batch,
+                                                            reader.num_records())))),
+                          prepared.image_shape)
     finally:
       reader.close()
 
@@ -158,9 +155,10 @@ def read_records(prepared: Folder, split: str) -> Iterator[tuple[np.ndarray, np.
 def load_split(prepared: Folder, split: str) -> tuple[np.ndarray, np.ndarray]:
   """A whole split in memory (the memory pipeline): uint8 images [N, ...] and int32 labels."""
   count = prepared.splits[split]["num_examples"]
-  images = np.empty((count,) + prepared.image_shape, np.uint8)
-  for index, (image, _) in enumerate(read_records(prepared, split)):
-    images[index] = image
+  images, filled = np.empty((count,) + prepared.image_shape, np.uint8), 0
+  for batch_images, _ in read_batches(prepared, split):
+    images[filled:filled + len(batch_images)] = batch_images
+    filled += len(batch_images)
   return images, np.asarray(prepared.labels(split), np.int32)
 
 
@@ -173,16 +171,21 @@ def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: 
   out = pathlib.Path(out)
   if num_shards < 1:
     raise ConfigError(f"--shards={num_shards}: expected a positive integer.")
-  if out.exists() and any(out.iterdir()) and not overwrite:
-    raise ConfigError(f"{out} is not empty: choose a new --out, or pass --overwrite.")
+  if name == "mnist_pairs":
+    raise ConfigError("--name=mnist_pairs cannot be prepared: its validation pairs are drawn from "
+                      "held-out digits, which a prepared folder's last training records are not.")
+  if out.exists() and any(out.iterdir()) and not (overwrite and (out / METADATA_FILE).exists()):
+    raise ConfigError(f"{out} is not empty: choose a new --out"
+                      f"{', or pass --overwrite' if (out / METADATA_FILE).exists() else ''} "
+                      "(--overwrite replaces only a prepared folder).")
   config = config_lib.base_config()
   config.data.name, config.data.check_counts = name, check_counts
   config_lib.check_field(config, "data.name", lambda v: v in ("mnist", "mnist_pairs") or (
       v.startswith("tfds:") and len(v) > 5), f"one of {data.DATASETS} (--name)")
   splits = data.load_dataset(config.data, mnist_dir)
-  if out.exists():
-    for stale in out.iterdir():
-      stale.unlink()
+  if out.exists():  # A prepared folder (checked above): only its own files go.
+    for stale in (*out.glob("*.array_record"), *out.glob("*_labels.npy"), out / METADATA_FILE):
+      stale.unlink(missing_ok=True)
   write_arrays(out, name, splits.num_classes, splits.source,
                {"train_images": splits.train_images, "train_labels": splits.train_labels,
                 "test_images": splits.test_images, "test_labels": splits.test_labels},

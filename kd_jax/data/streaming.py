@@ -18,8 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import pathlib
-from typing import Any, Iterator
+from typing import Iterator
 
 import grain
 import jax
@@ -107,24 +106,25 @@ class _ReadTrainBatch(grain.transforms.Map):
 
   def __init__(self, stream: TrainStream):
     self.stream = stream
-    self._source = self._logits = None
+    self._opened = None  # (source, teacher logits or None), set at once: threads share it.
 
   def map(self, step: int) -> dict[str, np.ndarray]:
     stream = self.stream
-    if self._source is None:  # Opened lazily, in the worker that reads.
-      self._source = grain.sources.ArrayRecordDataSource(list(stream.paths))
-      if stream.teacher_logits:
-        self._logits = np.load(stream.teacher_logits, mmap_mode="r")
+    if self._opened is None:  # Opened lazily, in the worker that reads.
+      self._opened = (grain.sources.ArrayRecordDataSource(list(stream.paths)),
+                      np.load(stream.teacher_logits, mmap_mode="r")
+                      if stream.teacher_logits else None)
+    source, logits = self._opened
     epoch, positions = stream.positions(int(step))
     examples = epoch_order(stream.seed, epoch, len(stream.example_records), positions)
     record_keys = stream.example_records[examples]
-    images, labels = _decode(self._source.__getitems__(record_keys), stream.image_shape)
+    images, labels = records.decode_many(source.__getitems__(record_keys), stream.image_shape)
     batch = {"image": jitter(images, stream.max_shift, epoch_seed(stream.seed, epoch), positions),
              "label": labels}
-    if self._logits is not None:
+    if logits is not None:
       order = np.argsort(record_keys)  # Sorted reads of the memory map, then back in order.
-      rows = np.empty((len(record_keys),) + self._logits.shape[1:], self._logits.dtype)
-      rows[order] = self._logits[record_keys[order]]
+      rows = np.empty((len(record_keys),) + logits.shape[1:], logits.dtype)
+      rows[order] = logits[record_keys[order]]
       batch["teacher_logits"] = rows
     return batch
 
@@ -135,9 +135,18 @@ class _ReadTrainBatch(grain.transforms.Map):
     self.__init__(state["stream"])
 
 
-def _decode(raw: list[bytes], image_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-  """`records.decode` of a batch of records at once: images [B, ...] and labels [B]."""
-  return records.decode_many(raw, image_shape)
+def _read_options(prefetch: int) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch)
+
+
+def _ignore_signals(worker_index: int, worker_count: int) -> None:
+  """grain workers leave SIGTERM/SIGINT to the main process, which saves and stops the run (a
+  scheduler or Ctrl-C signals the whole process group; a dead worker would end it with a
+  traceback instead)."""
+  del worker_index, worker_count
+  import signal  # pylint: disable=g-import-not-at-top
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def check_grain_workers(workers: int) -> None:
@@ -157,10 +166,14 @@ def train_batches(stream: TrainStream, workers: int = 0,
   check_grain_workers(workers)
   num_steps = stream.num_epochs * stream.steps_per_epoch
   dataset = grain.MapDataset.range(num_steps).map(_ReadTrainBatch(stream)).to_iter_dataset(
-      grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch))
+      _read_options(prefetch))
   if workers:
+    # Batches come back pickled, not in grain's shared memory, whose deferred unlinking leaves
+    # segments for Python's resource tracker to report at exit (after the one-line messages).
+    dataset = grain.experimental.WithOptionsIterDataset(
+        dataset, grain.experimental.DatasetOptions(min_shm_size=2**62))
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=prefetch))
+        num_workers=workers, per_worker_buffer_size=prefetch), worker_init_fn=_ignore_signals)
   return dataset
 
 
@@ -203,7 +216,7 @@ class _ReadEvalBatch(grain.transforms.Map):
     images = np.zeros((len(rows),) + split.image_shape, np.uint8)
     labels = np.zeros(len(rows), np.int32)
     if mask.any():
-      images[mask], labels[mask] = _decode(
+      images[mask], labels[mask] = records.decode_many(
           self._source.__getitems__(split.record_keys[rows[mask]]), split.image_shape)
     return {"image": images, "label": labels, "mask": mask}
 
@@ -219,7 +232,7 @@ def eval_batches(split: StreamedSplit, prefetch: int = 2) -> Iterator[dict[str, 
   """A split's batches in order, this process's share of each (the last padded, masked)."""
   read = _ReadEvalBatch(split, jax.process_index(), jax.process_count())
   iterator = iter(grain.MapDataset.range(split.num_batches).map(read).to_iter_dataset(
-      grain.ReadOptions(num_threads=max(1, min(prefetch, 4)), prefetch_buffer_size=prefetch)))
+      _read_options(prefetch)))
   try:
     yield from iterator
   finally:
@@ -274,6 +287,11 @@ def fingerprint(prepared: records.Folder, train_records: np.ndarray,
           "test": prepared.splits["test"]["digest"]}
 
 
-def logits_path(workdir: str | pathlib.Path) -> pathlib.Path:
-  """Where a streamed distillation run caches its teacher's logits: rows keyed by record."""
-  return pathlib.Path(workdir) / "teacher_logits.npy"
+def check_mesh(mesh: jax.sharding.Mesh) -> None:
+  """Process p reads rows p·B/n … of each global batch, where its devices must sit: the mesh's
+  devices grouped by process, in process order, as many on each (`parallelism.make_mesh`)."""
+  owners = [device.process_index for device in mesh.devices.flat]
+  counts = {owner: owners.count(owner) for owner in owners}
+  if owners != sorted(owners) or len(set(counts.values())) != 1:
+    raise ConfigError("data.pipeline='grain' needs the mesh's devices grouped by process, in "
+                      f"process order, as many on each (got processes {owners}).")
