@@ -22,11 +22,21 @@ GRAIN = ["--config.data.pipeline=grain"]
 
 @pytest.fixture(scope="module")
 def tiny_records(tiny_mnist_dir, tmp_path_factory):
-  """The tiny IDX folder prepared by the command, as a user would (2 shards per split)."""
+  """The tiny IDX folder prepared (2 shards per split), as the command does."""
   out = tmp_path_factory.mktemp("records") / "tiny"
-  run_command("data.prepare", "--name=mnist", f"--out={out}", "--shards=2",
-              "--nocheck_counts", mnist_dir=tiny_mnist_dir)
+  records.prepare("mnist", out, num_shards=2, mnist_dir=str(tiny_mnist_dir), check_counts=False)
   return out
+
+
+def test_prepare_command_writes_the_same_folder(tiny_mnist_dir, tiny_records, tmp_path):
+  result = run_command("data.prepare", "--name=mnist", f"--out={tmp_path / 'out'}",
+                       "--shards=2", "--nocheck_counts", mnist_dir=tiny_mnist_dir)
+  assert "Wrote mnist (train 480, test 200" in result.stdout
+  for path in tiny_records.iterdir():
+    assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes(), path.name
+  again = run_command("data.prepare", "--name=mnist", f"--out={tmp_path / 'out'}",
+                      mnist_dir=tiny_mnist_dir, check=False)
+  assert again.returncode == 2 and "is not empty" in again.stderr.splitlines()[-1]
 
 
 def test_prepared_folder_holds_the_dataset_exactly(tiny_records, tiny_mnist_dir):
@@ -127,6 +137,7 @@ def _records_of(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # Three trainings: the full suite's.
 def test_population_members_with_their_own_streams_are_their_single_runs(tiny_mnist_dir,
                                                                          tiny_records, tmp_path):
   """Without data.shared_order each member streams its own order: member 1 of a population is
@@ -152,6 +163,7 @@ def test_population_members_with_their_own_streams_are_their_single_runs(tiny_mn
   assert report["data"]["same_as_training"] and report["data_source"].startswith("records:")
 
 
+@pytest.mark.slow  # Two trainings: the full suite's.
 def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir, tiny_records,
                                                                  tmp_path):
   teacher = tmp_path / "teacher"
