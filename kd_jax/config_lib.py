@@ -240,8 +240,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   check("model.input_shape", lambda v: isinstance(v, tuple) and len(v) in (2, 3) and all(
       is_int(s) and s > 0 for s in v), "the dataset's image shape, (H, W) or (H, W, C)")
   check("model.num_classes", lambda v: is_int(v) and v > 1, "an integer > 1")
-  check("data.name", lambda v: isinstance(v, str) and (v in ("mnist", "mnist_pairs") or (
-      v.startswith("tfds:") and len(v) > 5)), f"one of {data.DATASETS}")
+  check("data.name", data.is_dataset_name, f"one of {data.DATASETS}")
   for count in ("num_train", "num_validation", "num_test"):
     check(f"data.pairs.{count}", lambda v: is_int(v) and v >= 0, "an integer >= 0")
   check("data.pairs.seed", is_int, "an integer")

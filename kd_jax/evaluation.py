@@ -54,7 +54,7 @@ def logits_of(model, variables: Any, images: jax.Array, batch_size: int, mesh: j
 
 @functools.lru_cache(maxsize=16)
 def logits_fn(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int | None,
-              dropout_masks: int = 0, dropout_seed: int = 0):
+              dropout_masks: int, dropout_seed: int):
   """`logits_of`'s jitted scan, one per (model, batch size, mesh, member batch, masks), so that
   calls with the same ones and image shape (a distilled run caching its teacher's logits, then
   measuring its fit to that teacher; the cells of a study) compile once."""
@@ -257,8 +257,7 @@ def _streamed_test(run_config, batch_size: int) -> tuple[Any, dict[str, str]]:
   fit to the teacher on the transfer set, which needs it in memory, is not measured)."""
   from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
   prepared = data.open_records(run_config.data)
-  test = streaming.StreamedSplit(tuple(prepared.paths("test")), prepared.image_shape,
-                                 np.arange(prepared.splits["test"]["num_examples"]), batch_size)
+  test = streaming.StreamedSplit.of(prepared, "test", batch_size)
   return test, {"source": prepared.source, "test": prepared.splits["test"]["digest"]}
 
 

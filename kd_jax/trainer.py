@@ -45,7 +45,7 @@ class RunSetup:
   num_train: int = flax.struct.field(pytree_node=False, default=0)
   # Streamed (data.pipeline = "grain"): the prepared folder, and the record index of each
   # training example (after any class filter or subset); None in memory.
-  records: Any = flax.struct.field(pytree_node=False, default=None)
+  prepared: Any = flax.struct.field(pytree_node=False, default=None)
   train_records: Any = flax.struct.field(pytree_node=False, default=None)
 
 
@@ -85,17 +85,14 @@ def open_streams(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
       np.asarray(prepared.labels("train")[:cut]), tuple(config.data.train_classes),
       config.data.train_subset, config.data.subset_seed, prepared.num_classes)
   eval_batch = parallelism.eval_batch_size(config.eval_batch_size, mesh)
-  eval_splits = {"test": streaming.StreamedSplit(
-      tuple(prepared.paths("test")), prepared.image_shape,
-      np.arange(prepared.splits["test"]["num_examples"]), eval_batch)}
+  eval_splits = {"test": streaming.StreamedSplit.of(prepared, "test", eval_batch)}
   if config.data.validation_size:
-    eval_splits["validation"] = streaming.StreamedSplit(
-        tuple(prepared.paths("train")), prepared.image_shape,
-        np.arange(cut, prepared.splits["train"]["num_examples"]), eval_batch)
+    eval_splits["validation"] = streaming.StreamedSplit.of(
+        prepared, "train", eval_batch, np.arange(cut, prepared.splits["train"]["num_examples"]))
   return RunSetup(train_data={}, eval_splits=eval_splits, source=prepared.source,
                   fingerprint=streaming.fingerprint(prepared, train_records,
                                                     config.data.validation_size),
-                  eval_batch=eval_batch, num_train=len(train_records), records=prepared,
+                  eval_batch=eval_batch, num_train=len(train_records), prepared=prepared,
                   train_records=train_records)
 
 
@@ -140,9 +137,9 @@ def load_teacher(config: ml_collections.ConfigDict, setup: RunSetup, mesh: jax.s
                 "digest": checkpointing.combined_digest(
                     checkpointing.array_digests(variables["params"])),
                 "finished": finished}
-  if setup.records is not None and not config.data.jitter and config.cache_teacher_logits:
+  if setup.prepared is not None and not config.data.jitter and config.cache_teacher_logits:
     return Teacher(targets.cached_targets, None, None, provenance, (teacher, variables))
-  if setup.records is not None:
+  if setup.prepared is not None:
     return Teacher(targets.make_teacher_targets(teacher, member_batch), variables, None,
                    provenance)
   return dataclasses.replace(
@@ -184,15 +181,22 @@ def init_population(model: nn.Module, tx, members: list[dict[str, Any]],
   return jax.device_put(state, replicated)
 
 
+def make_step_fn(config: ml_collections.ConfigDict, model: nn.Module,
+                 objective: Objective) -> Callable:
+  """`steps.train_step` told the run's model, optimizer, loss, targets and max-norm: the step
+  both pipelines run (scanned in the compiled epoch, or called per streamed batch)."""
+  return functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
+                           loss_fn=objective.loss_fn, targets_fn=objective.teacher.targets_fn,
+                           max_norm=config.model.max_norm)
+
+
 def make_epoch_fn(config: ml_collections.ConfigDict, model: nn.Module, objective: Objective,
                   mesh: jax.sharding.Mesh, member_batch: int):
   """The jitted population epoch (state donated): (state, train_data, hparams,
   teacher_variables, epoch) -> (state, per-member metrics)."""
-  step_fn = functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
-                              loss_fn=objective.loss_fn, targets_fn=objective.teacher.targets_fn,
-                              max_norm=config.model.max_norm)
   return jax.jit(
-      functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
+      functools.partial(steps.population_epoch, member_batch=member_batch,
+                        step_fn=make_step_fn(config, model, objective),
                         batch_size=config.batch_size, max_shift=config.data.jitter,
                         batch_sharding=parallelism.batch_sharded(mesh),
                         sampler=objective.sampler),
@@ -338,12 +342,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
     reporting.say(f"Training {models.describe(config.model)} on {setup.source} "
                   f"({num_train} examples, {population}{mesh.size} device(s), "
                   f"{num_train // config.batch_size} steps/epoch"
-                  f"{', streamed by grain' if setup.records is not None else ''})"
+                  f"{', streamed by grain' if setup.prepared is not None else ''})"
                   f"{' by distillation' if config_lib.is_distillation(config) else ''}"
                   f"{f', from epoch {start_epoch}' if start_epoch else ''}.")
     epochs = None
     try:
-      if setup.records is None:
+      if setup.prepared is None:
         epochs = CompiledEpochs(make_epoch_fn(config, model, objective, mesh, member_batch),
                                 (setup.train_data, hparams, objective.teacher.variables))
       else:
@@ -456,7 +460,7 @@ class StreamedEpochs:
     if objective.teacher.to_cache_on_disk is not None:
       logits = str(cache_logits_on_disk(workdir, objective.teacher, setup, mesh, member_batch))
     streams = [streaming.TrainStream(
-        paths=tuple(setup.records.paths("train")), image_shape=setup.records.image_shape,
+        paths=tuple(setup.prepared.paths("train")), image_shape=setup.prepared.image_shape,
         example_records=setup.train_records, seed=seed, batch_size=config.batch_size,
         num_epochs=config.num_epochs, max_shift=config.data.jitter,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -470,12 +474,9 @@ class StreamedEpochs:
       for iterator in iterators:
         iterator.close()
       raise
-    step_fn = functools.partial(steps.train_step, model=model, optimizer=objective.optimizer,
-                                loss_fn=objective.loss_fn,
-                                targets_fn=objective.teacher.targets_fn,
-                                max_norm=config.model.max_norm)
     population_step = jax.jit(functools.partial(
-        steps.population_step, member_batch=member_batch, step_fn=step_fn, shared_batch=shared),
+        steps.population_step, member_batch=member_batch,
+        step_fn=make_step_fn(config, model, objective), shared_batch=shared),
                               out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
     sums = position.get("sums")
     return cls(step_fn=population_step, accumulate=jax.jit(steps.accumulate_metrics),
@@ -566,15 +567,15 @@ def cache_logits_on_disk(workdir: pathlib.Path, teacher: Teacher, setup: RunSetu
     return path
   module, variables = teacher.to_cache_on_disk
   logits_fn = evaluation.logits_fn(module, setup.eval_batch, mesh, member_batch, 0, 0)
-  split = streaming.StreamedSplit(tuple(setup.records.paths("train")), setup.records.image_shape,
-                                  setup.train_records, setup.eval_batch)
+  split = streaming.StreamedSplit.of(setup.prepared, "train", setup.eval_batch,
+                                     setup.train_records)
   start, rows, partial = time.perf_counter(), None, path.with_suffix(".tmp.npy")
   try:
     for keys, logits in streaming.stream_logits(split, functools.partial(logits_fn, variables),
                                                 mesh):
       if rows is None and reporting.is_main_process():
         rows = _allocated_memmap(partial, logits.dtype, (
-            setup.records.splits["train"]["num_examples"],) + logits.shape[1:])
+            setup.prepared.splits["train"]["num_examples"],) + logits.shape[1:])
       if rows is not None:
         rows[keys] = logits
     if rows is not None:

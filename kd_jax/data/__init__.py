@@ -35,6 +35,7 @@ PAIR_BASE = 10  # mnist_pairs: label = 10 * left digit + right digit.
 DATASETS = ("mnist", "mnist_pairs", "tfds:NAME")
 MNIST_DIR_ENV = "KD_JAX_MNIST_DIR"
 
+
 # name -> (file stem, IDX magic number, number of records)
 _IDX_FILES = {
     "train_images": ("train-images-idx3-ubyte", 2051, 60_000),
@@ -65,6 +66,12 @@ class Splits:
 
 
 # ----------------------------------------------------------------------------- host side
+
+
+def is_dataset_name(name) -> bool:
+  """Whether `name` is one of DATASETS: mnist, mnist_pairs or tfds:NAME."""
+  return isinstance(name, str) and (name in ("mnist", "mnist_pairs") or (
+      name.startswith("tfds:") and len(name) > len("tfds:")))
 
 
 def read_idx(path: pathlib.Path, expected_magic: int, expected_count: int | None) -> np.ndarray:

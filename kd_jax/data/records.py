@@ -180,8 +180,8 @@ def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: 
                       "(--overwrite replaces only a prepared folder).")
   config = config_lib.base_config()
   config.data.name, config.data.check_counts = name, check_counts
-  config_lib.check_field(config, "data.name", lambda v: v in ("mnist", "mnist_pairs") or (
-      v.startswith("tfds:") and len(v) > 5), f"one of {data.DATASETS} (--name)")
+  config_lib.check_field(config, "data.name", data.is_dataset_name,
+                         f"one of {data.DATASETS} (--name)")
   splits = data.load_dataset(config.data, mnist_dir)
   if out.exists():  # A prepared folder (checked above): only its own files go.
     for stale in (*out.glob("*.array_record"), *out.glob("*_labels.npy"), out / METADATA_FILE):

@@ -186,6 +186,14 @@ class StreamedSplit:
   record_keys: np.ndarray
   batch_size: int  # Global evaluation batch.
 
+  @classmethod
+  def of(cls, prepared: records.Folder, split: str, batch_size: int,
+         record_keys: np.ndarray | None = None) -> StreamedSplit:
+    """Split `split` of a prepared folder: all its records, or `record_keys` of them."""
+    if record_keys is None:
+      record_keys = np.arange(prepared.splits[split]["num_examples"])
+    return cls(tuple(prepared.paths(split)), prepared.image_shape, record_keys, batch_size)
+
   @property
   def num_examples(self) -> int:
     return len(self.record_keys)
