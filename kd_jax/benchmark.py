@@ -3,14 +3,15 @@
   python -m kd_jax.benchmark --out results/cpu_benchmark.json     # a few minutes on a 2-core CPU
   python -m kd_jax.benchmark --quick --out /tmp/bench.json        # seconds: well-formed output only
 
-Each case builds its compiled epoch with the trainer's own functions and times it after
-compilation (median of --repeats epochs). Its *floor* is a compiled lax.scan over the same number
-of steps doing only the matrix products the case needs (same shapes, dtype and batch): forward and
-backward of the student (dW for every layer, dx for all but the first), plus the teacher's forward
-pass when the teacher runs in the step. `ratio` = epoch time / floor time: what the rest of the
-step (dropout, jitter, softmax, Adam, max-norm, gathers) costs on top. Also the device's
-large-GEMM rate, compile times and peak memory. MNIST from $KD_JAX_MNIST_DIR, else random images
-of the same shape (timings do not depend on pixel values).
+Each case is set up by the trainer's own `trainer.build` (a distilled case opens an initialised
+paper teacher from a run directory, as any teacher is opened) and its compiled epoch is timed
+after compilation (median of --repeats epochs). Its *floor* is a compiled lax.scan over the same
+number of steps doing only the matrix products the case needs (same shapes, dtype and batch):
+forward and backward of the student (dW for every layer, dx for all but the first), plus the
+teacher's forward pass when the teacher runs in the step. `ratio` = epoch time / floor time: what
+the rest of the step (dropout, jitter, softmax, Adam, max-norm, gathers) costs on top. Also the
+device's large-GEMM rate, compile times and peak memory. MNIST from $KD_JAX_MNIST_DIR, else random
+images of the same shape (timings do not depend on pixel values).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import functools
 import json
 import pathlib
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -31,8 +34,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import (cli, config_lib, configs, data, evaluation, losses, models, parallelism,
-                    reporting, steps, targets, trainer)
+from kd_jax import (checkpointing, cli, config_lib, configs, data, epochs, models, parallelism,
+                    population, reporting, rundir, runtime, steps, trainer)
 
 _QUICK = flags.DEFINE_bool("quick", False, "Under a minute: 1,024 random images, one batch "
                            "size, one timed epoch, 2 members, no bfloat16 or vmapped variants. "
@@ -72,8 +75,6 @@ def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
     cases = [c for c in cases if "bf16" not in c.name and not c.member_batch]
   for case in cases:
     case.config.batch_size = batch_size
-    if "teacher_workdir" in case.config:  # A distillation config: give it a teacher.
-      case.config.teacher_workdir = "(a random teacher)"
   return cases
 
 
@@ -131,92 +132,93 @@ def _time(fn: Callable, args: tuple, repeats: int, advance: Callable | None = No
   return {"seconds": statistics.median(times), "times_s": times, "compile_s": compile_s}
 
 
-def _train_data(quick: bool, mesh) -> tuple[dict[str, jax.Array], dict[str, np.ndarray], str]:
+def _data_folder(quick: bool, scratch: pathlib.Path) -> tuple[str, str]:
+  """(IDX folder, what it holds): $KD_JAX_MNIST_DIR's MNIST, else random images of MNIST's shape
+  written as an IDX folder (timings do not depend on pixel values); --quick: 1,024 of them."""
   folder = None if quick else data.resolve_mnist_dir(None)
   if folder:
-    arrays, source = data.load_idx_folder(folder), f"idx:{folder}"
-  else:
-    rng = np.random.default_rng(0)
-    n_train, n_test = (1024, 1000) if quick else (60_000, 10_000)
-    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train_labels": rng.integers(0, 10, n_train),
-              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "test_labels": rng.integers(0, 10, n_test)}
-    source = "random images"
-  train = {"image": parallelism.put_replicated(arrays["train_images"], mesh),
-           "label": parallelism.put_replicated(arrays["train_labels"].astype(np.int32), mesh)}
-  return train, arrays, source
+    return folder, f"idx:{folder}"
+  rng = np.random.default_rng(0)
+  n_train, n_test = (1024, 1000) if quick else (60_000, 10_000)
+  data.write_idx_folder(scratch / "images", {
+      "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+      "train_labels": rng.integers(0, 10, n_train),
+      "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+      "test_labels": rng.integers(0, 10, n_test)}, compress=False)
+  return str(scratch / "images"), "random images"
 
 
-def time_training(case: Case, train_data: dict[str, jax.Array], mesh, repeats: int) -> dict:
-  """Epoch time of `case` through the trainer's own epoch, its floor, and their ratio."""
-  config = case.config
-  config.members = case.members
-  members = config_lib.population_members(config)
-  member_batch = parallelism.member_batch(case.member_batch, len(members))
+def _random_teacher(workdir: pathlib.Path, mesh) -> pathlib.Path:
+  """A run directory holding an initialised (untrained) paper teacher: the distillation cases
+  open it as any teacher is opened."""
+  config = configs.get("paper_teacher")
   model = models.model_from_config(config.model)
-  num_steps = train_data["image"].shape[0] // config.batch_size
-  optimizer = steps.make_optimizer(config, num_steps)
-  loss_fn, teacher = losses.hard_label_loss, trainer.Teacher(targets.no_targets, None, None)
+  state = population.init_state(model, steps.make_optimizer(config, 1)(1.0), [1], mesh,
+                                tuple(config.model.input_shape))
+  workdir.mkdir(parents=True)
+  rundir.save_config(workdir, config, population.members(config))
+  checkpointing.save_variables(workdir, 0, state.variables, {"epoch": 0})
+  return workdir
+
+
+def _built(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path, mesh,
+           **fields: Any) -> tuple[trainer.Built, steps.TrainState, Any]:
+  """The case's run as the trainer sets it up (`trainer.build`): (run, fresh state, its
+  memory-pipeline epoch driver)."""
+  config = configs.override(ml_collections.ConfigDict(config.to_dict()), **fields)
+  config.data.mnist_dir, config.data.check_counts = folder, False
+  if config_lib.is_distillation(config):
+    config.teacher_workdir = str(teacher)
+  config_lib.validate(config)
+  run = trainer.build(config, mesh)
+  driver = epochs.build(config, teacher.parent, run.model, run.objective, run.inputs,
+                        run.population, mesh, {})
+  return run, trainer.fresh_state(config, run), driver
+
+
+def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats: int) -> dict:
+  """Epoch time of `case` through the trainer's own set-up and epoch, its floor, and their
+  ratio."""
+  config = case.config
+  run, state, driver = _built(config, folder, teacher, mesh, members=case.members,
+                              member_batch=case.member_batch)
+  num_steps = run.inputs.num_train // config.batch_size
   teacher_sizes = None  # Set when the teacher runs in the step: its forward is in the floor.
   targets_used = "hard labels"
-  if config_lib.is_distillation(config):
-    teacher_config = configs.get("paper_teacher")
-    teacher_model = models.model_from_config(teacher_config.model)
-    teacher_variables = trainer.init_population(teacher_model, optimizer(1.0), [{"seed": 1}],
-                                                mesh).variables
-    loss_fn = losses.make_distillation_loss(config.soft_loss)
-    teacher = trainer.make_teacher(config, teacher_model, teacher_variables, train_data["image"],
-                                   mesh, member_batch,
-                                   parallelism.eval_batch_size(config.eval_batch_size, mesh))
-    if teacher.cached_logits is not None:
-      train_data = {**train_data, "teacher_logits": teacher.cached_logits}
-      targets_used = "cached teacher logits"
-    else:
-      teacher_sizes = _layer_sizes(teacher_config.model)
-      targets_used = "teacher in the step"
-  epoch_fn = trainer.make_epoch_fn(
-      config, model, trainer.Objective(optimizer, loss_fn, teacher, steps.shuffled_batches, None),
-      mesh, member_batch)
-  state = trainer.init_population(model, optimizer(config.learning_rate), members, mesh)
-  hparams = trainer.member_hparams(config, members)
-  args = (state, train_data, hparams, teacher.variables, jnp.int32(0))
+  if run.objective.teacher.cached_logits is not None:
+    targets_used = "cached teacher logits"
+  elif run.objective.teacher.variables is not None:
+    teacher_sizes = _layer_sizes(configs.get("paper_teacher").model)
+    targets_used = "teacher in the step"
   next_epoch = lambda out, args, i: (out[0], *args[1:4], jnp.int32(i))
-  epoch = _time(epoch_fn, args, repeats, next_epoch)
+  epoch = _time(driver.epoch_fn, (state, *driver.args, jnp.int32(0)), repeats, next_epoch)
   floor_fn, floor_args = bare_matmul_epoch(
-      _layer_sizes(config.model), teacher_sizes, config.batch_size, num_steps, len(members),
-      member_batch, models.compute_dtype(config.model))
+      _layer_sizes(config.model), teacher_sizes, config.batch_size, num_steps, run.population.size,
+      run.population.member_batch, models.compute_dtype(config.model))
   floor = _time(floor_fn, floor_args, repeats, lambda out, args, i: (out,))
-  examples = num_steps * config.batch_size * len(members)
+  examples = num_steps * config.batch_size * run.population.size
   return {"case": case.name, "targets": targets_used, "batch_size": config.batch_size,
-          "members": len(members),
+          "members": run.population.size,
           "model": models.describe(config.model), "steps_per_epoch": num_steps,
           "epoch_s": epoch["seconds"], "examples_per_s": examples / epoch["seconds"],
           "floor_s": floor["seconds"], "ratio": epoch["seconds"] / floor["seconds"],
           "compile_s": epoch["compile_s"], "epoch_times_s": epoch["times_s"],
-          "floor_times_s": floor["times_s"], "member_batch": member_batch}
+          "floor_times_s": floor["times_s"], "member_batch": run.population.member_batch}
 
 
-def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
+def population_memory(folder: str, teacher: pathlib.Path, mesh, num_members: int,
                       quick: bool) -> dict:
   """What a population of paper teachers needs, from XLA's memory analysis of its compiled epoch
   (compiled, not run): bytes per member and the largest P that fits a memory size."""
   config = configs.get("paper_teacher")
-  model = models.model_from_config(config.model)
-  optimizer = steps.make_optimizer(config, 1)
   result = {}
   for name, member_batch in (("one at a time", 1), ("vmapped", num_members))[:1 if quick else 2]:
     totals = {}
     for size in (1, num_members):
-      config.members = size
-      members = config_lib.population_members(config)
-      objective = trainer.Objective(optimizer, losses.hard_label_loss,
-                                    trainer.Teacher(targets.no_targets, None, None),
-                                    steps.shuffled_batches, None)
-      epoch_fn = trainer.make_epoch_fn(config, model, objective, mesh, min(member_batch, size))
-      state = trainer.init_population(model, optimizer(1.0), members, mesh)
-      analysis = epoch_fn.lower(state, train_data, trainer.member_hparams(config, members), None,
-                                jnp.int32(0)).compile().memory_analysis()
+      _, state, driver = _built(config, folder, teacher, mesh, members=size,
+                                member_batch=min(member_batch, size))
+      analysis = driver.epoch_fn.lower(state, *driver.args,
+                                       jnp.int32(0)).compile().memory_analysis()
       # The donated state's output aliases its input: count it once.
       totals[size] = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                       - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
@@ -229,22 +231,18 @@ def population_memory(train_data: dict[str, jax.Array], mesh, num_members: int,
   return result
 
 
-def time_evaluation(arrays: dict[str, np.ndarray], mesh, repeats: int) -> dict:
+def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> dict:
   """The paper teacher scored on the test set (eval batch 1000) against its forward matmuls."""
   config = configs.get("paper_teacher")
-  model = models.model_from_config(config.model)
-  variables = trainer.init_population(model, steps.make_optimizer(config, 1)(1.0),
-                                      [{"seed": 0}], mesh).variables
-  split = evaluation.put_eval_split(arrays["test_images"],
-                                    arrays["test_labels"].astype(np.int32),
-                                    config.eval_batch_size, mesh)
+  run, state, _ = _built(config, folder, teacher, mesh)
+  split = run.inputs.eval_splits["test"]
   evaluate_fn = jax.jit(functools.partial(
-      steps.evaluate, model=model, batch_size=config.eval_batch_size, member_batch=1,
+      steps.evaluate, model=run.model, batch_size=run.inputs.eval_batch, member_batch=1,
       batch_sharding=parallelism.batch_sharded(mesh)))
-  timing = _time(evaluate_fn, (variables, split.images, split.labels, split.mask), repeats)
+  timing = _time(evaluate_fn, (state.variables, split.images, split.labels, split.mask), repeats)
   sizes = _layer_sizes(config.model)
   weights = [jnp.ones((m, n)) * 0.01 for m, n in zip(sizes[:-1], sizes[1:])]
-  num_batches = split.images.shape[0] // config.eval_batch_size
+  num_batches = split.images.shape[0] // run.inputs.eval_batch
 
   def forward(weights, xs):
     def body(carry, x):
@@ -253,9 +251,9 @@ def time_evaluation(arrays: dict[str, np.ndarray], mesh, repeats: int) -> dict:
       return carry, x  # Logits out; summing them here made XLA:CPU's matmuls 15x slower.
     return jax.lax.scan(body, None, xs)[1]
 
-  xs = jnp.ones((num_batches, config.eval_batch_size, sizes[0]))
+  xs = jnp.ones((num_batches, run.inputs.eval_batch, sizes[0]))
   floor = _time(jax.jit(forward), (weights, xs), repeats)
-  return {"case": "evaluate teacher 2x1200 on the test set", "batch_size": config.eval_batch_size,
+  return {"case": "evaluate teacher 2x1200 on the test set", "batch_size": run.inputs.eval_batch,
           "examples": split.num_examples, "seconds": timing["seconds"],
           "examples_per_s": split.num_examples / timing["seconds"], "floor_s": floor["seconds"],
           "ratio": timing["seconds"] / floor["seconds"], "compile_s": timing["compile_s"]}
@@ -315,7 +313,23 @@ def main(argv):
   mesh = parallelism.make_mesh()
   for batch_size in batch_sizes:
     parallelism.check_batch_divides(batch_size, mesh, "--batch_sizes")
-  train_data, arrays, source = _train_data(quick, mesh)
+  scratch = pathlib.Path(tempfile.mkdtemp(prefix="kd_jax_benchmark_"))
+  try:
+    results = _measure(quick, repeats, batch_sizes, num_members, mesh, scratch)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=2) + "\n")
+  print(table(results))
+  print(f"Written: {out}")
+
+
+def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int, mesh,
+             scratch: pathlib.Path) -> dict[str, Any]:
+  folder, source = _data_folder(quick, scratch)
+  with runtime.quiet_logs():
+    teacher = _random_teacher(scratch / "teacher", mesh)
   results = {"machine": reporting.machine(), "quick": quick, "data": source, "repeats": repeats,
              "gemm_gflops": {name: gemm_rate(512 if quick else 4096, dtype, repeats)
                              for name, dtype in (("float32", jnp.float32),
@@ -323,7 +337,7 @@ def main(argv):
              "training": []}
   for batch_size in batch_sizes:
     for case in _cases(batch_size, num_members, quick):
-      result = time_training(case, train_data, mesh, repeats)
+      result = time_training(case, folder, teacher, mesh, repeats)
       print(f"{result['case']}, batch {batch_size}: {result['epoch_s']:.3f}s per epoch, "
             f"{result['ratio']:.2f}x its matmuls", file=sys.stderr, flush=True)
       results["training"].append(result)
@@ -332,14 +346,10 @@ def main(argv):
       single = next(r for r in results["training"] if r["batch_size"] == record["batch_size"]
                     and r["case"] == "student 2x800 hard labels")
       record["ratio_to_single_runs"] = record["epoch_s"] / (record["members"] * single["epoch_s"])
-  results["evaluation"] = time_evaluation(arrays, mesh, repeats)
-  results["population_memory"] = population_memory(train_data, mesh, num_members, quick)
+  results["evaluation"] = time_evaluation(folder, teacher, mesh, repeats)
+  results["population_memory"] = population_memory(folder, teacher, mesh, num_members, quick)
   results["memory"] = peak_memory()
-  out = pathlib.Path(_OUT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=2) + "\n")
-  print(table(results))
-  print(f"Written: {out}")
+  return results
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
-"""Run directories: RUN/config.json, RUN/population.json and orbax checkpoints in RUN/checkpoints/.
+"""Orbax checkpoints in RUN/checkpoints/, checksummed: saving, restoring, and the newest intact one.
 
-Everything that reads or prepares a run directory lives here. Each checkpoint step holds these
-items so that readers take only what they need:
+Each checkpoint step holds these items so that readers take only what they need:
   params       the members' parameters, stacked on a leading member axis [P, ...] (with
                model_state, all that distillation and evaluation restore; P = 1 for one model),
   model_state  only for models with mutable collections: those collections (BatchNorm's
@@ -14,270 +13,25 @@ restores on 1 and the other way round.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import pathlib
 import shutil
-import socket
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from kd_jax import config_lib, faults, models, parallelism, reporting
-from kd_jax.errors import CheckpointError, ConfigError, CorruptCheckpointError, one_line
-
-CONFIG_FILE = "config.json"
-POPULATION_FILE = "population.json"
-CHECKPOINT_DIR = "checkpoints"
-DATA_FILE = "data.json"  # Fingerprints of the data the run trained and was scored on.
-TEACHER_FILE = "teacher.json"  # Which teacher (path, step, members, digest) a student learnt from.
-METRICS_FILE = "metrics.jsonl"  # One JSON line per epoch (reporting.MetricsWriter).
-EVAL_FILE = "eval.json"  # The evaluate command's report (evaluation.evaluate_checkpoint).
-TENSORBOARD_DIR = "tensorboard"
-TEACHER_LOGITS_FILE = "teacher_logits.npy"  # A streamed run's cached teacher logits, by record,
-TEACHER_LOGITS_RECORD = "teacher_logits.json"  # and which teacher and data made them.
-RUN_FILES = (CONFIG_FILE, POPULATION_FILE, METRICS_FILE, EVAL_FILE, DATA_FILE, TEACHER_FILE,
-             TEACHER_LOGITS_RECORD, TEACHER_LOGITS_FILE)
-PRE_CONFIG_FILES = (DATA_FILE, TEACHER_FILE, POPULATION_FILE)  # save_config writes these first.
-RECORD_NAMES = {DATA_FILE: "different data", TEACHER_FILE: "a different teacher"}
-RECORD_NOTES = ("source", "workdir", "finished")  # Where things are, or notes: not compared.
-LOCK_FILE = ".lock"
-ASIDE_DIR = ".replaced"
-CORRUPTED_DIR = "corrupted_checkpoints"  # Checkpoints that failed their checksums, kept aside.
-RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
-# Fields that say where data lives or how often to save: they may change when a run resumes.
-# How many members run vmapped together changes float rounding at most, like the device count.
-RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
-                     "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch",
-                     "data.records_dir", "data.prefetch", "checkpoint.every_steps")
-TMP_MARKER = ".orbax-checkpoint-tmp"
-
-
-def save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                records: dict[str, Any] | None = None) -> None:
-  """Writes RUN/config.json and RUN/population.json (the members and their settings), and each
-  of `records` (file name -> JSON: the data fingerprint, the teacher) before config.json, so a
-  run with a config.json always has them."""
-  workdir = pathlib.Path(workdir)
-  for name, payload in (records or {}).items():
-    reporting.write_json(workdir / name, payload)
-  reporting.write_json(workdir / POPULATION_FILE,
-                       {"members": config_lib.population_members(config)})
-  reporting.write_json(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split(".")
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
-
-
-def _defaults_for(saved: dict[str, Any]) -> dict[str, Any]:
-  """Defaults of the fields added to kd_jax since runs were first saved (config_lib.ADDED_FIELDS),
-  flattened: a run saved before one existed held, in effect, its default. Other missing fields
-  stay missing, so validation names them rather than guessing."""
-  defaults = config_lib.base_config()
-  if "teacher_workdir" in saved:  # Distillation fields, also in a hard-label run that has them.
-    defaults = config_lib.add_distillation(defaults)
-  flat = _flatten(json.loads(defaults.to_json_best_effort()))
-  return {k: v for k, v in flat.items() if k in config_lib.ADDED_FIELDS}
-
-
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """RUN/config.json with defaults for fields added since it was written, validated: a
-  hand-edited file with a missing or mistyped field is a one-line error naming it."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise CheckpointError(f"{path} does not exist: {workdir} is not a kd_jax run directory "
-                          "(train one with `python -m kd_jax.train --workdir ...`).")
-  try:
-    saved = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
-  if not isinstance(saved, dict):
-    raise CheckpointError(f"{path} does not hold a config (a JSON object).")
-  flat = _flatten(saved)
-  flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}  # JSON lists.
-  config = ml_collections.ConfigDict(_unflatten({**_defaults_for(saved), **flat}))
-  try:
-    config_lib.validate(config)
-  except ConfigError as e:
-    raise CheckpointError(f"{path} is invalid: {e}") from e
-  return config
-
-
-def config_differences(saved: ml_collections.ConfigDict,
-                       current: ml_collections.ConfigDict) -> list[str]:
-  """Dotted names of fields that differ (ignoring RESUMABLE_CHANGES)."""
-  old = _flatten(json.loads(saved.to_json_best_effort()))
-  new = _flatten(json.loads(current.to_json_best_effort()))
-  old = {**{k: v for k, v in _defaults_for(old).items() if k in new}, **old}
-  old = {k: v for k, v in old.items()  # A field since removed, at its old default: the same run.
-         if not (k not in new and config_lib.REMOVED_FIELDS.get(k, object()) == v)}
-  return sorted(k for k in old.keys() | new.keys()
-                if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-
-
-def config_digest(config: ml_collections.ConfigDict) -> str:
-  """12 hex digits naming a config: equal configs, equal digests, leaving out the fields a run may
-  change when it resumes (RESUMABLE_CHANGES, such as the MNIST folder)."""
-  flat = {k: v for k, v in _flatten(json.loads(config.to_json_best_effort())).items()
-          if k not in RESUMABLE_CHANGES}
-  return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------- one writer, safely
-
-
-@contextlib.contextmanager
-def locked(workdir: pathlib.Path) -> Iterator[None]:
-  """Holds WORKDIR/.lock exclusively while a run writes there: one writer per workdir.
-
-  A POSIX record lock (fcntl.lockf): the kernel drops it when its process dies, so a SIGKILL never
-  leaves it stale, and NFS (v4, or v3 with lockd) and Lustre mounted with `flock` enforce it across
-  hosts. The file holds the holder's PID and host, for the message a second writer gets. Only
-  process 0 of a multi-process run locks. Creating the workdir here also checks that it can be
-  written before anything expensive starts.
-  """
-  if not reporting.is_main_process():
-    yield
-    return
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / LOCK_FILE, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
-  except OSError as e:
-    raise CheckpointError(f"cannot write to the workdir {workdir}: {e.strerror or e}.") from e
-  try:
-    try:
-      fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      handle.seek(0)
-      holder = handle.read().strip() or "another process"
-      raise CheckpointError(f"{workdir} is in use by {holder}: one run writes a workdir at a "
-                            "time. Wait for it, stop it, or use another --workdir.") from e
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
-    yield
-  finally:
-    handle.close()  # Releases the lock.
-
-
-def recover_replacement(workdir: pathlib.Path) -> None:
-  """Finishes or undoes an `--overwrite` that a kill interrupted (see `set_aside`).
-
-  WORKDIR/.replaced holds the old run while it is replaced; its config.json moves last, and the
-  new run writes its own config.json only after that. So a config.json in both places means the
-  new run started (the old one is deleted); anything else means it never did (the old run is
-  moved back, and the command then decides afresh).
-  """
-  aside = workdir / ASIDE_DIR
-  if not reporting.is_main_process() or not aside.is_dir():
-    return
-  if (aside / CONFIG_FILE).exists() and (workdir / CONFIG_FILE).exists():
-    shutil.rmtree(aside)
-    return
-  for entry in aside.iterdir():  # The new run died before its config.json: it never started.
-    new = workdir / entry.name
-    if entry.name in PRE_CONFIG_FILES and new.is_file():  # Records it wrote first.
-      new.unlink()
-    elif new.is_dir() and not any(new.iterdir()):  # checkpoints/, created empty by orbax.
-      new.rmdir()
-  for entry in sorted(aside.iterdir()):
-    if (workdir / entry.name).exists():
-      raise CheckpointError(f"{workdir} holds both {entry.name} and {aside / entry.name} after an "
-                            "interrupted --overwrite; remove the one that is not wanted.")
-    entry.rename(workdir / entry.name)
-  aside.rmdir()
-  reporting.say(f"Warning: an interrupted --overwrite of {workdir} was undone; the previous run "
-                "is back in place.")
-
-
-def repair_interrupted_overwrite(workdir: str | pathlib.Path) -> None:
-  """What a reader of a workdir does first: finishes or undoes an interrupted `--overwrite`
-  (`recover_replacement`) under the workdir's lock, so a command that reads the run sees the old
-  run or the new one, as training would. A run being written now holds the lock: that is
-  reported, and the workdir left to its writer."""
-  workdir = pathlib.Path(workdir)
-  if (workdir / ASIDE_DIR).is_dir():
-    with locked(workdir):
-      recover_replacement(workdir)
-
-
-def set_aside(workdir: pathlib.Path) -> None:
-  """Moves the run in `workdir` into WORKDIR/.replaced (config.json last), to be deleted once the
-  new run has written its config.json (`discard_set_aside`): a kill at any moment leaves the old
-  run or the new one, never a mixture (see `recover_replacement`)."""
-  if reporting.is_main_process():
-    aside = workdir / ASIDE_DIR
-    aside.mkdir()
-    for name in (*RUN_DIRS, *RUN_FILES[::-1]):  # RUN_FILES starts with config.json.
-      if (workdir / name).exists():
-        (workdir / name).rename(aside / name)
-        faults.point(f"set_aside:{name}")
-  parallelism.sync_processes("kd_jax_set_aside")
-  reporting.say(f"Replacing the previous run in {workdir} (--overwrite); it is deleted once the "
-                "new one has started.")
-
-
-def discard_set_aside(workdir: pathlib.Path) -> None:
-  """Deletes the replaced run, now that the new one has written its config.json."""
-  if reporting.is_main_process() and (workdir / ASIDE_DIR).is_dir():
-    faults.point("discard_set_aside")
-    shutil.rmtree(workdir / ASIDE_DIR)
-
-
-def run_mismatch(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                 records: dict[str, Any]) -> str | None:
-  """Why the run in `workdir` is not this run (its config, data or teacher differ), or None when
-  it is, or when the workdir holds no run."""
-  if not (workdir / CONFIG_FILE).exists():
-    return None
-  differences = config_differences(load_config(workdir), config)
-  if differences:
-    shown = ", ".join(differences[:6]) + (" ..." if len(differences) > 6 else "")
-    return f"a different config ({shown})"
-  for name, current in records.items():
-    path = workdir / name
-    if not path.exists():  # A run from before these records: nothing to compare.
-      continue
-    saved = json.loads(path.read_text())
-    fields = sorted(k for k in saved.keys() | current.keys()
-                    if k not in RECORD_NOTES and saved.get(k) != current.get(k))
-    if fields:
-      return (f"{RECORD_NAMES[name]}: {', '.join(fields)} was "
-              f"{', '.join(str(saved.get(f)) for f in fields)} when it trained, now "
-              f"{', '.join(str(current.get(f)) for f in fields)}")
-  return None
-
+from kd_jax import models, parallelism, population, reporting, rundir
+from kd_jax.errors import CheckpointError, CorruptCheckpointError, one_line
 
 def latest_meta(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any]] | None:
   """(step, meta) of the run's latest committed checkpoint, or None: read from the meta item's
   JSON file directly (no orbax), so callers can check runs cheaply. A step directory exists under
   its final name only once orbax has committed it."""
-  directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+  directory = pathlib.Path(workdir) / rundir.CHECKPOINT_DIR
   steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
       if directory.is_dir() else []
   for step in steps:
@@ -292,17 +46,10 @@ def finished_step(workdir: str | pathlib.Path, config: ml_collections.ConfigDict
   """The final checkpoint step of a run of `config` that completed all its epochs in `workdir`,
   else None: its latest checkpoint's epoch, not metrics.jsonl (whose last line a kill may cut)."""
   workdir = pathlib.Path(workdir)
-  if not (workdir / CONFIG_FILE).exists() or config_differences(load_config(workdir), config):
+  if not (workdir / rundir.CONFIG_FILE).exists() or rundir.config_differences(rundir.load_config(workdir), config):
     return None
   latest = latest_meta(workdir)
   return latest[0] if latest and latest[1].get("epoch") == config.num_epochs else None
-
-
-def remove_if_unused(workdir: pathlib.Path) -> None:
-  """Removes `workdir` when it holds nothing but the lock (a run refused before writing)."""
-  if reporting.is_main_process() and workdir.is_dir() and {
-      p.name for p in workdir.iterdir()} <= {LOCK_FILE}:
-    shutil.rmtree(workdir)
 
 
 def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
@@ -311,8 +58,8 @@ def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
   Orbax writes each step into a temporary directory and renames it when complete, so such a
   directory never holds a usable checkpoint; the previous complete step is used instead.
   """
-  directory = workdir / CHECKPOINT_DIR
-  partial = sorted(directory.glob(f"*{TMP_MARKER}*")) if directory.is_dir() else []
+  directory = workdir / rundir.CHECKPOINT_DIR
+  partial = sorted(directory.glob(f"*{rundir.TMP_MARKER}*")) if directory.is_dir() else []
   for path in partial:
     reporting.say(f"Warning: ignoring the half-written checkpoint {path} (left by an "
                   "interrupted save).")
@@ -324,7 +71,7 @@ def discard_partial_checkpoints(workdir: pathlib.Path) -> list[pathlib.Path]:
 
 def open_manager(workdir: str | pathlib.Path, max_to_keep: int | None = None,
                  read_only: bool = False) -> ocp.CheckpointManager:
-  directory = (pathlib.Path(workdir) / CHECKPOINT_DIR).absolute()
+  directory = (pathlib.Path(workdir) / rundir.CHECKPOINT_DIR).absolute()
   if read_only and not directory.is_dir():
     raise CheckpointError(f"{directory} does not exist: no checkpoint was written in {workdir}.")
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
@@ -377,7 +124,7 @@ def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 def latest_step(manager: ocp.CheckpointManager, workdir: str | pathlib.Path) -> int:
   step = manager.latest_step()
   if step is None:
-    raise CheckpointError(f"No checkpoint found under {pathlib.Path(workdir) / CHECKPOINT_DIR}.")
+    raise CheckpointError(f"No checkpoint found under {pathlib.Path(workdir) / rundir.CHECKPOINT_DIR}.")
   return step
 
 
@@ -470,13 +217,13 @@ def restore(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   if step not in manager.all_steps():
     raise CheckpointError(f"Checkpoint step {step} does not exist in {workdir}; available: "
                           f"{list(manager.all_steps())}.")
-  where = f"Checkpoint step {step} in {pathlib.Path(workdir) / CHECKPOINT_DIR}"
+  where = f"Checkpoint step {step} in {pathlib.Path(workdir) / rundir.CHECKPOINT_DIR}"
   args = {"meta": ocp.args.JsonRestore()}  # Always: it holds the digests to verify.
   for name, example in items.items():
     if name != "meta":
       _check_against_metadata(manager, step, name, example, where)
       args[name] = ocp.args.StandardRestore(_abstract(example, sharding))
-  step_dir = pathlib.Path(workdir) / CHECKPOINT_DIR / str(step)
+  step_dir = pathlib.Path(workdir) / rundir.CHECKPOINT_DIR / str(step)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
@@ -520,9 +267,9 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
 
   `members` selects member indices (default: all); a single model comes back with M = 1.
   """
-  repair_interrupted_overwrite(workdir)
-  run_config = load_config(workdir)
-  num_members = len(config_lib.population_members(run_config))
+  rundir.repair_interrupted_overwrite(workdir)
+  run_config = rundir.load_config(workdir)
+  num_members = len(population.members(run_config))
   if members and max(members) >= num_members:
     raise CheckpointError(f"{workdir} has {num_members} member(s) (indices 0 to "
                           f"{num_members - 1}); member {max(members)} was asked for.")
@@ -539,3 +286,29 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
   if members:
     variables = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], variables)
   return variables, run_config, step
+
+
+def restore_latest(workdir: pathlib.Path, items: dict[str, Any], sharding: jax.sharding.Sharding,
+                   max_to_keep: int) -> tuple[ocp.CheckpointManager, int | None, dict[str, Any]]:
+  """Opens the run's checkpoint manager and restores `items` of its newest intact checkpoint.
+
+  A checkpoint that fails its checksums is moved to WORKDIR/corrupted_checkpoints/ with a
+  warning, and the one before it is used. Returns (manager, step, restored), or (manager, None,
+  {}) when there is no checkpoint to resume from.
+  """
+  manager = open_manager(workdir, max_to_keep=max_to_keep)
+  while (step := manager.latest_step()) is not None:
+    try:
+      return manager, step, restore(manager, step, items, sharding, workdir)
+    except CorruptCheckpointError as e:
+      manager.close()
+      quarantine = workdir / rundir.CORRUPTED_DIR / str(step)
+      if reporting.is_main_process():
+        quarantine.parent.mkdir(exist_ok=True)
+        shutil.rmtree(quarantine, ignore_errors=True)
+        (workdir / rundir.CHECKPOINT_DIR / str(step)).rename(quarantine)
+      parallelism.sync_processes("kd_jax_quarantine")
+      reporting.say(f"Warning: {e} Moved it to {quarantine}; resuming from the checkpoint "
+                    "before it.")
+      manager = open_manager(workdir, max_to_keep=max_to_keep)
+  return manager, None, {}

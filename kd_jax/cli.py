@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from kd_jax import api, configs, parallelism, preemption
+from kd_jax import configs, parallelism, preemption, runtime
 from kd_jax.errors import ConfigError, KdJaxError, OutOfMemoryError, one_line
 
 flags.DEFINE_bool("debug", False, "Show full Python tracebacks for user errors.")
@@ -118,7 +118,7 @@ def run(main: Callable[[list[str]], None],
       # report in one line anyway, pages of ERROR lines; ours are printed.
       logging.set_verbosity(logging.FATAL)
     if FLAGS.debug or FLAGS["verbosity"].present:
-      os.environ[api.VERBOSE_ENV] = "1"  # Library calls inside the command keep the logs too.
+      os.environ[runtime.VERBOSE_ENV] = "1"  # Library calls inside the command keep the logs too.
     if not FLAGS.debug:
       # A failed orbax/tensorstore read leaves worker threads and asyncio tasks that print their
       # own tracebacks, racing our one-line message; the error reaches us through the main
@@ -127,7 +127,7 @@ def run(main: Callable[[list[str]], None],
       sys.unraisablehook = _drop_closed_loop_callbacks
       std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
-      api.use_deterministic_kernels()
+      runtime.use_deterministic_kernels()
     try:
       if _DISTRIBUTED.value or _COORDINATOR.value:
         parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,

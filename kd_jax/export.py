@@ -12,7 +12,8 @@ arithmetic ensemble) unless --member picks one. Serving needs jax alone, not kd_
   model = export.deserialize(open("OUT/model.jax_exported", "rb").read())
   probabilities = model.call(images)  # uint8 [B, 28, 28] -> float32 [B, 10]
 
-With tensorflow installed, --saved_model also writes OUT/saved_model/ through jax2tf.
+With TensorFlow installed (pip install 'kd_jax[tf]'), --saved_model also writes
+OUT/saved_model/ through jax2tf.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from kd_jax import api, checkpointing, cli, data, losses, models, parallelism, reporting, targets
-from kd_jax.errors import CheckpointError, ConfigError
+from kd_jax import checkpointing, data, losses, parallelism, reporting, rundir, runs, targets
+from kd_jax.errors import CheckpointError, ConfigError, one_line
 
 MODEL_FILE = "model.jax_exported"
 METADATA_FILE = "metadata.json"
@@ -70,14 +71,14 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   if member is not None and member < 0:
     raise ConfigError(f"--member={member} is invalid: expected a member index >= 0.")
   mesh = parallelism.make_mesh(jax.devices()[:1])
-  variables, run_config, step = checkpointing.restore_variables(
-      workdir, mesh, step, members=None if member is None else (member,), model=model)
+  run = runs.Run.open(workdir, mesh=mesh, step=step, model=model,
+                      members=None if member is None else (member,))
+  run_config, variables, step = run.config, run.variables, run.step
   epochs = _finished_epochs(workdir, step)
   if epochs is not None and epochs < run_config.num_epochs:
     reporting.say(f"Warning: checkpoint step {step} of {workdir} is from epoch {epochs} of "
                   f"{run_config.num_epochs}: the run has not finished.")
-  model = models.model_from_config(run_config.model) if model is None else model
-  num_members = jax.tree.leaves(variables)[0].shape[0]
+  model, num_members = run.model, run.num_members
   batch = jax.export.symbolic_shape("batch")[0]
   image_shape = tuple(run_config.model.input_shape)
   images_spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.uint8)
@@ -90,7 +91,7 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   metadata = {
       "format": EXPORT_FORMAT, "source_workdir": str(workdir.absolute()), "step": step,
       "epochs": epochs,
-      "model": models.describe(run_config.model),
+      "model": run.describe(),
       "members": [member] if member is not None else list(range(num_members)),
       "output": ("class probabilities at T = 1" if num_members == 1 else
                  f"class probabilities at T = 1, averaged over {num_members} members"),
@@ -145,7 +146,7 @@ def _check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool
     raise ConfigError(f"--out={out} is (or holds) the run being exported, {workdir}; choose "
                       "another --out.")
   if not is_export(out):
-    what = ("a kd_jax run directory" if (out / checkpointing.CONFIG_FILE).exists() else
+    what = ("a kd_jax run directory" if (out / rundir.CONFIG_FILE).exists() else
             "a folder that is not a kd_jax export")
     raise ConfigError(f"--out={out} is {what}; it is left as it is. Choose another --out "
                       "(--overwrite replaces only a previous export).")
@@ -157,11 +158,15 @@ def _check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool
 def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
                        path: pathlib.Path) -> None:
   """A TF SavedModel with the same signature (jax2tf, polymorphic batch)."""
-  try:
+  try:  # An extra (kd_jax[tf]): the base install has no TensorFlow.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConfigError(f"--saved_model needs tensorflow and jax2tf ({e}).") from e
+    if (e.name or "").split(".")[0] == "tensorflow":
+      raise ConfigError("tensorflow is not installed: pip install 'kd_jax[tf]' for --saved_model "
+                        "(model.jax_exported alone needs no TensorFlow).") from e
+    raise ConfigError(f"--saved_model needs tensorflow and jax2tf, which do not import "
+                      f"({one_line(e)}): pip install 'kd_jax[tf]'.") from e
   module = tf.Module()
   module.serve = tf.function(
       jax2tf.convert(serve, polymorphic_shapes=[f"(b, {', '.join(map(str, image_shape))})"],
@@ -181,7 +186,7 @@ def load(folder: str | pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
   image_shape = tuple(exported.in_avals[0].shape[1:])
 
   def predict(images: np.ndarray) -> np.ndarray:
-    images = api.check_images(images, image_shape)
+    images = data.check_images(images, image_shape)
     if images.dtype != np.uint8:
       images = np.round(images * 255).astype(np.uint8)
     return np.asarray(exported.call(jnp.asarray(images)))
@@ -200,7 +205,7 @@ def define_flags() -> None:
   flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS),
                     "Platforms the artifact is lowered for (cpu, cuda, rocm, tpu).")
   flags.DEFINE_bool("saved_model", False, "Also write a TF SavedModel through jax2tf (needs "
-                    "tensorflow).")
+                    "tensorflow: pip install 'kd_jax[tf]').")
 
 
 def main(argv):
@@ -210,5 +215,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from kd_jax import cli  # pylint: disable=g-import-not-at-top  # The command only.
   define_flags()
   cli.run(main)

@@ -21,7 +21,7 @@ from absl import app, flags
 
 import jax
 
-from kd_jax import configs, reporting, trainer
+from kd_jax import configs, prepare, reporting, trainer
 from kd_jax.data import records
 from kd_jax.paper import verdicts
 
@@ -55,7 +55,7 @@ def main(argv):
   out, root = pathlib.Path(_OUT.value), pathlib.Path(_WORKDIR.value)
   folder = root / "records"
   if not (folder / records.METADATA_FILE).exists():
-    records.prepare("mnist", folder, num_shards=4)
+    prepare.prepare("mnist", folder, num_shards=4)
   grain_fields = {"data.pipeline": "grain", "data.records_dir": str(folder)}
 
   def config(name, pipeline, **fields):

@@ -2,7 +2,7 @@
 
   python scripts/readme_claims.py [results/cpu/results.json]
 
-The block sits between `reproduce.README_BEGIN` and `reproduce.README_END`; tests/test_docs.py
+The block sits between `report.README_BEGIN` and `report.README_END`; tests/test_docs.py
 fails when it no longer matches the committed results.
 """
 
@@ -11,7 +11,7 @@ import pathlib
 import re
 import sys
 
-from kd_jax.paper import reproduce
+from kd_jax.paper import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = "results/cpu/results.json"
@@ -19,15 +19,15 @@ DEFAULT = "results/cpu/results.json"
 
 def current_block(readme: str) -> re.Match:
   """The block in README.md text (an error if it has none)."""
-  begin = re.escape(reproduce.README_BEGIN).replace(re.escape("{path}"), "(?P<path>[^ ]+)")
-  match = re.search(f"{begin}.*?{re.escape(reproduce.README_END)}", readme, flags=re.S)
+  begin = re.escape(report.README_BEGIN).replace(re.escape("{path}"), "(?P<path>[^ ]+)")
+  match = re.search(f"{begin}.*?{re.escape(report.README_END)}", readme, flags=re.S)
   if match is None:
-    raise SystemExit("README.md has no claims block (" + reproduce.README_BEGIN + ").")
+    raise SystemExit("README.md has no claims block (" + report.README_BEGIN + ").")
   return match
 
 
 def rendered(path: str) -> str:
-  return reproduce.readme_claims(json.loads((ROOT / path).read_text()), path)
+  return report.readme_claims(json.loads((ROOT / path).read_text()), path)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from conftest import TINY_OVERRIDES, run_command
-from kd_jax import checkpointing, data, evaluation, parallelism
+from kd_jax import data, evaluation, parallelism, rundir, runs
+
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +65,11 @@ def test_distill_then_evaluate_on_other_device_counts(teacher_run, tiny_mnist_di
   assert fit["num_train_examples"] == 480 and 0.5 < fit["train_agreement"][0] <= 1
   assert fit["train_kl"][0] >= 0 and "transfer_fit" not in reports[teacher_dir]
   # And on the test set: the same figures as the student's and teacher's logits there give.
-  splits = data.load_dataset(checkpointing.load_config(student_dir).data, str(tiny_mnist_dir))
+  splits = data.load_dataset(rundir.load_config(student_dir).data, str(tiny_mnist_dir))
   mesh = parallelism.make_mesh()
-  direct = evaluation.fit_to_teacher(evaluation.logits_on(student_dir, splits.test_images, mesh),
-                                     evaluation.logits_on(teacher_dir, splits.test_images, mesh))
+  student, teacher = (runs.Run.open(run, mesh=mesh) for run in (student_dir, teacher_dir))
+  direct = evaluation.fit_to_teacher(student.logits(splits.test_images),
+                                     teacher.logits(splits.test_images))
   assert fit["test_agreement"] == pytest.approx(direct["agreement"].tolist(), abs=1 / 200)
   assert fit["test_kl"] == pytest.approx(direct["kl"].tolist(), rel=1e-3)
   # The prototypes are easy: both nets learn them well in two epochs.

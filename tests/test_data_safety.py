@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kd_jax
-from kd_jax import checkpointing, data, export, trainer
+from kd_jax import checkpointing, data, export, rundir, trainer
 from kd_jax.errors import CheckpointError, ConfigError
 from conftest import TINY_OVERRIDES, run_command, snapshot, tiny_config
 
@@ -122,6 +122,7 @@ def test_a_refused_run_leaves_no_workdir(tiny_mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("point", ["write_metrics", "write_tensorboard", "write_json:data.json"])
+@pytest.mark.slow
 def test_a_full_disk_while_logging_is_one_line_exit_4(tiny_mnist_dir, tmp_path, point):
   result = run_command("train", *STUDENT, f"--workdir={tmp_path / 'run'}", check=False,
                        mnist_dir=tiny_mnist_dir, extra_env={"KD_JAX_FAULT": f"enospc:{point}"})
@@ -133,6 +134,7 @@ def test_a_full_disk_while_logging_is_one_line_exit_4(tiny_mnist_dir, tmp_path, 
 # ----------------------------------------------------------------------------- --overwrite
 
 
+@pytest.mark.slow
 def test_every_reader_repairs_an_interrupted_overwrite(tiny_mnist_dir, tmp_path):
   old = tmp_path / "old"
   run_command("train", *STUDENT, f"--workdir={old}", mnist_dir=tiny_mnist_dir)
@@ -148,7 +150,7 @@ def test_every_reader_repairs_an_interrupted_overwrite(tiny_mnist_dir, tmp_path)
     shutil.copytree(old, workdir)
     killed = run_command("train", *new_run, f"--workdir={workdir}", check=False,
                          mnist_dir=tiny_mnist_dir, extra_env={"KD_JAX_FAULT": fault})
-    assert killed.returncode == -9 and (workdir / checkpointing.ASIDE_DIR).is_dir()
+    assert killed.returncode == -9 and (workdir / rundir.ASIDE_DIR).is_dir()
     args = {"evaluate": [f"--workdir={workdir}"],
             "export": [f"--workdir={workdir}", f"--out={tmp_path / f'exported{number}'}"],
             "distill": ["--config=quick_distill", *TINY_OVERRIDES,
@@ -156,7 +158,7 @@ def test_every_reader_repairs_an_interrupted_overwrite(tiny_mnist_dir, tmp_path)
                         f"--workdir={tmp_path / f'student{number}'}"]}[reader]
     result = run_command(reader, *args, mnist_dir=tiny_mnist_dir)
     assert "interrupted --overwrite" in result.stdout, (fault, reader)
-    assert not (workdir / checkpointing.ASIDE_DIR).exists()
+    assert not (workdir / rundir.ASIDE_DIR).exists()
     assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.001
     if reader == "evaluate":  # The old run, whole: the same score.
       assert json.loads((workdir / "eval.json").read_text())["test_errors"] == expected
@@ -170,5 +172,5 @@ def test_runs_saved_before_the_specialist_fields_moved_still_resume(run, tmp_pat
                                                    "init_workdir": ""}))
   config = tiny_config(tiny_mnist_dir, num_epochs=3, model__hidden_sizes=(16,),
                        checkpoint__max_to_keep=5)
-  assert checkpointing.config_differences(checkpointing.load_config(workdir), config) == []
+  assert rundir.config_differences(rundir.load_config(workdir), config) == []
   assert checkpointing.finished_step(workdir, config) == 45

@@ -1,18 +1,22 @@
 """The documentation: the site builds in strict mode (no broken link or missing page), the config
 reference is current and describes every field, and the README stays a front page."""
 
+import html
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
-from kd_jax import checkpointing, config_lib
+import pytest
+
+from kd_jax import config_lib, rundir
 from conftest import REPO_ROOT
 
 
 def test_config_reference_describes_every_field_and_is_current():
   defaults = config_lib.add_distillation(config_lib.base_config())
-  flat = checkpointing._flatten(defaults.to_dict())  # pylint: disable=protected-access
+  flat = rundir._flatten(defaults.to_dict())  # pylint: disable=protected-access
   assert set(flat) == set(config_lib.FIELDS), "describe new fields in config_lib.FIELDS"
   committed = (REPO_ROOT / "docs" / "config_reference.md").read_text()
   assert committed == config_lib.reference_markdown(), (
@@ -29,6 +33,7 @@ def test_readme_claims_are_the_committed_reproduction():
       "README.md's claims block is stale: run python scripts/readme_claims.py")
 
 
+@pytest.mark.slow
 def test_docs_build_strictly(tmp_path):
   env = dict(os.environ, NO_MKDOCS_2_WARNING="1", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
@@ -37,6 +42,10 @@ def test_docs_build_strictly(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   api = (tmp_path / "site" / "api" / "index.html").read_text()
   assert "kd_jax.api.train" in api and "Run" in api  # Generated from the docstrings.
+  # The docstrings' examples render as code, not as run-on prose.
+  code = [html.unescape(re.sub(r"<[^>]+>", "", block))
+          for block in re.findall(r"<pre[^>]*>(.*?)</pre>", api, re.S)]
+  assert any("kd_jax.train(" in block for block in code), "the API example is not a code block"
 
 
 def test_readme_is_a_front_page():

@@ -7,12 +7,17 @@ import shutil
 import pytest
 
 from conftest import run_command
-from kd_jax import config_lib, configs
+from kd_jax import config_lib, configs, population
 from kd_jax.paper import fidelity
 from kd_jax.errors import CheckpointError, ConfigError
 
 KEYS = {"teacher_errors", "distilled_errors_mean", "distilled_errors_sd", "alone_errors_mean",
         "transfer", "seeds", "student_epochs"}
+
+
+def _changed(profile, cell: str) -> dict:
+  """The fields a cell of the profile's config changes from the student, with their values."""
+  return dict(profile.cells[cell])
 
 
 def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
@@ -24,19 +29,27 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   assert all(not config_lib.is_distillation(runs[n]) for n in names[:first_teacher])
   assert all(config_lib.is_distillation(runs[n]) for n in names[first_teacher + 2:])
   paper = runs["cells/paper"]
-  assert (paper.temperature, paper.alpha, paper.data.jitter, paper.members) == (20.0, 0.9, 0, 3)
+  assert (paper.temperature, paper.alpha, paper.data.jitter) == (20.0, 0.9, 0)  # The paper's.
+  assert paper.members == config.seeds
   assert paper.teacher_workdir == str(tmp_path / "teachers" / "sqrt15")
   assert runs["teachers/sqrt15"].model.max_norm == pytest.approx(15**0.5)
   assert runs["cells/teacher_maxnorm4"].teacher_workdir.endswith("maxnorm4")
-  assert runs["cells/jittered_relabelled"].data.jitter == 2
+  assert runs["cells/jittered_relabelled"].data.jitter == _changed(config, "jittered_relabelled")[
+      "data.jitter"] != config.student.data.jitter
   assert runs["cells/no_t_squared"].soft_t_squared is False
   assert runs["cells/sgd_momentum"].optimizer == "sgd_momentum"
-  assert len(config_lib.population_members(runs["cells/t_alpha"])) == 27
-  assert runs["cells/longest"].num_epochs == 1500 and runs["teachers/sqrt15"].num_epochs == 300
-  cpu = fidelity.stages(fidelity.load_config("cpu"), tmp_path)
+  sweep = _changed(config, "t_alpha")
+  assert len(population.members(runs["cells/t_alpha"])) == config.seeds * len(
+      sweep["sweep.temperature"]) * len(sweep["sweep.alpha"])
+  assert runs["cells/longest"].num_epochs == _changed(config, "longest")["num_epochs"]
+  assert runs["teachers/sqrt15"].to_dict() == config.teachers.sqrt15.to_dict()
+  cpu_config = fidelity.load_config("cpu")
+  cpu = fidelity.stages(cpu_config, tmp_path)
   assert list(k for k in cpu if k.startswith("teachers/")) == ["teachers/quick"]
-  assert cpu["cells/paper"].num_epochs == 8 and cpu["cells/paper"].teacher_workdir.endswith("quick")
-  long = fidelity.stages(fidelity.load_config("cpu_long"), tmp_path)
+  assert cpu["cells/paper"].num_epochs == cpu_config.student.num_epochs
+  assert cpu["cells/paper"].teacher_workdir.endswith("quick")
+  long_config = fidelity.load_config("cpu_long")
+  long = fidelity.stages(long_config, tmp_path)
   assert set(long) == {"teachers/cpu_long", "teachers/ensemble3", "teachers/sqrt15",
                        "cells/alone", "cells/alone_longer", "cells/alone_jittered", "cells/paper",
                        "cells/paper_ensemble", "cells/paper_ensemble_longer",
@@ -44,30 +57,42 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
                        "cells/jittered_relabelled_longer", "cells/jittered_relabelled_longest",
                        "cells/jittered_relabelled_ensemble", "cells/teacher_sqrt15"}
   ensemble = long["teachers/ensemble3"]
-  assert ensemble.to_dict() == {**long["teachers/cpu_long"].to_dict(), "members": 3}
-  assert [m["seed"] for m in config_lib.population_members(ensemble)] == [0, 1, 2]
+  assert ensemble.members > 1 and long["teachers/cpu_long"].members == 1
+  assert ensemble.to_dict() == {**long["teachers/cpu_long"].to_dict(), "members": ensemble.members}
+  assert [m["seed"] for m in population.members(ensemble)] == list(
+      range(ensemble.seed, ensemble.seed + ensemble.members))  # Member 0 is the cpu_long teacher.
   for cell in ("paper_ensemble", "paper_ensemble_longer", "jittered_relabelled_ensemble"):
     assert long[f"cells/{cell}"].teacher_workdir == str(tmp_path / "teachers" / "ensemble3")
   # decisive: the reproduction's cpu teachers (the same config, so one shared run), member 2
   # in eval mode beside the same student under 10 dropout masks per image.
-  decisive = fidelity.stages(fidelity.load_config("decisive"), tmp_path)
+  decisive_config = fidelity.load_config("decisive")
+  decisive = fidelity.stages(decisive_config, tmp_path)
   assert set(decisive) == {"teachers/ensemble3", "cells/paper", "cells/dropout_masks"}
   assert decisive["teachers/ensemble3"].to_dict() == configs.module("reproduce").get_config(
       "cpu").teacher.to_dict()
   for run in decisive.values():
     config_lib.validate(run)
   masked = decisive["cells/dropout_masks"].to_dict()
-  assert masked.pop("teacher_dropout_masks") == 10 and masked["teacher_members"] == (2,)
+  masks = _changed(decisive_config, "dropout_masks")
+  assert masked.pop("teacher_dropout_masks") == masks["teacher_dropout_masks"] > 1
+  assert masked["teacher_members"] == masks["teacher_members"] == _changed(
+      decisive_config, "paper")["teacher_members"]
   assert {**decisive["cells/paper"].to_dict(), "teacher_dropout_masks": None} == {
       **masked, "teacher_dropout_masks": None}
-  for name, dropout in (("cpu_long", (0.1, 0.3)), ("sqrt15", (0.2, 0.5))):
-    teacher = long[f"teachers/{name}"]
-    assert (teacher.num_epochs, teacher.data.jitter) == (100, 2)
-    assert (teacher.model.input_dropout, teacher.model.hidden_dropout) == dropout
+  # Both teachers train as long, on the same jittered images, with their own recipes' dropout.
+  ours, paper_teacher = long["teachers/cpu_long"], long["teachers/sqrt15"]
+  assert (paper_teacher.num_epochs, paper_teacher.data.jitter) == (
+      ours.num_epochs, ours.data.jitter) and ours.data.jitter > 0
+  for run, recipe in ((ours, "teacher"), (paper_teacher, "paper_teacher")):
+    model = configs.get(recipe).model
+    assert (run.model.input_dropout, run.model.hidden_dropout) == (model.input_dropout,
+                                                                   model.hidden_dropout)
   assert long["cells/teacher_sqrt15"].teacher_workdir.endswith("sqrt15")
-  assert {run.num_epochs for name, run in long.items() if name.startswith("cells/")} == {40, 80, 200}
+  assert {run.num_epochs for name, run in long.items() if name.startswith("cells/")} == {
+      dict(changes).get("num_epochs", long_config.student.num_epochs)
+      for changes in long_config.cells.values()}
   for cell in ("jittered_relabelled_longer", "jittered_relabelled_longest"):
-    assert long[f"cells/{cell}"].data.jitter == 2
+    assert long[f"cells/{cell}"].data.jitter == long["cells/jittered_relabelled"].data.jitter > 0
   for run in [*runs.values(), *long.values()]:
     config_lib.validate(run)
   with pytest.raises(ConfigError, match="does not have"):
@@ -78,17 +103,21 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
     fidelity.finished(runs, tmp_path)  # --report_only on a study not yet run.
 
 
+@pytest.mark.slow
 def test_tiny_ablation_end_to_end(tmp_path, tiny_mnist_dir):
   run_command("fidelity", "--profile=tiny", f"--workdir={tmp_path}",
               f"--teachers_dir={tmp_path / 'teachers_store'}", mnist_dir=tiny_mnist_dir)
   results = json.loads((tmp_path / "results.json").read_text())
-  assert set(results["teachers"]) == {"shared"}
+  tiny = fidelity.load_config("tiny")
+  assert set(results["teachers"]) == set(tiny.teachers)
   cells = results["cells"]
-  assert [(r["temperature"], r["alpha"]) for r in cells["t_alpha"]] == [(4.0, 0.9), (20.0, 0.9)]
+  sweep = dict(tiny.cells.t_alpha)
+  assert [(r["temperature"], r["alpha"]) for r in cells["t_alpha"]] == [
+      (t, a) for t in sweep["sweep.temperature"] for a in sweep["sweep.alpha"]]
   assert cells["alone_jittered"][0]["paper_protocol"] is False
   for name, rows in cells.items():
     for row in rows:
-      assert row["test_errors"]["n"] == 2
+      assert row["test_errors"]["n"] == tiny.seeds
       assert ("train_agreement" in row) == (row["teacher"] is not None), name
       assert ("test_agreement" in row) == (row["teacher"] is not None), name
   assert KEYS <= set(results["paper_protocol"]) and KEYS <= set(results["best_overall"])

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, data, evaluation, models, parallelism, trainer
+from kd_jax import checkpointing, data, evaluate, models, parallelism, trainer
 from conftest import TINY_OVERRIDES, run_command, signal_after_epoch, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
@@ -120,7 +120,7 @@ def test_ensemble_evaluation_averages_the_members_probabilities(population_teach
       for i in range(2)]
   for mean, combine in (("arithmetic", lambda p: np.mean(p, axis=0)),
                         ("geometric", lambda p: np.exp(np.mean(np.log(p), axis=0)))):
-    report = evaluation.evaluate_checkpoint(population_teacher, ensemble=mean)
+    report = evaluate.evaluate_checkpoint(population_teacher, ensemble=mean)
     probs = combine(member_probs)
     probs = probs / probs.sum(-1, keepdims=True)
     assert report["ensemble"]["test_errors"] == int((probs.argmax(-1) != labels).sum())
@@ -138,6 +138,7 @@ POPULATION_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, "--config.num
                    "--config.sweep.learning_rate=(0.001,0.003)"]
 
 
+@pytest.mark.slow
 def test_population_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist_dir, tmp_path):
   reference, resumed = tmp_path / "reference", tmp_path / "resumed"
   run_command("train", f"--workdir={reference}", *POPULATION_ARGS, mnist_dir=tiny_mnist_dir)
@@ -162,6 +163,7 @@ def test_population_killed_with_sigkill_resumes_to_the_same_result(tiny_mnist_di
   assert [r["epoch"] for r in without_times(resumed)] == list(range(1, 7))
 
 
+@pytest.mark.slow
 def test_distill_command_with_a_population_teacher(population_teacher, tiny_mnist_dir, tmp_path):
   student = tmp_path / "student"
   result = run_command("distill", "--config=configs/distill.py", *TINY_OVERRIDES,
@@ -186,6 +188,7 @@ def test_distill_command_with_a_population_teacher(population_teacher, tiny_mnis
   assert on_two["ensemble"]["test_errors"] == last["ensemble_test_errors"]
 
 
+@pytest.mark.slow
 def test_any_config_with_a_teacher_is_validated_as_distillation(population_teacher,
                                                                 tiny_mnist_dir, tmp_path):
   result = run_command("train", "--config=configs/distill.py", *TINY_OVERRIDES,

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import checkpointing, config_lib, configs, data, parallelism, preemption
+from kd_jax import (checkpointing, config_lib, configs, data, models, parallelism, preemption,
+                    rundir)
 from kd_jax.paper import bias_correction, fidelity, reproduce, stages, verdicts
+from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError, DataError
 
 
@@ -60,10 +62,10 @@ def test_runs_saved_before_the_selection_fields_resume_unchanged():
   saved = config_lib.base_config()
   for field in ("train_classes", "train_subset", "subset_seed"):
     del saved.data[field]
-  assert checkpointing.config_differences(saved, config_lib.base_config()) == []
+  assert rundir.config_differences(saved, config_lib.base_config()) == []
   changed = config_lib.base_config()
   changed.data.train_subset = 100
-  assert checkpointing.config_differences(saved, changed) == ["data.train_subset"]
+  assert rundir.config_differences(saved, changed) == ["data.train_subset"]
 
 
 def test_hard_label_runs_saved_before_a_distillation_field_resume_unchanged():
@@ -72,9 +74,9 @@ def test_hard_label_runs_saved_before_a_distillation_field_resume_unchanged():
   current = config_lib.add_distillation(config_lib.base_config())
   saved = current.copy_and_resolve_references()
   del saved["teacher_dropout_masks"], saved["teacher_dropout_seed"]
-  assert checkpointing.config_differences(saved, current) == []
+  assert rundir.config_differences(saved, current) == []
   current.teacher_dropout_masks = 4
-  assert checkpointing.config_differences(saved, current) == ["teacher_dropout_masks"]
+  assert rundir.config_differences(saved, current) == ["teacher_dropout_masks"]
 
 
 # ----------------------------------------------------------------------------- bias correction
@@ -99,6 +101,7 @@ def test_offset_search_finds_the_bias_that_was_taken_away():
   assert float(shifted["hidden_0"]["bias"].sum()) == 8.0
 
 
+@pytest.mark.slow
 def test_correction_is_tuned_without_the_test_set(tiny_reproduction, tiny_mnist_dir, tmp_path):
   """Same training data, a scrambled test set: the same offsets and validation figures."""
   root, _ = tiny_reproduction
@@ -124,6 +127,7 @@ def test_correction_is_tuned_without_the_test_set(tiny_reproduction, tiny_mnist_
   np.testing.assert_array_equal(after["hidden_0"]["kernel"], before["hidden_0"]["kernel"])
 
 
+@pytest.mark.slow
 def test_correction_refuses_a_run_without_a_validation_split(tiny_reproduction, tmp_path):
   root, _ = tiny_reproduction
   with pytest.raises(ConfigError, match="never on the test set"):
@@ -134,35 +138,44 @@ def test_correction_refuses_a_run_without_a_validation_split(tiny_reproduction, 
 # ----------------------------------------------------------------------------- reproduce
 
 
+@pytest.mark.slow
 def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction):
   root, stdout = tiny_reproduction
+  config = reproduce.load_config(None, "tiny")  # What the fixture ran; PAPER: the paper's figures.
   results = json.loads((root / "results.json").read_text())
   experiments = results["experiments"]
   assert set(experiments) == {"table", "temperature", "ensemble", "mythical", "only_classes",
                               "regulariser"}
   table = experiments["table"]
-  assert table["alone_errors"]["n"] == table["distilled_errors"]["n"] == 2
-  assert table["paper"] == {"teacher_errors": 67, "alone_errors": 146, "distilled_errors": 74,
-                            "transfer": 0.91}
-  assert set(experiments["temperature"]["sizes"]) == {"2x8", "2x4"}
+  table_seeds = config.table_seeds or config.seeds
+  assert table["alone_errors"]["n"] == table["distilled_errors"]["n"] == table_seeds
+  assert table["paper"] == PAPER["table"]
+  assert set(experiments["temperature"]["sizes"]) == {
+      reproduce.size_tag(sizes) for sizes in config.temperature_sweep.hidden_sizes}
+  temperatures = tuple(float(t) for t in config.temperature_sweep.temperatures)
   for sweep in experiments["temperature"]["sizes"].values():
-    assert set(sweep["by_temperature"]) == {"1.0", "3.0", "12.0", "20.0"}
-    assert all(s["n"] == 2 for s in sweep["by_temperature"].values())
-    assert sweep["best_temperature"] in (1.0, 3.0, 12.0, 20.0)
+    assert set(sweep["by_temperature"]) == {str(t) for t in temperatures}
+    assert all(s["n"] == config.seeds for s in sweep["by_temperature"].values())
+    assert sweep["best_temperature"] in temperatures
   ensemble = experiments["ensemble"]
-  assert ensemble["member_errors"]["n"] == 2
-  assert ensemble["paper"].startswith("No MNIST figure")
+  assert ensemble["member_errors"]["n"] == config.teacher.members
+  assert ensemble["paper"] == PAPER["ensemble"]
   mythical = experiments["mythical"]
-  assert mythical["class_test_examples"] == 20  # The tiny test set has 20 of each class.
-  assert mythical["corrected_paper"]["offsets"] == [3.5, 3.5]
-  assert experiments["only_classes"]["corrected_paper"]["offsets"] == [-7.6, -7.6]
+  assert mythical["class_test_examples"] == np.sum(  # The tiny test set's examples of the digit.
+      make_tiny_mnist()["test_labels"] == config.mythical_digit)
+  assert mythical["corrected_paper"]["offsets"] == [PAPER["mythical"]["offset"]] * config.seeds
+  assert experiments["only_classes"]["corrected_paper"]["offsets"] == [
+      PAPER["only_classes"]["offset"]] * config.seeds
   regulariser = experiments["regulariser"]
-  assert regulariser["subset_size"] == 40
-  assert all(1 <= e <= 6 for e in regulariser["hard_subset"]["early_stopping_epochs"])
-  # The subset runs trained on 40 class-balanced images (2 steps of 20 per epoch).
+  assert regulariser["subset_size"] == config.regulariser.subset
+  assert all(1 <= e <= config.regulariser.num_epochs
+             for e in regulariser["hard_subset"]["early_stopping_epochs"])
+  # The subset runs trained on the class-balanced subset, in whole batches.
   records = [json.loads(line) for line in
              (root / "regulariser" / "soft_subset" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records] == [2 * e for e in range(1, 7)]
+  steps_per_epoch = config.regulariser.subset // config.student.batch_size
+  assert [r["step"] for r in records] == [
+      steps_per_epoch * e for e in range(1, config.regulariser.num_epochs + 1)]
   # Every claim: a verdict from its tests at the last epoch and over the last 10% of epochs.
   claims = {c["claim"].split(" (")[0]: c for c in results["claims"]}
   assert len(claims) == 8 and results["machine"]["host_cores"] >= 1
@@ -174,7 +187,7 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
     if claim["last_epoch"]["verdict"] != claim["last_10_percent"]["verdict"]:
       assert claim["verdict"] == verdicts.UNDECIDED
   table_claim = claims["the distilled student beats the same student trained alone"]
-  assert table_claim["last_epoch"]["n"] == [2, 2]
+  assert table_claim["last_epoch"]["n"] == [table_seeds, table_seeds]
   assert table_claim["last_epoch"]["difference"] == pytest.approx(
       table["distilled_errors"]["mean"] - table["alone_errors"]["mean"])
   assert claims["the 2x4 student does best at a temperature from 2.5 to 4"]["last_epoch"][
@@ -184,21 +197,23 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
   for heading in ("## 1. The MNIST table", "## 2. Temperature", "## 3. Ensembles",
                   "## 4. The mythical digit", "## 5. Only 7 and 8", "## 6. Soft targets"):
     assert heading in markdown
-  assert "| 74 |" in markdown  # The paper's figure beside ours.
+  assert f"| {PAPER['table']['distilled_errors']} |" in markdown  # The paper's figure beside ours.
   assert "| claim | verdict | at the last epoch | over the last 10% of epochs |" in markdown
   for plot in ("temperature.png", "regulariser.png", "curves.png"):
     assert (root / plot).stat().st_size > 0
-  assert set(json.loads((root / "timings.json").read_text())) == set(
-      results["wall_time_s"]) and len(results["wall_time_s"]) == 17
+  assert set(json.loads((root / "timings.json").read_text())) == set(results["wall_time_s"]) == {
+      *reproduce.training_stages(config, root), *reproduce.correction_stages(config)}
   assert "claims hold" in stdout
 
 
+@pytest.mark.slow
 def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir):
   root, _ = tiny_reproduction
   checkpoints = {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)}
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", f"--workdir={root}",
                        mnist_dir=tiny_mnist_dir)
-  assert result.stdout.count("is finished; skipped") == 13
+  assert result.stdout.count("is finished; skipped") == len(
+      reproduce.training_stages(reproduce.load_config(None, "tiny"), root))
   assert "Bias correction" not in result.stdout  # Finished corrections are kept as they are.
   assert {p: t for p, t in snapshot(root).items() if "checkpoints" in str(p)} == checkpoints
 
@@ -206,10 +221,10 @@ def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir)
 def test_verdict_windows_are_the_last_epoch_and_the_last_tenth_of_the_epochs(tmp_path):
   config = config_lib.base_config()
   config.num_epochs, config.members = 20, 2
-  checkpointing.save_config(tmp_path, config)
+  rundir.save_config(tmp_path, config)
 
   def write(epochs):
-    (tmp_path / checkpointing.METRICS_FILE).write_text("".join(
+    (tmp_path / rundir.METRICS_FILE).write_text("".join(
         json.dumps({"epoch": e, "step": 10 * e, "test_errors": [100 - e, 200 - e],
                     "ensemble_test_errors": 50 + e}) + "\n" for e in epochs))
 
@@ -227,10 +242,10 @@ def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path)
   teacher = config_lib.base_config()
   store, root = tmp_path / "teachers", tmp_path / "study"
   directory = stages.link_stage(root, "teachers", teacher, store)
-  assert directory == store / f"teacher-{checkpointing.config_digest(teacher)}"
+  assert directory == store / f"teacher-{rundir.config_digest(teacher)}"
   assert (root / "teachers").is_symlink() and not (root / "teachers").readlink().is_absolute()
   directory.mkdir(parents=True)
-  checkpointing.save_config(directory, teacher)  # As training does first.
+  rundir.save_config(directory, teacher)  # As training does first.
   moved = tmp_path / "elsewhere"  # Another default store (a moved study): the link is kept.
   assert stages.link_stage(root, "teachers", teacher, moved) == directory.resolve()
   other = config_lib.base_config()
@@ -241,10 +256,11 @@ def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path)
   # teacher is left where it is for whoever shares it.
   new = stages.link_stage(root, "teachers", other, store, overwrite=True)
   assert new != directory and (root / "teachers").resolve() == new.resolve()
-  assert (directory / checkpointing.CONFIG_FILE).exists()
+  assert (directory / rundir.CONFIG_FILE).exists()
   assert stages.shared_stage_dir(store, teacher) == directory  # Found by its config.
 
 
+@pytest.mark.slow
 def test_a_second_study_of_the_same_teacher_trains_no_teacher(tiny_reproduction, tiny_mnist_dir):
   """The fidelity study's tiny teacher is the tiny reproduction's: it finds that run under the
   shared teachers folder (ROOT/../teachers) and trains no teacher of its own."""
@@ -257,15 +273,19 @@ def test_a_second_study_of_the_same_teacher_trains_no_teacher(tiny_reproduction,
                        mnist_dir=tiny_mnist_dir)
   assert (study / "teachers" / "shared").resolve() == shared
   assert f"{shared} is finished; skipped." in result.stdout  # Both sides resolved.
-  assert "Training MLP 784-32-32-10" not in result.stdout  # The teacher's size: never trained.
+  teacher = reproduce.load_config(None, "tiny").teacher
+  assert f"Training {models.describe(teacher.model)}" not in result.stdout  # Never trained.
   assert "teachers/shared" not in json.loads((study / "timings.json").read_text())
   assert {p: t for p, t in snapshot(shared).items() if "checkpoints" in str(p)} == checkpoints
-  # The dropout-mask cell distilled from three masks per image of each of the two teachers.
-  assert "under 3 dropout masks each" in result.stdout
+  # The dropout-mask cell distilled from several masks per image of each of the teachers.
+  tiny = fidelity.load_config("tiny")
+  masks = dict(tiny.cells.dropout_masks)["teacher_dropout_masks"]
+  assert f"under {masks} dropout masks each" in result.stdout
   results = json.loads((study / "results.json").read_text())
-  assert results["cells"]["dropout_masks"][0]["test_errors"]["n"] == 2
+  assert results["cells"]["dropout_masks"][0]["test_errors"]["n"] == tiny.seeds
 
 
+@pytest.mark.slow
 def test_profiles_and_their_bad_uses(tmp_path):
   for profile in ("quick", "cpu", "paper", "tiny"):
     config = reproduce.load_config(None, profile)
@@ -277,14 +297,21 @@ def test_profiles_and_their_bad_uses(tmp_path):
         assert stage.members == (config.table_seeds or config.seeds)
       elif not name.startswith("temperature/"):
         assert stage.members == config.seeds
-  cpu = reproduce.training_stages(reproduce.load_config(None, "cpu"), tmp_path)
-  assert (cpu["temperature/2x30"].members, cpu["temperature/2x30"].num_epochs) == (5, 60)
-  assert (cpu["temperature/2x300"].members, cpu["temperature/2x300"].num_epochs) == (3, 40)
+  cpu_config = reproduce.load_config(None, "cpu")
+  cpu = reproduce.training_stages(cpu_config, tmp_path)
+  sweep = cpu_config.temperature_sweep
+  assert len(set(sweep.seeds_by_size)) > 1 and len(set(sweep.num_epochs_by_size)) > 1
+  for sizes, seeds, epochs in zip(sweep.hidden_sizes, sweep.seeds_by_size,
+                                  sweep.num_epochs_by_size):  # Each size its own, in order.
+    for stage in (f"temperature/{reproduce.size_tag(sizes)}",
+                  f"temperature/{reproduce.size_tag(sizes)}_alone"):
+      assert (cpu[stage].members, cpu[stage].num_epochs) == (seeds, epochs)
   assert cpu["teachers"].to_dict() == configs.get("teacher_ensemble").to_dict()
   quick = reproduce.load_config(None, "quick")
   runs = reproduce.training_stages(quick, tmp_path)
-  assert runs["regulariser/hard_subset"].data.train_subset == 1800
-  assert runs["mythical/distilled"].data.train_classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
+  assert runs["regulariser/hard_subset"].data.train_subset == quick.regulariser.subset
+  assert runs["mythical/distilled"].data.train_classes == tuple(
+      c for c in range(data.NUM_CLASSES) if c != quick.mythical_digit)
   assert runs["table/distilled"].data.jitter == 0  # The paper's un-jittered transfer set.
   assert runs["ensemble/distilled"].teacher_members == ()
   result = run_command("reproduce", "--config=configs/reproduce.py:tiny", "--profile=paper",

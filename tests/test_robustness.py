@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, config_lib, data, parallelism, reporting, trainer
+from kd_jax import checkpointing, data, parallelism, reporting, rundir, trainer
 from kd_jax.errors import CheckpointError, ConfigError, DataError
 from conftest import TINY_OVERRIDES, make_tiny_mnist, run_command, snapshot, tiny_config
 
@@ -69,6 +69,7 @@ def _overwrite_command(workdir, mnist_dir, fault=None, overwrite=True, learning_
                      mnist_dir=mnist_dir, extra_env={"KD_JAX_FAULT": fault} if fault else None)
 
 
+@pytest.mark.slow
 def test_a_kill_during_overwrite_leaves_the_old_run_or_the_new_one(tiny_mnist_dir, tmp_path):
   old = tmp_path / "old"
   run_command("train", *STUDENT, f"--workdir={old}", mnist_dir=tiny_mnist_dir)
@@ -85,9 +86,9 @@ def test_a_kill_during_overwrite_leaves_the_old_run_or_the_new_one(tiny_mnist_di
   jax.tree.map(np.testing.assert_array_equal, _params(workdir), old_params)
   # Killed just after the new run started: the rerun carries the new run on.
   assert _overwrite_command(workdir, tiny_mnist_dir, "kill:discard_set_aside").returncode == -9
-  assert (workdir / checkpointing.ASIDE_DIR).is_dir()
+  assert (workdir / rundir.ASIDE_DIR).is_dir()
   assert _overwrite_command(workdir, tiny_mnist_dir).returncode == 0
-  assert not (workdir / checkpointing.ASIDE_DIR).exists()
+  assert not (workdir / rundir.ASIDE_DIR).exists()
   assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.01
   assert [r["epoch"] for r in reporting.read_metrics(workdir / "metrics.jsonl")] == [1, 2]
   # Killed mid-move and rerun with the same --overwrite: the new run, from scratch.
@@ -112,6 +113,7 @@ def _flip_bytes_in_largest_array_file(workdir, step, item):
   target.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_caught_and_resume_falls_back(tiny_mnist_dir, tmp_path):
   reference = tmp_path / "reference"
   trainer.train_and_evaluate(_config(tiny_mnist_dir, num_epochs=3), reference)
@@ -127,22 +129,20 @@ def test_corrupted_checkpoint_is_caught_and_resume_falls_back(tiny_mnist_dir, tm
   result = run_command("train", *STUDENT, "--config.num_epochs=3", f"--workdir={workdir}",
                        check=False, mnist_dir=tiny_mnist_dir)
   assert "Warning" in result.stdout and "corrupted" in result.stdout, result.stdout
-  assert (workdir / checkpointing.CORRUPTED_DIR / str(last)).is_dir()
+  assert (workdir / rundir.CORRUPTED_DIR / str(last)).is_dir()
   # The optimizer state too: a 2-byte flip there is refused as well.
   _flip_bytes_in_largest_array_file(reference, last, "train")
   with pytest.raises(CheckpointError, match="corrupted"):
     checkpointing.restore(checkpointing.open_manager(reference, read_only=True), last,
-                          {"train": jax.device_get(trainer._resume_item(  # pylint: disable=protected-access
-                              trainer.init_population(*_student_parts(tiny_mnist_dir), MESH)))},
+                          {"train": jax.device_get(trainer._resume_item(  # pylint: disable=W0212
+                              _fresh_student_state(tiny_mnist_dir)))},
                           parallelism.replicated(MESH), reference)
 
 
-def _student_parts(mnist_dir):
-  from kd_jax import models, steps  # pylint: disable=import-outside-toplevel
+def _fresh_student_state(mnist_dir):
+  """The state a fresh run of the student starts from, set up as the trainer sets it up."""
   config = _config(mnist_dir, num_epochs=3)
-  model = models.model_from_config(config.model)
-  optimizer = steps.make_optimizer(config, 12)
-  return model, optimizer(config.learning_rate), config_lib.population_members(config)
+  return trainer.fresh_state(config, trainer.build(config, MESH))
 
 
 def test_json_files_never_hold_nan(tmp_path):
@@ -154,6 +154,7 @@ def test_json_files_never_hold_nan(tmp_path):
 # ----------------------------------------------------------------------------- 3. the teacher
 
 
+@pytest.mark.slow
 def test_student_records_its_teacher_and_refuses_another(teacher, tiny_mnist_dir, tmp_path):
   student = tmp_path / "student"
   config = _config(tiny_mnist_dir, teacher=teacher)
@@ -193,8 +194,9 @@ def test_distilling_from_an_unfinished_teacher_warns(teacher, tiny_mnist_dir, tm
 # ----------------------------------------------------------------------------- 4. one writer
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_naming_the_holder(finished, tiny_mnist_dir):
-  with checkpointing.locked(finished):
+  with rundir.locked(finished):
     result = run_command("train", *STUDENT, f"--workdir={finished}", check=False,
                          mnist_dir=tiny_mnist_dir)
   assert result.returncode == 4
@@ -221,6 +223,7 @@ def test_checkpoint_removed_while_reading_is_not_called_corrupt(finished, monkey
 # ----------------------------------------------------------------------------- 5. the data
 
 
+@pytest.mark.slow
 def test_other_data_is_refused_on_resume_and_flagged_by_evaluate(tiny_mnist_dir, tmp_path):
   other = tmp_path / "other_mnist"
   data.write_idx_folder(other, make_tiny_mnist(seed=1))
@@ -245,6 +248,7 @@ def test_other_data_is_refused_on_resume_and_flagged_by_evaluate(tiny_mnist_dir,
     ("signal_twice:put_data", "a second signal (SIGTERM)"),
     ("signal_and_hang:put_data", "did not stop within 0.2 s"),
 ])
+@pytest.mark.slow
 def test_signals_from_the_start_end_with_75(tiny_mnist_dir, tmp_path, fault, message):
   result = run_command("train", *STUDENT, f"--workdir={tmp_path / 'run'}", check=False,
                        mnist_dir=tiny_mnist_dir,
@@ -257,6 +261,7 @@ def test_signals_from_the_start_end_with_75(tiny_mnist_dir, tmp_path, fault, mes
 # ----------------------------------------------------------------------------- 7. environment
 
 
+@pytest.mark.slow
 def test_workdir_that_is_a_file_and_disk_full(finished, tiny_mnist_dir, tmp_path, monkeypatch):
   (tmp_path / "a_file").write_text("x")
   for workdir in (tmp_path / "a_file", tmp_path / "a_file" / "under"):
@@ -270,6 +275,7 @@ def test_workdir_that_is_a_file_and_disk_full(finished, tiny_mnist_dir, tmp_path
     trainer.train_and_evaluate(_config(tiny_mnist_dir), tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_evaluate_prints_its_score_before_a_failed_write(finished, tiny_mnist_dir):
   (finished / "eval.json").mkdir()  # Unwritable as a file (a read-only disk, for root too).
   result = run_command("evaluate", f"--workdir={finished}", check=False,
@@ -278,6 +284,7 @@ def test_evaluate_prints_its_score_before_a_failed_write(finished, tiny_mnist_di
   assert "the score is printed above" in result.stderr
 
 
+@pytest.mark.slow
 def test_hand_edited_config_json_is_named(finished, tiny_mnist_dir):
   saved = json.loads((finished / "config.json").read_text())
   for edit, match in ((lambda c: c["model"].pop("hidden_sizes"), "model.hidden_sizes is missing"),
@@ -290,6 +297,7 @@ def test_hand_edited_config_json_is_named(finished, tiny_mnist_dir):
     assert result.returncode == 4 and match in result.stderr, result.stderr[-1000:]
 
 
+@pytest.mark.slow
 def test_out_of_memory_and_no_cluster_are_one_line(tiny_mnist_dir, tmp_path):
   result = run_command("train", *STUDENT, f"--workdir={tmp_path / 'oom'}", check=False,
                        mnist_dir=tiny_mnist_dir, extra_env={"KD_JAX_FAULT": "oom:put_data"})
@@ -313,6 +321,7 @@ def test_cut_off_metrics_line_is_dropped_on_resume(tiny_mnist_dir, tmp_path):
   assert [r["epoch"] for r in records] == [1]
 
 
+@pytest.mark.slow
 def test_small_ones(finished, tiny_mnist_dir, tmp_path):
   for seed in (2**32, -1):
     with pytest.raises(ConfigError, match="config.seed"):

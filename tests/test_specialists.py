@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, run_command
-from kd_jax import config_lib, data, evaluation, losses
+from kd_jax import config_lib, data, evaluate, losses, population
 from kd_jax.paper import specialist_lib, specialists
 from kd_jax.errors import ConfigError
 
@@ -179,12 +179,13 @@ def test_specialist_configs_are_validated():
     config_lib.validate(config)
   config.model.num_classes = 3
   config_lib.validate(config)
-  assert [m["subset"] for m in config_lib.population_members(config)] == [0, 1]
+  assert [m["subset"] for m in population.members(config)] == [0, 1]
   config.data.name = "mnist_pairs"
   with pytest.raises(ConfigError, match="model.input_shape"):
     config_lib.validate(config)
 
 
+@pytest.mark.slow
 def test_specialists_command_end_to_end_and_resume(tmp_path, tiny_mnist_dir):
   args = ["--config", "configs/specialists.py:tiny",
           f"--config.generalist.data.mnist_dir={tiny_mnist_dir}", "--workdir", str(tmp_path)]
@@ -208,7 +209,7 @@ def test_specialists_command_end_to_end_and_resume(tmp_path, tiny_mnist_dir):
   assert second.returncode == 0, second.stderr[-3000:]
   assert second.stdout.count("is finished; skipped") == 2  # Generalist and specialists were done.
   with pytest.raises(ConfigError, match="holds specialists"):  # The evaluate command: exit 2.
-    evaluation.evaluate_checkpoint(tmp_path / "specialists")
+    evaluate.evaluate_checkpoint(tmp_path / "specialists")
 
 
 def test_shipped_specialists_config_is_valid(tmp_path):

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, data, evaluation, models, parallelism, trainer
+from kd_jax import (checkpointing, data, evaluate, inputs, models, parallelism, prepare, rundir,
+                    runs, trainer)
 from kd_jax.data import records, streaming
 from kd_jax.errors import ConfigError, DataError
 from conftest import REPO_ROOT, TINY_OVERRIDES, make_tiny_mnist, run_command, tiny_config
@@ -24,10 +25,11 @@ GRAIN = ["--config.data.pipeline=grain"]
 def tiny_records(tiny_mnist_dir, tmp_path_factory):
   """The tiny IDX folder prepared (2 shards per split), as the command does."""
   out = tmp_path_factory.mktemp("records") / "tiny"
-  records.prepare("mnist", out, num_shards=2, mnist_dir=str(tiny_mnist_dir), check_counts=False)
+  prepare.prepare("mnist", out, num_shards=2, mnist_dir=str(tiny_mnist_dir), check_counts=False)
   return out
 
 
+@pytest.mark.slow
 def test_prepare_command_writes_the_same_folder(tiny_mnist_dir, tiny_records, tmp_path):
   result = run_command("data.prepare", "--name=mnist", f"--out={tmp_path / 'out'}",
                        "--shards=2", "--nocheck_counts", mnist_dir=tiny_mnist_dir)
@@ -119,7 +121,7 @@ def test_grain_pipeline_refusals_are_one_line(tiny_mnist_dir, tiny_records):
                        data__records_dir=str(tiny_records), model__input_shape=(28, 56),
                        model__num_classes=100)
   with pytest.raises(ConfigError, match="holds mnist, not config.data.name=mnist_pairs"):
-    trainer.put_data(config, parallelism.make_mesh())
+    inputs.place(config, parallelism.make_mesh())
   with pytest.raises(DataError, match="is not a dataset prepared by kd_jax.data.prepare"):
     records.open_folder(tiny_mnist_dir)
   # grain's worker processes read absl flags: a library call without parsed flags is told so.
@@ -158,7 +160,7 @@ def test_population_members_with_their_own_streams_are_their_single_runs(tiny_mn
     np.testing.assert_array_equal(stacked[0], one_order[0])  # Member 0's stream either way.
     assert not np.array_equal(stacked[1], one_order[1])  # Member 1 read another order.
   # The evaluate command streams the test split as training did: the same score.
-  report = evaluation.evaluate_checkpoint(tmp_path / "one")
+  report = evaluate.evaluate_checkpoint(tmp_path / "one")
   assert report["test_errors"] == single_run["test_errors"]
   assert report["data"]["same_as_training"] and report["data_source"].startswith("records:")
 
@@ -173,12 +175,12 @@ def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir,
                        data__pipeline="grain", data__records_dir=str(tiny_records),
                        data__train_classes=(1, 2, 3, 7))
   trainer.train_and_evaluate(config, tmp_path / "student")
-  on_disk = np.load(tmp_path / "student" / checkpointing.TEACHER_LOGITS_FILE)
+  on_disk = np.load(tmp_path / "student" / rundir.TEACHER_LOGITS_FILE)
 
   mesh = parallelism.make_mesh()
   variables, teacher_config, _ = checkpointing.restore_variables(teacher, mesh)
   splits = data.load_dataset(tiny_config(tiny_mnist_dir, data__train_classes=(1, 2, 3, 7)).data)
-  in_memory = np.asarray(evaluation.logits_of(
+  in_memory = np.asarray(runs.logits_of(
       models.model_from_config(teacher_config.model), variables,
       jax.numpy.asarray(splits.train_images), 40, mesh, 1))
   chosen = data.select_examples(make_tiny_mnist()["train_labels"], (1, 2, 3, 7))
@@ -193,6 +195,7 @@ RESUME_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_ep
                "--config.checkpoint.max_to_keep=30", *GRAIN]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise(tiny_mnist_dir, tiny_records, tmp_path):
   """Killed right after the checkpoint at step 8 of epoch 2 (global step 23), the rerun restores
   the iterator and the epoch's metric sums there and ends as the uninterrupted run, bit for bit."""
@@ -214,6 +217,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise(tiny_mnist_dir, tiny_records, 
                                  for r, k in zip(_records_of(reference), _records_of(killed))]
 
 
+@pytest.mark.slow
 def test_grain_workers_stream_the_same_batches_and_survive_a_group_sigterm(
     tiny_mnist_dir, tiny_records, tmp_path):
   """With a grain worker process, a SIGTERM to the whole process group (as SLURM sends it) after
@@ -246,11 +250,11 @@ def test_grain_settings_belong_to_the_grain_pipeline(tiny_mnist_dir, tiny_record
     with pytest.raises(ConfigError, match="with data.pipeline='memory'"):
       tiny_config(tiny_mnist_dir, **{field: value})
   with pytest.raises(ConfigError, match="mnist_pairs cannot be prepared"):
-    records.prepare("mnist_pairs", tmp_path / "pairs")
+    prepare.prepare("mnist_pairs", tmp_path / "pairs")
   (tmp_path / "mine").mkdir()
   (tmp_path / "mine" / "notes.txt").write_text("mine")
   with pytest.raises(ConfigError, match="replaces only a prepared folder"):
-    records.prepare("mnist", tmp_path / "mine", overwrite=True, mnist_dir=str(tiny_mnist_dir))
+    prepare.prepare("mnist", tmp_path / "mine", overwrite=True, mnist_dir=str(tiny_mnist_dir))
   assert (tmp_path / "mine" / "notes.txt").exists()
 
 
@@ -277,6 +281,7 @@ def _synthetic_examples(count, shape):
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_AS"), reason="needs RLIMIT_AS (Linux)")
+@pytest.mark.slow
 def test_dataset_larger_than_the_address_space_trains_streamed(tmp_path):
   """2.4 GB of images under a 2 GiB address-space cap (RLIMIT_AS, set in the child before it
   starts): the grain run trains and evaluates; the memory pipeline, which must hold the dataset,

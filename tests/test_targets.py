@@ -1,11 +1,13 @@
 """Cached teacher targets under dropout masks (config.teacher_dropout_masks)."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import config_lib, evaluation, models, parallelism, steps, trainer
+from kd_jax import config_lib, models, objective, parallelism, runs, steps
 from kd_jax.errors import ConfigError
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
@@ -20,7 +22,7 @@ def _teacher(dropout: float, members: int = 2):
 
 
 def _logits(model, variables, masks=0, seed=0):
-  return np.asarray(evaluation.logits_of(model, variables, IMAGES, 20, MESH, None, masks, seed))
+  return np.asarray(runs.logits_of(model, variables, IMAGES, 20, MESH, None, masks, seed))
 
 
 def test_one_mask_without_dropout_is_the_eval_mode_cache():
@@ -38,7 +40,7 @@ def test_dropout_masks_are_members_drawn_from_a_fixed_key():
   by_teacher = masked.reshape(60, 2, 4, 10)
   assert not np.allclose(by_teacher[:, :, 0], by_teacher[:, :, 1])  # Each mask its own.
   same_images = jnp.tile(IMAGES[:20], (3, 1, 1))  # Three batches of the same 20 images.
-  repeated = np.asarray(evaluation.logits_of(model, variables, same_images, 20, MESH, None, 4, 0))
+  repeated = np.asarray(runs.logits_of(model, variables, same_images, 20, MESH, None, 4, 0))
   assert not np.allclose(repeated[:20], repeated[20:40])  # Each batch draws its own masks.
   assert not np.allclose(by_teacher[:, 0], eval_mode[:, :1])  # Train mode: not eval's.
 
@@ -54,4 +56,5 @@ def test_dropout_masks_need_a_fixed_transfer_set_and_no_running_statistics():
   cnn = models.CNN(conv_features=(2,), hidden_sizes=(8,))
   variables = steps.stack_members([models.init_variables(cnn, jax.random.PRNGKey(0), (28, 28))])
   with pytest.raises(ConfigError, match="running statistics"):
-    trainer.make_teacher(config, cnn, variables, IMAGES, MESH, 1, 20)
+    objective.cache_logits(runs.Run(pathlib.Path("runs/t"), config, cnn, variables, 0), IMAGES, 20,
+                           MESH, 1, masks=config.teacher_dropout_masks)

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import config_lib, data, evaluation, losses, models, parallelism, steps, targets
+from kd_jax import (config_lib, data, evaluation, inputs, losses, models, parallelism, runs, steps,
+                    targets)
 from conftest import make_tiny_mnist
 
 ADAM = optax.adam
@@ -186,7 +187,7 @@ def test_evaluation_counts_every_example_once():
   mesh = parallelism.make_mesh(jax.devices()[:1])
   model = models.MLP((16,))
   params = _state(model).params
-  split = evaluation.put_eval_split(arrays["test_images"],
+  split = inputs.put_eval_split(arrays["test_images"],
                                     arrays["test_labels"].astype(np.int32), 10, mesh)
   result = evaluation.make_evaluator(model, 10, mesh, 1)(
       steps.stack_members([{"params": params}]), split)
@@ -209,12 +210,12 @@ def test_logits_of_pads_to_whole_batches_and_compiles_once_per_model():
   direct = models.MLP((16,)).apply({"params": params}, data.normalize(jnp.asarray(images)),
                                    train=False)
   params = steps.stack_members([{"params": params}])
-  compiled_before = evaluation.logits_fn.cache_info().misses
+  compiled_before = runs.logits_fn.cache_info().misses
   for _ in range(2):  # A new but equal module the second time: the same compiled scan.
-    logits = evaluation.logits_of(models.MLP((16,)), params, jnp.asarray(images), 10, mesh, 1)
+    logits = runs.logits_of(models.MLP((16,)), params, jnp.asarray(images), 10, mesh, 1)
     assert logits.shape == (37, 1, 10)
     np.testing.assert_allclose(logits[:, 0], direct, rtol=1e-5, atol=1e-5)
-  assert evaluation.logits_fn.cache_info().misses == compiled_before + 1
+  assert runs.logits_fn.cache_info().misses == compiled_before + 1
 
 
 @pytest.mark.parametrize("soft_loss", ["soft_cross_entropy", "logit_matching", "softmax_mse"])

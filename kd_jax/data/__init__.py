@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import os
 import pathlib
 import tempfile
+from typing import Any
 
 import chex
 import jax
@@ -47,7 +49,7 @@ _HOW_TO_GET = (
     f"Point {MNIST_DIR_ENV} (or config.data.mnist_dir) at a folder holding the four LeCun IDX "
     "files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]), or leave both unset to download "
-    "MNIST with tensorflow-datasets."
+    "MNIST with tensorflow-datasets (pip install 'kd_jax[tfds]')."
 )
 
 
@@ -138,6 +140,18 @@ def load_idx_folder(folder: str | os.PathLike, check_counts: bool = True) -> dic
   return arrays
 
 
+def _tfds_missing(error: ImportError, name: str) -> str:
+  """The one-line message for a TFDS path without its extra (or with a broken install)."""
+  package = {"tensorflow_datasets": "tensorflow-datasets", "tensorflow": "tensorflow",
+             "importlib_resources": "importlib_resources"}.get((error.name or "").split(".")[0])
+  alternative = (f", or point {MNIST_DIR_ENV} (or config.data.mnist_dir) at the four MNIST IDX "
+                 "files" if name == "mnist" else f" to load tfds:{name}")
+  if package is None:  # Installed, but something inside it does not import.
+    return (f"tensorflow-datasets does not import ({one_line(error)}): reinstall it with pip "
+            f"install 'kd_jax[tfds]'{alternative}.")
+  return f"{package} is not installed: pip install 'kd_jax[tfds]'{alternative}."
+
+
 def load_tfds(data_dir: str | None = None, manual_dir: str | None = None,
               name: str = "mnist") -> dict[str, np.ndarray]:
   """Loads a TFDS image classification dataset (MNIST by default) through tensorflow-datasets,
@@ -145,10 +159,13 @@ def load_tfds(data_dir: str | None = None, manual_dir: str | None = None,
 
   With `manual_dir` (for MNIST: a folder of the four original .gz files) TFDS prepares offline.
   """
-  try:
+  try:  # An extra (kd_jax[tfds]). TFDS imports tensorflow only once it builds (printing a banner
+    # when it is missing), so that is looked for here too, without importing it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    if importlib.util.find_spec("tensorflow") is None:
+      raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
   except ImportError as e:
-    raise DataError(f"tensorflow-datasets is not importable ({e}). {_HOW_TO_GET}") from e
+    raise DataError(_tfds_missing(e, name)) from e
   try:
     builder = tfds.builder(name, data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
@@ -394,3 +411,21 @@ def pad_for_eval(images: np.ndarray, labels: np.ndarray,
   images = np.concatenate([images, np.zeros((num_pad,) + images.shape[1:], images.dtype)])
   labels = np.concatenate([labels, np.zeros(num_pad, labels.dtype)])
   return images, labels, mask
+
+
+def check_images(images: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+  """`images` as a host array a model takes: uint8 pixels, or floats in [0, 1] (as float32), of
+  shape [B, *image_shape]; anything else is a ValueError saying what was expected."""
+  images = np.asarray(images)
+  if tuple(images.shape[1:]) != image_shape:
+    raise ValueError(f"images of shape {images.shape}: expected [batch, "
+                     f"{', '.join(map(str, image_shape))}].")
+  if images.dtype == np.uint8:
+    return images
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(f"images of dtype {images.dtype}: expected uint8 pixels (0-255) or floats "
+                     "in [0, 1].")
+  if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+    raise ValueError(f"float images must lie in [0, 1] (these span {images.min():g} to "
+                     f"{images.max():g}); give uint8 pixels as they are, or divide by 255.")
+  return images.astype(np.float32)

@@ -1,6 +1,6 @@
 """Datasets as ArrayRecord shards: the one owner of that format (write, describe, read).
 
-A prepared folder (`python -m kd_jax.data.prepare`) holds, per split (train, test):
+A prepared folder (`python -m kd_jax.prepare`) holds, per split (train, test):
 SPLIT-NNNNN-of-MMMMM.array_record shards, one record per example (the label as 4 little-endian
 bytes, then the image's uint8 pixels), and SPLIT_labels.npy (every label, 4 bytes each, so class
 filters and subsets are chosen without reading images); metadata.json names the dataset, its image
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from kd_jax.errors import ConfigError, DataError
+from kd_jax.errors import DataError
 
 METADATA_FILE = "metadata.json"
 SPLITS = ("train", "test")
@@ -160,34 +160,3 @@ def load_split(prepared: Folder, split: str) -> tuple[np.ndarray, np.ndarray]:
     images[filled:filled + len(batch_images)] = batch_images
     filled += len(batch_images)
   return images, np.asarray(prepared.labels(split), np.int32)
-
-
-def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: str | None = None,
-            check_counts: bool = True, overwrite: bool = False) -> Folder:
-  """Writes dataset `name` (all of its train split; validation is carved at training time) as a
-  prepared folder and returns its description."""
-  # pylint: disable-next=g-import-not-at-top  # config_lib imports kd_jax.data, which imports us.
-  from kd_jax import config_lib, data
-  out = pathlib.Path(out)
-  if num_shards < 1:
-    raise ConfigError(f"--shards={num_shards}: expected a positive integer.")
-  if name == "mnist_pairs":
-    raise ConfigError("--name=mnist_pairs cannot be prepared: its validation pairs are drawn from "
-                      "held-out digits, which a prepared folder's last training records are not.")
-  if out.exists() and any(out.iterdir()) and not (overwrite and (out / METADATA_FILE).exists()):
-    raise ConfigError(f"{out} is not empty: choose a new --out"
-                      f"{', or pass --overwrite' if (out / METADATA_FILE).exists() else ''} "
-                      "(--overwrite replaces only a prepared folder).")
-  config = config_lib.base_config()
-  config.data.name, config.data.check_counts = name, check_counts
-  config_lib.check_field(config, "data.name", data.is_dataset_name,
-                         f"one of {data.DATASETS} (--name)")
-  splits = data.load_dataset(config.data, mnist_dir)
-  if out.exists():  # A prepared folder (checked above): only its own files go.
-    for stale in (*out.glob("*.array_record"), *out.glob("*_labels.npy"), out / METADATA_FILE):
-      stale.unlink(missing_ok=True)
-  write_arrays(out, name, splits.num_classes, splits.source,
-               {"train_images": splits.train_images, "train_labels": splits.train_labels,
-                "test_images": splits.test_images, "test_labels": splits.test_labels},
-               num_shards)
-  return open_folder(out)

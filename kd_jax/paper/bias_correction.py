@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, data, models, parallelism, reporting, targets
+from kd_jax import checkpointing, data, models, parallelism, reporting, rundir, targets
 from kd_jax.errors import ConfigError
 
 REPORT_FILE = "bias_correction.json"
@@ -91,7 +91,7 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
   if target.exists() and reporting.is_main_process():
     shutil.rmtree(target)  # A correction killed before its report: redo it from scratch.
   target.mkdir(parents=True, exist_ok=True)
-  checkpointing.save_config(target, run_config)
+  rundir.save_config(target, run_config)
   corrected = {**variables, "params": shift_output_bias(variables["params"], classes, offsets)}
   checkpointing.save_variables(target, step, corrected,
                                {"source": str(source), "source_step": step})

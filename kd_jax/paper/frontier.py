@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from kd_jax import checkpointing, cli, data, export, plots, reporting
+from kd_jax import cli, data, export, plots, reporting, rundir
 from kd_jax.paper import stages
 from kd_jax.errors import CheckpointError
 
@@ -133,7 +133,7 @@ def main(argv):
   if not (root / "results.json").exists():
     raise CheckpointError(f"{root / 'results.json'} does not exist: run `python -m "
                           f"kd_jax.reproduce --workdir {root}` first.")
-  splits = data.load_dataset(checkpointing.load_config(root / "table" / "alone").data)
+  splits = data.load_dataset(rundir.load_config(root / "table" / "alone").data)
   images = np.resize(splits.test_images, (1000, *data.IMAGE_SHAPE))
   entries = []
   for entry in frontier_models(root):
@@ -142,9 +142,9 @@ def main(argv):
       export.export_run(root / entry["run"], folder, member=entry["member"], platforms=(
           jax.default_backend(),), overwrite=True)
     metadata = json.loads((folder / export.METADATA_FILE).read_text())
-    report = json.loads((root / entry["run"] / checkpointing.EVAL_FILE).read_text())
+    report = json.loads((root / entry["run"] / rundir.EVAL_FILE).read_text())
     cost = measure(folder, images, flags.FLAGS.latency_calls, flags.FLAGS.throughput_calls)
-    hidden_sizes = checkpointing.load_config(root / entry["run"]).model.hidden_sizes
+    hidden_sizes = rundir.load_config(root / entry["run"]).model.hidden_sizes
     cost["flops_per_image"] = matmul_flops(hidden_sizes, len(metadata["members"]))
     entries.append({**entry, "model": metadata["model"],
                     "num_parameters": metadata["num_parameters"], **cost,

@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import checkpointing, cli, config_lib, configs, data, models, plots, reporting
-from kd_jax.paper import bias_correction, stages, verdicts
+from kd_jax import cli, config_lib, configs, data, models, plots, population, reporting, rundir
+from kd_jax.paper import bias_correction, report, stages, verdicts
 from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError
 
@@ -179,7 +179,7 @@ def omitted_class_results(reports: dict[str, Any], experiment: str, classes: tup
 def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
   """step and epoch [E], per-member test (and, when the run has them, validation) errors [E, P]
   and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl."""
-  records = reporting.read_metrics(run / checkpointing.METRICS_FILE)
+  records = reporting.read_metrics(run / rundir.METRICS_FILE)
   as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records], float)
   return {"step": np.array([r["step"] for r in records]),
           "epoch": np.array([r["epoch"] for r in records]),
@@ -233,7 +233,7 @@ def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.
   mean over the epochs of its last TAIL_FRACTION (by epoch number, so an epoch whose line a kill
   cut off leaves a gap rather than widening the window)."""
   curves = metrics_curves(run)
-  num_epochs = checkpointing.load_config(run).num_epochs
+  num_epochs = rundir.load_config(run).num_epochs
   window = max(1, math.ceil(TAIL_FRACTION * num_epochs)) if tail else 1
   selected = curves["epoch"] > num_epochs - window
   if not selected.any():  # The window's only line was cut off: the last one written.
@@ -244,7 +244,7 @@ def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.
 def temperature_members(run: pathlib.Path) -> dict[float, list[int]]:
   """A temperature sweep's member indices by T, in order of T (from the run's config)."""
   groups: dict[float, list[int]] = {}
-  for member in config_lib.population_members(checkpointing.load_config(run)):
+  for member in population.members(rundir.load_config(run)):
     groups.setdefault(float(member["temperature"]), []).append(member["index"])
   return dict(sorted(groups.items()))
 
@@ -342,141 +342,6 @@ def evaluate_stages(config: ml_collections.ConfigDict, root: pathlib.Path
   return reports, geometric
 
 
-def _pm(stats: dict[str, Any], scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
-  """'74.3 ± 5.1 (n=3)' from a mean_sd dict."""
-  return (f"{stats['mean'] * scale:.{digits}f} ± {stats['sd'] * scale:.{digits}f}{suffix} "
-          f"(n={stats['n']})")
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-  """RESULTS.md: one table per experiment, ours beside the paper's."""
-  e = results["experiments"]
-  machine = results["machine"]
-  table = stages.markdown_table
-  total_min = sum(results["wall_time_s"].values()) / 60
-  sweeps = ", ".join(f"{tag} {epochs}" for tag, epochs in
-                     results["schedule"]["sweep_epochs"].items())
-  lines = [f"# Distillation on MNIST: the paper's claims, re-run (profile `{results['profile']}`)",
-           "",
-           f"Ours: mean ± sd over seeds (n = members); the paper's figures are single runs, typed "
-           f"in from Hinton, Vinyals & Dean (2015) and labelled *paper*. Hardware: "
-           f"{machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, "
-           f"{machine['num_devices']} device(s)), jax {machine['jax']}. Code: "
-           f"`{results['code_version']}`. Wall time: {total_min:.1f} min in all "
-           f"(per stage below). Schedules: teachers {results['schedule']['teacher_epochs']} "
-           f"epochs, students {results['schedule']['student_epochs']} epochs (temperature "
-           f"sweeps: {sweeps}), subset students "
-           f"{results['schedule']['subset_epochs']} epochs.",
-           "", "## Claims checked", ""]
-  lines += [f"A claim holds only where the evidence is decisive: p < {verdicts.ALPHA} (two-sided) "
-            "in the claimed direction, at the last epoch and over each member's mean of the last "
-            "10% of epochs alike; decisive evidence the other way does not hold; anything else is "
-            "not decided at this length. Differences are ours minus the reference, in test "
-            "errors (accuracy for the bias correction).", ""]
-  lines += table(["claim", "verdict", "at the last epoch", "over the last 10% of epochs"], [
-      [c["claim"], c["verdict"] if c["verdict"] != verdicts.FAILS else "**does not hold**",
-       f"{c['last_epoch']['verdict']}: {verdicts.describe(c['last_epoch'])}",
-       f"{c['last_10_percent']['verdict']}: {verdicts.describe(c['last_10_percent'])}"]
-      for c in results["claims"]])
-  t = e["table"]
-  transfer = f"{t['transfer']:.2f}" if t["transfer"] is not None else "n/a"
-  teacher, student = results["models"]["teacher"], results["models"]["student"]
-  lines += ["", f"## 1. The MNIST table (section 3): test errors of "
-            f"{e['mythical']['test_examples']:,}", ""]
-  lines += table(["model", "ours", "paper (2x1200 / 2x800)"], [
-      [f"teacher {teacher} (member {results['teacher_member']})",
-       f"{t['teacher_errors']} (all {t['teacher_population_errors']['n']} members: "
-       f"{_pm(t['teacher_population_errors'])})", t["paper"]["teacher_errors"]],
-      [f"{student} alone, hard labels", _pm(t["alone_errors"]), t["paper"]["alone_errors"]],
-      [f"{student} distilled, T = {results['models']['temperature']:g}, un-jittered transfer set",
-       _pm(t["distilled_errors"]), t["paper"]["distilled_errors"]],
-      ["share of the teacher's advantage transferred", transfer, t["paper"]["transfer"]]])
-  temperature = e["temperature"]
-  lines += ["", "## 2. Temperature versus student size: test errors", "",
-            f"*Paper:* {temperature['paper']} Plot: `temperature.png`.", ""]
-  for tag, sweep in temperature["sizes"].items():
-    temps = list(sweep["by_temperature"])
-    lines += [f"**{tag}** (alone: {_pm(sweep['alone_errors'])}; best T = "
-              f"{sweep['best_temperature']:g})", ""]
-    lines += table(["T", *(f"{float(t):g}" for t in temps)], [
-        ["errors", *(f"{sweep['by_temperature'][t]['mean']:.0f} ± "
-                     f"{sweep['by_temperature'][t]['sd']:.0f}" for t in temps)]])
-    lines.append("")
-  ens = e["ensemble"]
-  lines += ["## 3. Ensembles: test errors", "", f"*Paper:* {ens['paper']}", ""]
-  lines += table(["model", "ours"], [
-      ["teacher members", f"{_pm(ens['member_errors'])}, best {ens['best_member_errors']}"],
-      ["ensemble, arithmetic mean of probabilities", ens["arithmetic_ensemble_errors"]],
-      ["ensemble, geometric mean", ens["geometric_ensemble_errors"]],
-      [f"{student} distilled from the ensemble", _pm(ens["student_from_ensemble_errors"])],
-      [f"{student} distilled from teacher member {ens['one_teacher_member']}",
-       _pm(ens["student_from_one_teacher_errors"])]])
-  m, p = e["mythical"], e["mythical"]["paper"]
-  digit = m["classes"][0]
-  lines += ["", f"## 4. The mythical digit: no {digit}s in the transfer set", "",
-            f"Offsets tuned per member on the validation split (held out of the training set; "
-            f"never the test set): {m['corrected']['offsets']}; the paper's: {p['offset']}.", ""]
-  lines += table(["model", "test errors, ours",
-                  f"on the {m['class_test_examples']} test {digit}s, ours", "paper"], [
-      [f"distilled without {digit}s", _pm(m["distilled"]["errors"]),
-       _pm(m["distilled"]["errors_on_classes"]),
-       f"{p['errors']} ({p['errors_on_class']} on {p['class_test_examples']} {digit}s)"],
-      [f"+ bias of {digit} raised by the tuned offset", _pm(m["corrected"]["errors"]),
-       _pm(m["corrected"]["errors_on_classes"]), ""],
-      [f"+ bias of {digit} raised by the paper's {p['offset']}",
-       _pm(m["corrected_paper"]["errors"]), _pm(m["corrected_paper"]["errors_on_classes"]),
-       f"{p['corrected_errors']} ({p['corrected_errors_on_class']} on {digit}s)"]])
-  o, p = e["only_classes"], e["only_classes"]["paper"]
-  kept = " and ".join(str(c) for c in o["classes"])
-  lines += ["", f"## 5. Only {kept} in the transfer set: test error rate", "",
-            f"Tuned offsets: {o['corrected']['offsets']}; the paper's: {p['offset']}.", ""]
-  rate = lambda stats: _pm(stats, 100, suffix="%")
-  lines += table(["model", "ours", "paper"], [
-      [f"distilled on {kept} only", rate(o["distilled"]["error_rate"]),
-       f"{100 * p['error_rate']:.1f}%"],
-      [f"+ biases of {kept} moved by the tuned offset", rate(o["corrected"]["error_rate"]), ""],
-      [f"+ biases moved by the paper's {p['offset']}", rate(o["corrected_paper"]["error_rate"]),
-       f"{100 * p['corrected_error_rate']:.1f}%"]])
-  r = e["regulariser"]
-  lines += ["", f"## 6. Soft targets as a regulariser: {r['subset_size']} training images "
-            f"({100 * r['subset_fraction']:.0f}%, class-balanced)", "",
-            f"*Paper:* {r['paper']} Curves: `regulariser.png`.", ""]
-  lines += table([f"{student} student", "test errors, last epoch",
-                  "with early stopping on validation (epochs)"], [
-      [label, _pm(r[name]["final_test_errors"]),
-       f"{_pm(r[name]['early_stopped_test_errors'])} "
-       f"({', '.join(map(str, r[name]['early_stopping_epochs']))})"]
-      for name, label in (("full", "all training data, hard labels"),
-                          ("hard_subset", "subset, hard labels"),
-                          ("soft_subset", "subset, the teacher's soft targets"))])
-  lines += ["", "## Wall time per stage", ""]
-  lines += table(["stage", "minutes"], [[name, f"{seconds / 60:.1f}"]
-                                        for name, seconds in results["wall_time_s"].items()])
-  return "\n".join(lines) + "\n"
-
-
-README_BEGIN = "<!-- claims: generated by scripts/readme_claims.py from {path} -->"
-README_END = "<!-- /claims -->"
-
-
-def readme_claims(results: dict[str, Any], path: str) -> str:
-  """The README's claims block: each claim's verdict and its test at the last epoch, from a
-  reproduction's results.json at `path` (scripts/readme_claims.py writes it; a test keeps it
-  current)."""
-  machine = results["machine"]
-  minutes = sum(results["wall_time_s"].values()) / 60
-  lines = [README_BEGIN.format(path=path), "",
-           f"The paper's claims at decisive length (`kd_jax.reproduce --profile "
-           f"{results['profile']}`, {minutes:.0f} min on {machine['host_cpu']} with "
-           f"{machine['host_cores']} cores; a claim holds only where p < {verdicts.ALPHA} at the "
-           f"last epoch and over the last 10% of epochs alike; all figures in "
-           f"`{pathlib.PurePosixPath(path).parent}/RESULTS.md`):", ""]
-  lines += stages.markdown_table(["claim", "verdict", "ours: difference ± se (test)"], [
-      [c["claim"], f"**{c['verdict']}**" if c["verdict"] != verdicts.HOLDS else c["verdict"],
-       verdicts.describe(c["last_epoch"], brief=True)] for c in results["claims"]])
-  return "\n".join([*lines, "", README_END])
-
-
 def write_plots(root: pathlib.Path, results: dict[str, Any],
                 config: ml_collections.ConfigDict) -> None:
   """temperature.png (errors against T per size), regulariser.png (test-error curves) and
@@ -523,7 +388,7 @@ def write_curves(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
                            squeeze=False)
   for ax, name in zip(axes.flat, names):
     curves = metrics_curves(root / name)
-    run = checkpointing.load_config(root / name)
+    run = rundir.load_config(root / name)
     groups = ({f"T={t:g}": members for t, members in temperature_members(root / name).items()}
               if run.sweep.get("temperature") else {"": list(range(curves["test_errors"].shape[1]))})
     for label, members in groups.items():
@@ -591,7 +456,7 @@ def main(argv):
              "experiments": summarise(root, config, reports, geometric)}
   results["claims"] = claim_verdicts(root, config, results["experiments"])
   reporting.write_json(root / "results.json", results)
-  (root / "RESULTS.md").write_text(render_markdown(results))
+  (root / "RESULTS.md").write_text(report.render_markdown(results))
   write_plots(root, results["experiments"], config)
   held = sum(c["verdict"] == verdicts.HOLDS for c in results["claims"])
   reporting.say(f"Reproduced in {(time.perf_counter() - start) / 60:.1f} min (this invocation); "

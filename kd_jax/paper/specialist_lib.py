@@ -31,7 +31,8 @@ import optax
 
 import ml_collections
 
-from kd_jax import checkpointing, config_lib, extensions, losses, parallelism, reporting, steps
+from kd_jax import (checkpointing, config_lib, extensions, losses, parallelism, reporting, rundir,
+                    steps)
 
 UNUSED_BIAS = -1e9
 
@@ -264,7 +265,7 @@ def _hparams(config: ml_collections.ConfigDict,
   """Each member's `class_map` [P, C] (`class_maps` of its subset), C the dataset's classes (for
   a dataset kd_jax does not know, those the generalist learnt)."""
   num_classes = (config_lib.dataset_classes(config)
-                 or checkpointing.load_config(config.init_workdir).model.num_classes)
+                 or rundir.load_config(config.init_workdir).model.num_classes)
   maps = class_maps([tuple(s) for s in config.class_subsets], num_classes)
   return {"class_map": maps[[m["subset"] for m in members]]}
 

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import checkpointing, cli, config_lib, data, evaluation, parallelism, reporting
+from kd_jax import checkpointing, cli, config_lib, data, parallelism, reporting, rundir, runs
 from kd_jax.paper import bias_correction, specialist_lib, stages
 from kd_jax.errors import ConfigError
 
@@ -101,7 +101,7 @@ def find_clusters(config: ml_collections.ConfigDict, root: pathlib.Path, splits:
     saved = json.loads(path.read_text())
     if {k: saved.get(k) for k in settings} == settings:
       return saved
-  logits = evaluation.logits_on(generalist, splits.validation_images, mesh)[:, 0]
+  logits = np.asarray(runs.Run.open(generalist, mesh=mesh).logits(splits.validation_images))[:, 0]
   subsets = specialist_lib.cluster_classes(np.asarray(jax.nn.softmax(logits)),
                                            config.num_clusters, config.min_classes,
                                            config.cluster_seed)
@@ -197,10 +197,10 @@ def evaluate_variant(config: ml_collections.ConfigDict, generalist_probs: jax.Ar
   maps = specialist_lib.class_maps([tuple(s) for s in clusters["subsets"]], splits.num_classes)
   offsets = {"oversampling": np.asarray(clusters["dustbin_offsets"], np.float32),
              "validation": tuned_offsets(
-                 evaluation.logits_on(specialists, splits.validation_images, mesh),
+                 np.asarray(runs.Run.open(specialists, mesh=mesh).logits(splits.validation_images)),
                  splits.validation_labels, maps),
              "none": np.zeros(len(maps), np.float32)}
-  test_logits = evaluation.logits_on(specialists, splits.test_images, mesh)
+  test_logits = np.asarray(runs.Run.open(specialists, mesh=mesh).logits(splits.test_images))
   variant = {"within_cluster_accuracy": within_cluster_accuracy(
       np.log(np.asarray(generalist_probs)), test_logits, maps, splits.test_labels)}
   for rule in OFFSET_RULES:
@@ -294,12 +294,13 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
   for name, folder in variants.items():
     # A config that differs (new clusters from a retrained generalist) replaces the old run.
     run_config = specialist_config(config, root, subsets, folder != "specialists")
-    if checkpointing.run_mismatch(root / folder, run_config, {}):
+    if rundir.config_mismatch(root / folder, run_config):
       stages.train_stage(root, folder, run_config, overwrite=True)
     else:
       stages.train_stage(root, folder, run_config)
   reporting.say("== 4/4 combined evaluation ==")
-  generalist_logits = evaluation.logits_on(root / "generalist", splits.test_images, mesh)[:, 0]
+  generalist_logits = np.asarray(runs.Run.open(root / "generalist", mesh=mesh).logits(
+      splits.test_images))[:, 0]
   generalist_right = np.argmax(generalist_logits, -1) == splits.test_labels
   report = {"dataset": splits.source, "num_test_examples": len(splits.test_labels),
             "generalist_test_accuracy": float(generalist_right.mean()),
@@ -317,7 +318,7 @@ def run(config: ml_collections.ConfigDict, root: pathlib.Path,
   report["combined_test_errors"] = headline["combined_test_errors"]
   report["wall_time_s"] = {**reporting.stage_timings(root),
                            "this_invocation": time.perf_counter() - start}
-  reporting.write_json(root / checkpointing.EVAL_FILE, report)
+  reporting.write_json(root / rundir.EVAL_FILE, report)
   if reporting.is_main_process():
     (root / "RESULTS.md").write_text(render_markdown(report))
   reporting.say(f"Generalist {100 * report['generalist_test_accuracy']:.2f}% test accuracy; "

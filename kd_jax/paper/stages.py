@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import ml_collections
 from absl import flags
 
-from kd_jax import api, checkpointing, config_lib, evaluation, reporting
+from kd_jax import api, checkpointing, config_lib, evaluate, reporting, rundir
 from kd_jax.errors import CheckpointError, ConfigError
 from kd_jax.paper import bias_correction
 
@@ -59,8 +59,8 @@ def holds_config(run: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
   """Whether `run` holds a run of `config`, compared as training compares them (a field added to
   the defaults since it trained does not count); False for a folder without a readable one."""
   try:
-    return ((run / checkpointing.CONFIG_FILE).exists()
-            and not checkpointing.config_differences(checkpointing.load_config(run), config))
+    return ((run / rundir.CONFIG_FILE).exists()
+            and not rundir.config_differences(rundir.load_config(run), config))
   except CheckpointError:
     return False
 
@@ -73,7 +73,7 @@ def shared_stage_dir(teachers_dir: pathlib.Path, config: ml_collections.ConfigDi
       if teachers_dir.is_dir() else []
   finished = [run for run in runs if checkpointing.finished_step(run, config) is not None]
   return (finished or runs or
-          [teachers_dir / f"teacher-{checkpointing.config_digest(config)}"])[0]
+          [teachers_dir / f"teacher-{rundir.config_digest(config)}"])[0]
 
 
 def link_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
@@ -86,7 +86,7 @@ def link_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
   link = root / name
   if link.exists() and not link.is_symlink():
     return link
-  if link.exists() and (link / checkpointing.CONFIG_FILE).exists():
+  if link.exists() and (link / rundir.CONFIG_FILE).exists():
     if holds_config(link, config):
       return link.resolve()
     if not overwrite:
@@ -174,14 +174,14 @@ def transfer_fraction(alone: float, distilled: float, teacher: float) -> float |
 
 
 def evaluated(run: pathlib.Path, ensemble: str = "arithmetic",
-              report_name: str = checkpointing.EVAL_FILE) -> dict[str, Any]:
+              report_name: str = rundir.EVAL_FILE) -> dict[str, Any]:
   """The run's evaluation report, reused when it scored the run's latest checkpoint."""
   path = run / report_name
-  steps = [int(p.name) for p in (run / checkpointing.CHECKPOINT_DIR).iterdir() if p.name.isdigit()]
+  steps = [int(p.name) for p in (run / rundir.CHECKPOINT_DIR).iterdir() if p.name.isdigit()]
   if path.exists():
     report = json.loads(path.read_text())
     if report.get("step") == max(steps) and report.get("ensemble_mean", ensemble) == ensemble:
       return report
-  return evaluation.evaluate_checkpoint(run, ensemble=ensemble, report_name=report_name)
+  return evaluate.evaluate_checkpoint(run, ensemble=ensemble, report_name=report_name)
 
 

@@ -1,0 +1,244 @@
+"""A run's epochs: one compiled call over data on the devices, or a compiled step per streamed batch.
+
+Both drivers run the same `steps.train_step` (told the run's model, optimizer, loss and targets by
+`make_step_fn`) and answer to the one `Epochs` protocol the run loop uses: the memory pipeline's
+epoch is a single jitted scan (`steps.population_epoch`), compiled ahead of the first epoch; the
+grain pipeline's steps through batches streamed from the records, checkpointing within epochs,
+so a run killed mid-epoch resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import time
+from typing import Any, Callable, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kd_jax import faults, inputs, objective, parallelism, population, preemption, reporting, steps
+from kd_jax.errors import CheckpointError
+
+SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
+
+
+class Checkpointer(Protocol):
+  """What an epoch driver needs of the run loop: where the run is, and a way to save mid-epoch."""
+
+  workdir: pathlib.Path
+
+  def save(self, state: steps.TrainState, meta: dict[str, Any]) -> None: ...
+
+
+class Guard(Protocol):
+  """preemption.PreemptionGuard as the drivers see it."""
+
+  signal_name: str | None
+
+  def requested(self) -> bool: ...
+
+
+class Epochs(Protocol):
+  """An epoch driver: compiled before the first epoch, then one `train` call per epoch."""
+
+  def compiled(self, state: steps.TrainState) -> Epochs: ...
+
+  def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
+            guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]: ...
+
+  def position(self) -> dict[str, Any]: ...
+
+  def close(self) -> None: ...
+
+
+def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: nn.Module,
+          run_objective: objective.Objective, run_inputs: inputs.Inputs,
+          members: population.Population, mesh: jax.sharding.Mesh,
+          resumed: dict[str, Any]) -> Epochs:
+  """The driver of the run's pipeline, positioned where the checkpoint it resumes from (its meta,
+  `resumed`; {} when fresh) left the data."""
+  step_fn = make_step_fn(model, run_objective, config.model.max_norm)
+  if not run_inputs.streamed:
+    train_data = run_inputs.train_data
+    if run_objective.teacher.cached_logits is not None:  # Gathered by the step with its batch.
+      train_data = {**train_data, "teacher_logits": run_objective.teacher.cached_logits}
+    return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size,
+                                        config.data.jitter, mesh, members.member_batch),
+                          (train_data, members.hparams, run_objective.teacher.variables))
+  return StreamedEpochs.start(config, workdir, step_fn, run_objective, run_inputs, members, mesh,
+                              resumed)
+
+
+def make_step_fn(model: nn.Module, run_objective: objective.Objective,
+                 max_norm: float) -> Callable:
+  """`steps.train_step` told the run's model, optimizer, loss, targets and max-norm: the step
+  both pipelines run (scanned in the compiled epoch, or called per streamed batch)."""
+  return functools.partial(steps.train_step, model=model, optimizer=run_objective.optimizer,
+                           loss_fn=run_objective.loss_fn,
+                           targets_fn=run_objective.teacher.targets_fn, max_norm=max_norm)
+
+
+def make_epoch_fn(step_fn: Callable, sampler: steps.Sampler, batch_size: int, max_shift: int,
+                  mesh: jax.sharding.Mesh, member_batch: int):
+  """The jitted population epoch (state donated): (state, train_data, hparams,
+  teacher_variables, epoch) -> (state, per-member metrics)."""
+  return jax.jit(
+      functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
+                        batch_size=batch_size, max_shift=max_shift,
+                        batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler),
+      out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
+
+
+@dataclasses.dataclass
+class CompiledEpochs:
+  """The memory pipeline's epochs: each one compiled call over data already on the devices."""
+
+  epoch_fn: Any  # make_epoch_fn's jitted epoch; compiled ahead of the first epoch.
+  args: tuple[Any, ...]  # (train data, hparams, teacher variables)
+
+  def compiled(self, state: steps.TrainState) -> CompiledEpochs:
+    start = time.perf_counter()
+    compiled = self.epoch_fn.lower(state, *self.args, jnp.int32(0)).compile()
+    reporting.say(f"Compiled the epoch in {time.perf_counter() - start:.1f}s.")
+    return CompiledEpochs(compiled, self.args)
+
+  def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
+            guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]:
+    del loop, guard  # Signals are answered between epochs.
+    return self.epoch_fn(state, *self.args, jnp.int32(epoch))
+
+  def position(self) -> dict[str, Any]:
+    return {}
+
+  def close(self) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class StreamedEpochs:
+  """The grain pipeline's epochs: one compiled step per batch streamed from the records (the
+  step the memory pipeline scans), checkpoints within epochs every `checkpoint.every_steps`
+  with the iterators' state and the epoch's running metric sums, so a run killed mid-epoch
+  resumes exactly."""
+
+  step_fn: Any
+  accumulate: Any
+  iterators: list[Any]
+  feed: Any  # streaming.device_batches over the iterators.
+  args: tuple[Any, ...]  # (hparams, teacher variables)
+  steps_per_epoch: int
+  every_steps: int
+  resume_step: int = 0
+  resume_sums: dict[str, Any] | None = None
+
+  @classmethod
+  def start(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path, step_fn: Callable,
+            run_objective: objective.Objective, run_inputs: inputs.Inputs,
+            members: population.Population, mesh: jax.sharding.Mesh,
+            resumed: dict[str, Any]) -> StreamedEpochs:
+    """Streams for the run (one shared, or one per member), positioned where the checkpoint it
+    resumes from (its meta, `resumed`; {} when fresh) left them."""
+    from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+    shared = config.data.shared_order or members.size == 1
+    seeds = [config.seed] if shared else members.seeds
+    position = resumed.get("stream", {})
+    if resumed and len(position.get("iterators", ())) != len(seeds):
+      raise CheckpointError(
+          f"The checkpoint in {workdir} holds {len(position.get('iterators', ()))} data "
+          f"iterator states for {len(seeds)} streams of this run: it was not written by this "
+          "run's grain pipeline. Use another --workdir, or --overwrite.")
+    logits = ""
+    if run_objective.teacher.to_cache_on_disk is not None:
+      logits = str(objective.cache_logits_on_disk(workdir, run_objective.teacher, run_inputs, mesh,
+                                                  members.member_batch))
+    streams = [streaming.TrainStream(
+        paths=tuple(run_inputs.prepared.paths("train")),
+        image_shape=run_inputs.prepared.image_shape, example_records=run_inputs.train_records,
+        seed=seed, batch_size=config.batch_size,
+        num_epochs=config.num_epochs, max_shift=config.data.jitter,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        teacher_logits=logits) for seed in seeds]
+    iterators = [iter(streaming.train_batches(stream, config.data.grain_workers,
+                                              config.data.prefetch)) for stream in streams]
+    try:
+      for iterator, state in zip(iterators, position.get("iterators", ())):
+        iterator.set_state(state)
+    except BaseException:
+      for iterator in iterators:
+        iterator.close()
+      raise
+    population_step = jax.jit(functools.partial(
+        steps.population_step, member_batch=members.member_batch, step_fn=step_fn,
+        shared_batch=shared),
+                              out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
+    sums = position.get("sums")
+    return cls(step_fn=population_step, accumulate=jax.jit(steps.accumulate_metrics),
+               iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
+               args=(members.hparams, run_objective.teacher.variables),
+               steps_per_epoch=streams[0].steps_per_epoch,
+               every_steps=config.checkpoint.every_steps,
+               resume_step=position.get("step_in_epoch", 0),
+               resume_sums=None if sums is None else {
+                   name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
+                                     else jnp.float32) for name, values in sums.items()})
+
+  def compiled(self, state: steps.TrainState) -> StreamedEpochs:
+    del state  # The step compiles on its first batch.
+    return self
+
+  def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
+            guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]:
+    """Steps through the rest of epoch `epoch`; returns epoch-mean metrics as the compiled epoch
+    does (stopping early, before any save, once a loss is non-finite).
+
+    Every `every_steps` steps it checkpoints; every `every_steps` (else SIGNAL_CHECK_STEPS) steps
+    it asks whether any process was signalled, and if so checkpoints and stops: an epoch of a
+    large dataset is too long to finish inside a scheduler's grace period.
+    """
+    start, sums = self.resume_step, self.resume_sums
+    self.resume_step, self.resume_sums = 0, None
+    check_every = self.every_steps or SIGNAL_CHECK_STEPS
+    for step_in_epoch in range(start, self.steps_per_epoch):
+      batch = next(self.feed)
+      state, metrics = self.step_fn(state, batch, *self.args, jnp.int32(epoch),
+                                    jnp.int32(step_in_epoch))
+      sums = self.accumulate(sums, metrics, jnp.int32(step_in_epoch))
+      done = step_in_epoch + 1
+      if done % check_every or done == self.steps_per_epoch:
+        continue  # The epoch's end is the loop's to save.
+      if (np.asarray(jax.device_get(sums["first_nonfinite_step"])) >= 0).any():
+        break  # The loop reports it, with the last good checkpoint.
+      stopping = guard.requested()
+      if stopping or (self.every_steps and done % self.every_steps == 0):
+        loop.save(state, {"epoch": epoch, "test_errors": None, **self.position(done, sums)})
+        faults.point(f"step_checkpoint:{int(state.step[0])}")
+      if stopping:
+        raise preemption.Preempted(
+            f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
+            f"{int(state.step[0])} (step {done} of epoch {epoch + 1}) in {loop.workdir}. Rerun "
+            "the same command to resume.")
+    first_bad = sums["first_nonfinite_step"]  # Counted from the epoch's start; the loop counts
+    metrics = {name: value / self.steps_per_epoch for name, value in sums.items()  # from `start`.
+               if name != "first_nonfinite_step"}
+    metrics["first_nonfinite_step"] = jnp.where(first_bad >= 0, first_bad - start, first_bad)
+    return state, metrics
+
+  def close(self) -> None:
+    """Stops grain's threads and worker processes (their shared memory goes with them)."""
+    for iterator in self.iterators:
+      iterator.close()
+
+  def position(self, step_in_epoch: int = 0, sums: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """The checkpoint's record of where the streams are (grain's iterator states)."""
+    stream = {"step_in_epoch": step_in_epoch,
+              "iterators": [iterator.get_state() for iterator in self.iterators]}
+    if sums is not None:
+      stream["sums"] = {name: np.asarray(value).tolist()
+                        for name, value in jax.device_get(sums).items()}
+    return {"stream": stream}

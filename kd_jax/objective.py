@@ -1,0 +1,187 @@
+"""What a run optimises: its optimizer, its loss and its targets (the teacher), from the config.
+
+The objective phase of a run. Hard-label training has no teacher; a distilled run opens its
+teacher's run (`runs.Run.open`, eval mode), and either computes the teacher's logits once on a
+fixed transfer set (cached: in memory for the memory pipeline, in WORKDIR/teacher_logits.npy for
+a streamed one) or runs the teacher inside the step on each jittered view. A run's extension
+(the paper's specialists) may change the loss and the sampler here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from kd_jax import (checkpointing, config_lib, extensions, inputs, losses, parallelism,
+                    population, reporting, rundir, runs, steps, targets)
+from kd_jax.errors import CheckpointError, ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """What the step needs from the teacher: its targets function and the arguments it takes."""
+
+  targets_fn: targets.TargetsFn
+  variables: Any  # Stacked [M, ...], or None when its logits are cached in the train data.
+  cached_logits: jax.Array | None  # [N, M, C] on the un-jittered training images, or None.
+  provenance: dict[str, Any] | None = None  # Which teacher it is: the student's teacher.json.
+  # Streamed runs whose logits `cache_logits_on_disk` writes once into the workdir (the pipeline
+  # reads their rows with each batch): the teacher's run; None otherwise.
+  to_cache_on_disk: runs.Run | None = None
+
+
+NO_TEACHER = Teacher(targets.no_targets, None, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What the step optimises: its optimizer, loss, targets (the teacher) and data sampler."""
+
+  optimizer: steps.Optimizer
+  loss_fn: losses.LossFn
+  teacher: Teacher
+  sampler: steps.Sampler
+  label_maps: jax.Array | None  # Members' own classes (an extension's): evaluation maps labels.
+
+
+def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
+          members: population.Population, mesh: jax.sharding.Mesh,
+          extension: extensions.Extension | None,
+          teacher_model: nn.Module | None = None) -> Objective:
+  """The optimizer, loss and targets of the config: hard labels, or distillation from its
+  teacher (logits cached once when the transfer set is fixed); an extension's loss and sampler."""
+  steps_per_epoch = run_inputs.num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
+                      f"{run_inputs.num_train} training examples.")
+  loss_fn, teacher = losses.hard_label_loss, NO_TEACHER
+  if config_lib.is_distillation(config):
+    loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble,
+                                            config.soft_t_squared)
+    teacher = _teacher(config, run_inputs, mesh, members.member_batch, teacher_model)
+  sampler, label_maps = steps.shuffled_batches, None
+  if extension:  # The one place a kind of run (specialists) changes the objective.
+    loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
+  return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
+                   label_maps)
+
+
+def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
+             mesh: jax.sharding.Mesh, member_batch: int,
+             teacher_model: nn.Module | None) -> Teacher:
+  """Opens the teacher (all or `teacher_members` of a population) as `teacher_model` when given.
+
+  Without jitter the transfer set is fixed, so its logits are computed once and the step
+  gathers them (config.cache_teacher_logits); with jitter the teacher runs inside the step.
+  Either way it runs in eval mode (running statistics, no dropout), unless
+  `teacher_dropout_masks` > 0 averages the cached targets over dropout masks.
+  """
+  teacher = runs.Run.open(config.teacher_workdir, mesh=mesh, model=teacher_model,
+                          members=tuple(config.teacher_members) or None)
+  ensemble = f", an ensemble of {teacher.num_members} members" if teacher.num_members > 1 else ""
+  reporting.say(f"Teacher: {teacher.describe()} from {config.teacher_workdir} (step "
+                f"{teacher.step}){ensemble}.")
+  finished = checkpointing.finished_step(teacher.workdir, teacher.config) == teacher.step
+  if not finished:
+    reporting.say(f"Warning: the teacher in {config.teacher_workdir} has not finished its "
+                  f"{teacher.config.num_epochs} epochs (checkpoint step {teacher.step}); "
+                  "distilling from it as it is now.")
+  provenance = {"workdir": str(teacher.workdir.absolute()), "step": teacher.step,
+                "members": list(config.teacher_members) or "all",
+                "digest": checkpointing.combined_digest(
+                    checkpointing.array_digests(teacher.variables["params"])),
+                "finished": finished}
+  cached = not config.data.jitter and config.cache_teacher_logits
+  if run_inputs.streamed and cached:
+    return Teacher(targets.cached_targets, None, None, provenance, teacher)
+  if run_inputs.streamed or not cached:
+    return Teacher(targets.make_teacher_targets(teacher.model, member_batch), teacher.variables,
+                   None, provenance)
+  logits = cache_logits(teacher, run_inputs.train_data["image"], run_inputs.eval_batch, mesh,
+                        member_batch, config.teacher_dropout_masks, config.teacher_dropout_seed)
+  return Teacher(targets.cached_targets, None, logits, provenance)
+
+
+def cache_logits(teacher: runs.Run, images: jax.Array, eval_batch: int, mesh: jax.sharding.Mesh,
+                 member_batch: int, masks: int = 0, dropout_seed: int = 0) -> jax.Array:
+  """The teacher's logits [N, M, C] on a fixed transfer set, computed once; with `masks` > 0, in
+  train mode under that many dropout masks per image ([N, M * masks, C])."""
+  if masks and set(teacher.variables) != {"params"}:
+    raise ConfigError(f"teacher_dropout_masks={masks} runs the teacher in train mode, which would "
+                      f"also update its {sorted(set(teacher.variables) - {'params'})}: use it "
+                      "with a teacher without running statistics (no BatchNorm).")
+  start = time.perf_counter()
+  logits = jax.block_until_ready(runs.logits_of(teacher.model, teacher.variables, images,
+                                                eval_batch, mesh, member_batch, masks,
+                                                dropout_seed))
+  under = f" under {masks} dropout masks each" if masks else ""
+  reporting.say(f"Cached the teacher's logits on the {images.shape[0]} training images{under} in "
+                f"{time.perf_counter() - start:.1f}s.")
+  return logits
+
+
+def cache_logits_on_disk(workdir: pathlib.Path, teacher: Teacher, run_inputs: inputs.Inputs,
+                         mesh: jax.sharding.Mesh, member_batch: int) -> pathlib.Path:
+  """A streamed run's teacher logits on its training records, computed once into
+  WORKDIR/teacher_logits.npy ([records, M, C], rows keyed by record index, read by the pipeline
+  with each batch; never on the devices whole), with teacher_logits.json naming the teacher and
+  data that made them: reused on resume when both match (process 0 decides for all)."""
+  from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+  path = workdir / rundir.TEACHER_LOGITS_FILE
+  record = workdir / rundir.TEACHER_LOGITS_RECORD
+  made_by = {"teacher": teacher.provenance["digest"], "data": run_inputs.fingerprint["train"]}
+  try:
+    cached = path.exists() and json.loads(record.read_text()) == made_by
+  except (OSError, json.JSONDecodeError):  # Missing or half-written: computed again.
+    cached = False
+  if parallelism.broadcast_from_main(cached):
+    reporting.say(f"Teacher logits: {path} (cached earlier).")
+    return path
+  run = teacher.to_cache_on_disk
+  logits_fn = runs.logits_fn(run.model, run_inputs.eval_batch, mesh, member_batch, 0, 0)
+  split = streaming.StreamedSplit.of(run_inputs.prepared, "train", run_inputs.eval_batch,
+                                     run_inputs.train_records)
+  start, rows, partial = time.perf_counter(), None, path.with_suffix(".tmp.npy")
+  try:
+    for keys, logits in streaming.stream_logits(
+        split, lambda images: logits_fn(run.variables, images), mesh):
+      if rows is None and reporting.is_main_process():
+        rows = _allocated_memmap(partial, logits.dtype, (
+            run_inputs.prepared.splits["train"]["num_examples"],) + logits.shape[1:])
+      if rows is not None:
+        rows[keys] = logits
+    if rows is not None:
+      rows.flush()
+      del rows
+      partial.replace(path)
+  except OSError as e:
+    raise CheckpointError(f"could not write the teacher's logits to {partial} ({e.strerror or e}); "
+                          "is the disk full or read-only?") from e
+  reporting.write_json(record, made_by)
+  parallelism.sync_processes("kd_jax_teacher_logits")
+  reporting.say(f"Cached the teacher's logits on the {split.num_examples} training records in "
+                f"{path} in {time.perf_counter() - start:.1f}s.")
+  return path
+
+
+def _allocated_memmap(path: pathlib.Path, dtype, shape: tuple[int, ...]) -> np.memmap:
+  """A .npy memory map whose blocks are allocated now: a full disk is an OSError here, not a
+  SIGBUS when a row is written."""
+  rows = np.lib.format.open_memmap(path, "w+", dtype, shape)
+  try:
+    with open(path, "r+b") as f:
+      os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
+  except OSError as e:
+    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # A filesystem that cannot: as before.
+      raise
+  return rows
