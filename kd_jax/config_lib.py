@@ -6,14 +6,18 @@ teacher_workdir. A config with a non-empty teacher_workdir is a distillation run
 command runs it. `validate` turns every bad value into a ConfigError naming the field.
 
 A run is a population: `members` seeds (seed, seed + 1, ...) for each point of the grid spanned by
-the non-empty tuples of `sweep` (temperature, alpha, learning_rate); `population_members` lists
+the non-empty tuples of `sweep` (temperature, alpha, learning_rate); `kd_jax.population` lists
 them. The default, one member and no sweep, is a single model.
+
+Each field is declared once, in FIELDS: default, type, the check of its value alone, meaning and
+readers. base_config(), add_distillation(), validate()'s per-field checks, ADDED_FIELDS and
+docs/config_reference.md derive from it; checks that relate fields are code in validate().
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import itertools
 import math
 from typing import Any, Callable
 
@@ -23,117 +27,24 @@ from kd_jax import data, extensions, losses, models
 from kd_jax.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
-# Fields added after the first runs were saved: a saved config without one held its default.
-ADDED_FIELDS = ("members", "sweep.temperature", "sweep.alpha", "sweep.learning_rate",
-                "member_batch", "model.compute_dtype", "data.train_classes", "data.train_subset",
-                "data.subset_seed", "teacher_members", "teacher_ensemble", "cache_teacher_logits",
-                "data.name", "data.pairs.num_train", "data.pairs.num_validation",
-                "data.pairs.num_test", "data.pairs.seed", "model.num_classes", "model.input_shape",
-                "extension", "optimizer", "sgd.momentum_start",
-                "sgd.momentum_end", "sgd.momentum_epochs", "sgd.decay_per_epoch",
-                "soft_t_squared", "model.name", "model.conv_features", "teacher_dropout_masks",
-                "teacher_dropout_seed", "data.records_dir", "data.pipeline", "data.grain_workers",
-                "data.prefetch", "data.shared_order", "checkpoint.every_steps")
+OPTIMIZERS = ("adam", "sgd_momentum")
+PIPELINES = ("memory", "grain")
+SWEEPABLE = ("temperature", "alpha", "learning_rate")
 # Fields removed from the defaults, with the value they had in runs saved before (their old
 # default): such a run is the same run as one without them. (Specialists' fields moved to their
 # extension, kd_jax.paper.specialist_lib.)
 REMOVED_FIELDS = {"class_subsets": [], "init_workdir": ""}
-OPTIMIZERS = ("adam", "sgd_momentum")
-PIPELINES = ("memory", "grain")
-SWEEPABLE = ("temperature", "alpha", "learning_rate")
+TRAINING = "train, distill, pipeline, the paper's commands"
+DISTILLATION = "distill (and any command given a config with a teacher)"
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Hard-label training of a 2x800 MLP with no regularisation (the paper's small net)."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.num_epochs = 30
-  config.batch_size = 128
-  config.learning_rate = 1e-3
-  config.lr_schedule = "cosine"  # Of Adam; sgd_momentum has its own schedule (config.sgd).
-  config.optimizer = "adam"  # Or "sgd_momentum", the 2012 dropout paper's recipe.
-  config.sgd = ml_collections.ConfigDict()  # With optimizer="sgd_momentum".
-  config.sgd.momentum_start = 0.5
-  config.sgd.momentum_end = 0.99
-  config.sgd.momentum_epochs = 500
-  config.sgd.decay_per_epoch = 0.998
-  config.eval_batch_size = 1000
-
-  config.members = 1  # Seeds per setting: seed, seed + 1, ...
-  config.sweep = ml_collections.ConfigDict()
-  for name in SWEEPABLE:  # Empty: not swept, the top-level value is used.
-    config.sweep[name] = ()
-  config.member_batch = 0  # Members vmapped together: 0 = auto (1 on CPU, all on accelerators).
-
-  config.model = ml_collections.ConfigDict()
-  # "mlp", "cnn" (models.CNN: conv_features, then hidden_sizes; BatchNorm), or a user's module
-  # as "package.module:Class" with its dataclass fields in model.fields (kd_jax.train(model=...)
-  # records both).
-  config.model.name = "mlp"
-  config.model.conv_features = (16, 32)  # cnn only: channels of its 3x3 convolutions.
-  config.model.hidden_sizes = (800, 800)
-  config.model.input_dropout = 0.0
-  config.model.hidden_dropout = 0.0
-  config.model.max_norm = 0.0  # 0 disables the constraint.
-  config.model.compute_dtype = "float32"  # Or "bfloat16" matmuls (parameters stay float32).
-  config.model.input_shape = data.IMAGE_SHAPE  # The dataset's image shape.
-  config.model.num_classes = data.NUM_CLASSES  # The dataset's classes (a specialist's: its own).
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "mnist"  # Or "mnist_pairs" (100 two-digit classes), or "tfds:NAME".
-  config.data.pairs = ml_collections.ConfigDict()  # mnist_pairs: how many pairs, from which seed.
-  config.data.pairs.num_train = 60_000
-  config.data.pairs.num_validation = 10_000  # Drawn from the held-out digits (validation_size).
-  config.data.pairs.num_test = 10_000
-  config.data.pairs.seed = 0
-  config.data.mnist_dir = ""  # Empty: $KD_JAX_MNIST_DIR, else tensorflow-datasets.
-  config.data.tfds_data_dir = ""  # Empty: TFDS's default (~/tensorflow_datasets).
-  config.data.tfds_manual_dir = ""  # The four original .gz files, for TFDS to prepare offline.
-  config.data.validation_size = 0
-  config.data.jitter = 0  # Max shift in pixels (the paper's teacher uses 2).
-  # The training (transfer) set: only these classes (empty: all), and with train_subset > 0 a
-  # class-balanced subset of that many examples drawn from subset_seed. Validation/test stay whole.
-  config.data.train_classes = ()
-  config.data.train_subset = 0
-  config.data.subset_seed = 0
-  config.data.check_counts = True  # False accepts IDX folders smaller than MNIST (tests).
-  # A folder made by `python -m kd_jax.data.prepare` (ArrayRecord shards), read instead of the
-  # source data.name names (which must match what it was prepared from).
-  config.data.records_dir = ""
-  # "memory": the dataset on every device, epochs compiled whole (fastest where it fits); "grain":
-  # records_dir streamed by grain, each process reading its share of every batch.
-  config.data.pipeline = "memory"
-  config.data.grain_workers = 0  # grain: worker processes (0: threads of this process).
-  config.data.prefetch = 2  # grain: batches read ahead of the step, per stream.
-  config.data.shared_order = False  # grain: a population's members read one stream, one order.
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_epochs = 1
-  config.checkpoint.max_to_keep = 3
-  config.checkpoint.every_steps = 0  # grain: also checkpoint within epochs (0: epochs only).
-
-  # "package.module:NAME" of a kd_jax.extensions.Extension that changes the run (the paper's
-  # specialists); empty for a plain run.
-  config.extension = ""
-  return config
+def is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
 
 
-def add_distillation(config: ml_collections.ConfigDict, temperature: float = 20.0,
-                     alpha: float = 0.9) -> ml_collections.ConfigDict:
-  """Adds the distillation fields; alpha weights the soft term, (1 - alpha) the hard term."""
-  config.teacher_workdir = ""
-  config.temperature = temperature
-  config.alpha = alpha
-  config.soft_loss = "soft_cross_entropy"
-  config.teacher_members = ()  # Indices into a population teacher; empty: all its members.
-  config.teacher_ensemble = "arithmetic"  # How members' tempered probabilities are combined.
-  config.cache_teacher_logits = True  # Without jitter, compute teacher logits once per run.
-  config.soft_t_squared = True  # The paper's T^2 on the soft term (False: an ablation).
-  # > 0: the cached targets average the teacher's tempered probabilities over this many dropout
-  # masks per image (train mode, masks from teacher_dropout_seed); 0: the teacher in eval mode.
-  config.teacher_dropout_masks = 0
-  config.teacher_dropout_seed = 0
-  return config
+def is_num(value: Any) -> bool:
+  """A finite int or float (not a bool)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_distillation(config: ml_collections.ConfigDict) -> bool:
@@ -141,32 +52,224 @@ def is_distillation(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get("teacher_workdir"))
 
 
-def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The per-member hyperparameters of a run: the learning rate, and T and alpha to distil."""
-  return SWEEPABLE if is_distillation(config) else ("learning_rate",)
+# ----------------------------------------------------------------------------- the fields
+
+Check = tuple[Callable[[Any], bool], str]  # A predicate of the value; what it accepts, in words.
 
 
-def population_members(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
-  """The members of the run, in order: every sweep point (temperature, alpha, learning_rate, in
-  that nesting) times `members` seeds. Each is {index, seed, learning_rate[, temperature, alpha]};
-  a run's extension may add members or settings (specialists: one set per class subset).
-
-  Reads saved configs of older runs too (no `members` or `sweep`: one member).
-  """
-  names = hparam_names(config)
-  sweep = config.get("sweep") or {}
-  grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
-  members = []
-  for point in itertools.product(*grids):
-    for offset in range(config.get("members", 1)):
-      members.append({"index": len(members), "seed": config.seed + offset,
-                      **{name: float(value) for name, value in zip(names, point)}})
-  extension = extensions.of(config)
-  return extension.members(config, members) if extension else members
+def tuple_of(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+  return lambda v: isinstance(v, tuple) and all(ok(x) for x in v)
 
 
-def is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
+def one_of(values: tuple[str, ...]) -> Check:
+  return (lambda v: v in values), f"one of {values}"
+
+
+def at_least_0(note: str = "") -> Check:
+  return (lambda v: is_int(v) and v >= 0), "an integer >= 0" + (f" ({note})" if note else "")
+
+
+POSITIVE = (lambda v: is_int(v) and v > 0), "a positive integer"
+FRACTION = (lambda v: is_num(v) and 0 <= v < 1), "a number in [0, 1)"
+BOOL = (lambda v: isinstance(v, bool)), "True or False"
+SIZES = tuple_of(lambda s: is_int(s) and s > 0)  # Layer widths, channels, image dimensions.
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field: its default, the check of its value alone, and its documentation."""
+  name: str  # Dotted, as in --config.model.hidden_sizes.
+  default: Any
+  type: type  # The default's; ml_collections keeps it for overrides.
+  check: Check | None  # None: any value (validate() may still relate it to other fields).
+  meaning: str
+  used_by: str = TRAINING
+  distillation: bool = False  # Set by add_distillation(); checked only in distillation runs.
+  added: bool = False  # Added after the first runs were saved: a saved run without it held this.
+  when: Callable[[ml_collections.ConfigDict], bool] | None = None  # Checked only where true.
+
+
+_distil = functools.partial(Field, used_by=DISTILLATION, distillation=True)
+_sgd = functools.partial(Field, added=True, when=lambda c: c.optimizer == "sgd_momentum")
+_sweep = functools.partial(Field, used_by=DISTILLATION, added=True, when=is_distillation)
+
+# Every field of base_config() then add_distillation(), in their order (that of saved configs
+# and docs/config_reference.md, which a test keeps current).
+FIELDS: dict[str, Field] = {f.name: f for f in (
+    Field("seed", 0, int,
+          (lambda v: is_int(v) and 0 <= v < 2**32,  # validate(): also seed + members <= 2**32.
+           "an integer in [0, 2**32 - members] (PRNG seeds are 32-bit: 2**32 would equal 0)"),
+          "PRNG seed of member 0 (member i of a population: seed + i); it decides "
+          "initialisation, data order, jitter and dropout"),
+    Field("num_epochs", 30, int, POSITIVE, "epochs to train"),
+    Field("batch_size", 128, int, POSITIVE,
+          "global batch, across all devices (divisible by their number)"),
+    Field("learning_rate", 1e-3, float, (lambda v: is_num(v) and v > 0, "a positive finite number"),
+          "the optimizer's peak learning rate"),
+    Field("lr_schedule", "cosine", str, one_of(LR_SCHEDULES),
+          "Adam's schedule: constant or cosine decay over the run"),
+    Field("optimizer", "adam", str, one_of(OPTIMIZERS),
+          "adam, or sgd_momentum (the 2012 dropout paper's recipe, sgd.*)", added=True),
+    _sgd("sgd.momentum_start", 0.5, float, FRACTION, "sgd_momentum: momentum at the start"),
+    _sgd("sgd.momentum_end", 0.99, float, FRACTION,
+         "sgd_momentum: momentum reached after momentum_epochs"),
+    _sgd("sgd.momentum_epochs", 500, int, (lambda v: is_num(v) and v > 0, "a number of epochs > 0"),
+         "sgd_momentum: epochs over which momentum rises"),
+    _sgd("sgd.decay_per_epoch", 0.998, float,
+         (lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+         "sgd_momentum: the rate's factor per epoch"),
+    Field("eval_batch_size", 1000, int, POSITIVE, "evaluation batch (rounded up to a multiple of "
+          "the device count; padding is masked)", used_by=TRAINING + ", evaluate"),
+    Field("members", 1, int, POSITIVE, "seeds per setting: a population of that many models in "
+          "one compiled epoch", added=True),
+    _sweep("sweep.temperature", (), tuple,
+           (tuple_of(lambda x: is_num(x) and x > 0), "a tuple of numbers > 0 (empty: not swept)"),
+           "temperatures to sweep (empty: not swept)"),
+    _sweep("sweep.alpha", (), tuple,
+           (tuple_of(lambda x: is_num(x) and 0 <= x <= 1),
+            "a tuple of numbers in [0, 1] (empty: not swept)"),
+           "soft-term weights to sweep (empty: not swept)"),
+    Field("sweep.learning_rate", (), tuple,
+          (tuple_of(lambda x: is_num(x) and x > 0),
+           "a tuple of positive numbers (empty: not swept)"),
+          "learning rates to sweep (empty: not swept)", added=True),
+    Field("member_batch", 0, int, at_least_0("0: auto"),
+          "members vmapped together (0: one at a time on CPU, all on accelerators)", added=True),
+    # A user's module records its dataclass fields in model.fields (kd_jax.train(model=...)).
+    Field("model.name", "mlp", str,
+          (lambda v: isinstance(v, str) and (v in models.MODELS or ":" in v),
+           f"one of {models.MODELS}, or 'package.module:Class' for a module of your own"),
+          "mlp, cnn, or 'package.module:Class' for a module of your own", added=True),
+    Field("model.conv_features", (16, 32), tuple,
+          (SIZES, "a tuple of positive integers (the cnn's channels)"),
+          "cnn: channels of its 3x3 convolutions (BatchNorm, 2x2 max-pooling each)", added=True),
+    Field("model.hidden_sizes", (800, 800), tuple, (SIZES, "a tuple of positive integers"),
+          "units of the hidden dense layers (ReLU)"),
+    Field("model.input_dropout", 0.0, float, FRACTION,
+          "dropout rate on the input (on the flattened features for cnn)"),
+    Field("model.hidden_dropout", 0.0, float, FRACTION, "dropout rate after each hidden layer"),
+    Field("model.max_norm", 0.0, float,
+          (lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)"),
+          "max-norm of each hidden unit's incoming weights (0: off)"),
+    Field("model.compute_dtype", "float32", str, one_of(models.COMPUTE_DTYPES),
+          "float32, or bfloat16 matmuls (parameters stay float32)", added=True),
+    Field("model.input_shape", data.IMAGE_SHAPE, tuple,
+          (lambda v: SIZES(v) and len(v) in (2, 3),
+           "the dataset's image shape, (H, W) or (H, W, C)"),
+          "one image's shape, (H, W) or (H, W, C): the dataset's", added=True),
+    Field("model.num_classes", data.NUM_CLASSES, int,
+          (lambda v: is_int(v) and v > 1, "an integer > 1"),
+          "outputs: the dataset's classes (a specialist's own)", added=True),
+    Field("data.name", "mnist", str, (data.is_dataset_name, f"one of {data.DATASETS}"),
+          "mnist, mnist_pairs (100 two-digit classes) or tfds:NAME", added=True),
+    Field("data.pairs.num_train", 60_000, int, at_least_0(), "mnist_pairs: training pairs",
+          added=True),
+    Field("data.pairs.num_validation", 10_000, int, at_least_0(),
+          "mnist_pairs: validation pairs (from held-out digits)", added=True),
+    Field("data.pairs.num_test", 10_000, int, at_least_0(), "mnist_pairs: test pairs", added=True),
+    Field("data.pairs.seed", 0, int, (is_int, "an integer"),
+          "mnist_pairs: the seed the pairs are drawn from", added=True),
+    Field("data.mnist_dir", "", str, None, "folder of the four IDX files (empty: "
+          "$KD_JAX_MNIST_DIR, else tensorflow-datasets)", used_by=TRAINING + ", evaluate"),
+    Field("data.tfds_data_dir", "", str, None,
+          "tensorflow-datasets' data folder (empty: its default)"),
+    Field("data.tfds_manual_dir", "", str, None,
+          "the four original .gz files, for TFDS to prepare offline"),
+    Field("data.validation_size", 0, int, at_least_0(),
+          "training images held out as a validation split"),
+    Field("data.jitter", 0, int,
+          (lambda v: is_int(v) and 0 <= v < 14, "an integer number of pixels in [0, 14)"),
+          "maximum shift in pixels of each training image (the paper's teacher: 2)"),
+    # Validation and test sets stay whole. validate() bounds the labels by the dataset's classes.
+    Field("data.train_classes", (), tuple,
+          (lambda v: is_class_tuple(None, v),
+           "a tuple of distinct class labels of the dataset (empty: all classes)"),
+          "only these classes in the training (transfer) set (empty: all)", added=True),
+    Field("data.train_subset", 0, int, at_least_0("0: all"),
+          "a class-balanced subset of this many training examples (0: all)", added=True),
+    Field("data.subset_seed", 0, int, (is_int, "an integer"), "the seed that subset is drawn from",
+          added=True),
+    Field("data.check_counts", True, bool, None,
+          "insist on MNIST's sizes (False accepts smaller IDX folders, for tests)"),
+    Field("data.records_dir", "", str,
+          (lambda v: isinstance(v, str), "a folder made by kd_jax.data.prepare"),
+          "a folder made by `python -m kd_jax.data.prepare` (ArrayRecord shards), read instead "
+          "of data.name's source", added=True),
+    Field("data.pipeline", "memory", str, one_of(PIPELINES), "memory (the dataset on every "
+          "device, whole epochs compiled) or grain (data.records_dir streamed, each process its "
+          "share)", added=True),
+    Field("data.grain_workers", 0, int, at_least_0("0: threads"),
+          "grain: worker processes decoding and batching (0: threads of this process)", added=True),
+    Field("data.prefetch", 2, int, POSITIVE, "grain: batches read ahead of the step", added=True),
+    Field("data.shared_order", False, bool, BOOL, "grain: a population's members read one stream "
+          "in one order (else one stream per member)", added=True),
+    Field("checkpoint.every_epochs", 1, int, POSITIVE,
+          "checkpoint cadence in epochs (the last is always saved)"),
+    Field("checkpoint.max_to_keep", 3, int, POSITIVE, "checkpoints kept"),
+    Field("checkpoint.every_steps", 0, int, at_least_0("0: epochs only"),
+          "grain pipeline: also checkpoint every that many steps within an epoch, with the data "
+          "iterator (0: epochs only)", added=True),
+    Field("extension", "", str,
+          (lambda v: isinstance(v, str), "'package.module:NAME' of an extension, or ''"),
+          "'package.module:NAME' of a kd_jax.extensions.Extension that changes the run (the "
+          "paper's specialists), or empty", added=True),
+    _distil("teacher_workdir", "", str,  # Its default, "": no teacher, not a distillation run.
+            (lambda v: isinstance(v, str) and v,
+             "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)"),
+            "the teacher's run; a config with one distils"),
+    _distil("temperature", 20.0, float, (lambda v: is_num(v) and v > 0, "a finite number > 0"),
+            "T of the soft targets"),
+    _distil("alpha", 0.9, float, (lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+            "weight of the soft term (the hard term gets 1 - alpha)"),
+    _distil("soft_loss", "soft_cross_entropy", str, one_of(losses.DISTILL_LOSSES),
+            "soft_cross_entropy (the paper's; reported as KL x T^2), logit_matching or "
+            "softmax_mse (the reference notebook's)"),
+    _distil("teacher_members", (), tuple,
+            (tuple_of(lambda x: is_int(x) and x >= 0),
+             "a tuple of member indices of the teacher run (empty: all)"),
+            "indices into a population teacher (empty: all, as an ensemble)", added=True),
+    _distil("teacher_ensemble", "arithmetic", str, one_of(losses.ENSEMBLE_MEANS),
+            "how a population teacher's members combine: arithmetic or geometric mean", added=True),
+    _distil("cache_teacher_logits", True, bool, BOOL, "without jitter, compute the teacher's "
+            "logits once per run instead of in every step", added=True),
+    _distil("soft_t_squared", True, bool, BOOL,
+            "the paper's T^2 on the soft term (False: an ablation)", added=True),
+    _distil("teacher_dropout_masks", 0, int, at_least_0("0: the teacher in eval mode"),
+            "> 0: the soft targets average the teacher's tempered probabilities over this many "
+            "dropout masks per image (train mode, cached once); 0: the teacher in eval mode",
+            added=True),
+    _distil("teacher_dropout_seed", 0, int,
+            (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+            "the key the teacher's dropout masks are drawn from", added=True),
+)}
+# Fields added after the first runs were saved: a saved config without one held its default.
+ADDED_FIELDS = tuple(name for name, field in FIELDS.items() if field.added)
+
+
+def _set_defaults(config: ml_collections.ConfigDict, distillation: bool,
+                  **values: Any) -> ml_collections.ConfigDict:
+  for field in FIELDS.values():
+    if field.distillation == distillation:
+      *parents, leaf = field.name.split(".")
+      node = config
+      for parent in parents:
+        if parent not in node:
+          node[parent] = ml_collections.ConfigDict()
+        node = node[parent]
+      node[leaf] = values.get(field.name, field.default)
+  return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Hard-label training of a 2x800 MLP with no regularisation (the paper's small net)."""
+  return _set_defaults(ml_collections.ConfigDict(), distillation=False)
+
+
+def add_distillation(config: ml_collections.ConfigDict,
+                     temperature: float = FIELDS["temperature"].default,
+                     alpha: float = FIELDS["alpha"].default) -> ml_collections.ConfigDict:
+  """Adds the distillation fields; alpha weights the soft term, (1 - alpha) the hard term."""
+  return _set_defaults(config, distillation=True, temperature=temperature, alpha=alpha)
 
 
 def check_field(config: ml_collections.ConfigDict, field: str, ok: Callable[[Any], bool],
@@ -190,9 +293,9 @@ def dataset_classes(config: ml_collections.ConfigDict) -> int | None:
   return {"mnist": data.NUM_CLASSES, "mnist_pairs": data.PAIR_BASE**2}.get(config.data.name)
 
 
-def is_class_tuple(config: ml_collections.ConfigDict, value: Any) -> bool:
-  """A tuple of distinct class labels of the config's dataset."""
-  num_classes = dataset_classes(config) or 2**31
+def is_class_tuple(config: ml_collections.ConfigDict | None, value: Any) -> bool:
+  """A tuple of distinct class labels of the config's dataset (None: of any dataset)."""
+  num_classes = (dataset_classes(config) if config is not None else None) or 2**31
   return isinstance(value, tuple) and len(set(value)) == len(value) and all(
       is_int(c) and 0 <= c < num_classes for c in value)
 
@@ -203,47 +306,20 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   Distillation fields are checked whenever the config names a teacher; `require_teacher` (the
   distill command) also insists that it does.
   """
-
   check = functools.partial(check_field, config)
-  is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-  check("num_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("eval_batch_size", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("learning_rate", lambda v: is_num(v) and v > 0, "a positive finite number")
-  check("lr_schedule", lambda v: v in LR_SCHEDULES, f"one of {LR_SCHEDULES}")
-  check("optimizer", lambda v: v in OPTIMIZERS, f"one of {OPTIMIZERS}")
-  if config.optimizer == "sgd_momentum":
-    check("sgd.momentum_start", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    check("sgd.momentum_end", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-    check("sgd.momentum_epochs", lambda v: is_num(v) and v > 0, "a number of epochs > 0")
-    check("sgd.decay_per_epoch", lambda v: is_num(v) and 0 < v <= 1, "a number in (0, 1]")
-  check("seed", lambda v: is_int(v) and 0 <= v and v + config.get("members", 1) <= 2**32,
-        "an integer in [0, 2**32 - members] (PRNG seeds are 32-bit: 2**32 would equal 0)")
-  check("model.name", lambda v: isinstance(v, str) and (v in models.MODELS or ":" in v),
-        f"one of {models.MODELS}, or 'package.module:Class' for a module of your own")
+
+  def each_alone(distillation: bool) -> None:  # The table's checks, in its order.
+    for field in FIELDS.values():
+      if field.distillation == distillation and field.check and (
+          field.when is None or field.when(config)):
+        check(field.name, *field.check)
+
+  # The training fields, then the rules that relate them (to fields already valid alone).
+  each_alone(distillation=False)
+  again = lambda name, ok: check(name, ok, FIELDS[name].check[1])  # In the field's own words.
+  again("seed", lambda v: v + config.members <= 2**32)
   if config.model.name == "mlp":
-    check("model.hidden_sizes", lambda v: len(v) > 0 and all(is_int(s) and s > 0 for s in v),
-          "a non-empty tuple of positive integers")
-  check("model.hidden_sizes", lambda v: isinstance(v, tuple) and all(is_int(s) and s > 0
-                                                                     for s in v),
-        "a tuple of positive integers")
-  check("model.conv_features", lambda v: isinstance(v, tuple) and all(
-      is_int(s) and s > 0 for s in v), "a tuple of positive integers (the cnn's channels)")
-  check("model.input_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-  check("model.hidden_dropout", lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)")
-  check("model.max_norm", lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)")
-  check("model.compute_dtype", lambda v: v in models.COMPUTE_DTYPES,
-        f"one of {models.COMPUTE_DTYPES}")
-  check("data.validation_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-  check("data.jitter", lambda v: is_int(v) and 0 <= v < 14,
-        "an integer number of pixels in [0, 14)")
-  check("model.input_shape", lambda v: isinstance(v, tuple) and len(v) in (2, 3) and all(
-      is_int(s) and s > 0 for s in v), "the dataset's image shape, (H, W) or (H, W, C)")
-  check("model.num_classes", lambda v: is_int(v) and v > 1, "an integer > 1")
-  check("data.name", data.is_dataset_name, f"one of {data.DATASETS}")
-  for count in ("num_train", "num_validation", "num_test"):
-    check(f"data.pairs.{count}", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-  check("data.pairs.seed", is_int, "an integer")
+    check("model.hidden_sizes", bool, "a non-empty tuple of positive integers")
   known_shapes = {"mnist": (data.IMAGE_SHAPE, data.NUM_CLASSES),
                   "mnist_pairs": ((28, 28 * 2), data.PAIR_BASE**2)}
   if config.data.name in known_shapes:
@@ -253,18 +329,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
     if not config.get("extension"):  # An extension may give members classes of their own.
       check("model.num_classes", lambda v: v == classes,
             f"{classes}, the number of {config.data.name} classes")
-  check("data.train_classes", lambda v: is_class_tuple(config, v),
-        "a tuple of distinct class labels of the dataset (empty: all classes)")
-  check("data.train_subset", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: all)")
-  check("data.subset_seed", is_int, "an integer")
-  check("checkpoint.every_epochs", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("checkpoint.every_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: epochs "
-        "only)")
-  check("data.records_dir", lambda v: isinstance(v, str), "a folder made by kd_jax.data.prepare")
-  check("data.pipeline", lambda v: v in PIPELINES, f"one of {PIPELINES}")
-  check("data.grain_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: threads)")
-  check("data.prefetch", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("data.shared_order", lambda v: isinstance(v, bool), "True or False")
+  again("data.train_classes", lambda v: is_class_tuple(config, v))
   if config.data.pipeline == "grain":
     check("data.records_dir", bool, "a folder made by `python -m kd_jax.data.prepare --name "
           f"{config.data.name} --out DIR`: the grain pipeline streams prepared ArrayRecord shards")
@@ -276,45 +341,22 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   else:
     check("checkpoint.every_steps", lambda v: v == 0, "0 with data.pipeline='memory' (its "
           "epoch is one compiled call; checkpoints fall between epochs)")
-    defaults = base_config().data
-    for name in ("grain_workers", "prefetch", "shared_order"):  # Not silently ignored.
-      check(f"data.{name}", lambda v, name=name: v == defaults[name],
-            f"{defaults[name]!r} with data.pipeline='memory' (it sets the grain pipeline)")
-  check("checkpoint.max_to_keep", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("members", lambda v: is_int(v) and v > 0, "a positive integer")
-  check("member_batch", lambda v: is_int(v) and v >= 0, "an integer >= 0 (0: auto)")
-  is_tuple_of = lambda ok: lambda v: isinstance(v, tuple) and all(ok(x) for x in v)
-  check("sweep.learning_rate", is_tuple_of(lambda x: is_num(x) and x > 0),
-        "a tuple of positive numbers (empty: not swept)")
-  if require_teacher or is_distillation(config):
-    check("teacher_workdir", lambda v: isinstance(v, str) and v,
-          "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)")
-    check("temperature", lambda v: is_num(v) and v > 0, "a finite number > 0")
-    check("alpha", lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]")
-    check("soft_loss", lambda v: v in losses.DISTILL_LOSSES, f"one of {losses.DISTILL_LOSSES}")
-    check("teacher_members", is_tuple_of(lambda x: is_int(x) and x >= 0),
-          "a tuple of member indices of the teacher run (empty: all)")
-    check("teacher_ensemble", lambda v: v in losses.ENSEMBLE_MEANS,
-          f"one of {losses.ENSEMBLE_MEANS}")
-    check("cache_teacher_logits", lambda v: isinstance(v, bool), "True or False")
-    check("teacher_dropout_masks", lambda v: is_int(v) and v >= 0,
-          "an integer >= 0 (0: the teacher in eval mode)")
-    check("teacher_dropout_seed", lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)")
-    if config.get("teacher_dropout_masks", 0):
-      check("teacher_dropout_masks", lambda v: not config.data.jitter and config.cache_teacher_logits,
+    for name in ("data.grain_workers", "data.prefetch", "data.shared_order"):  # Not ignored.
+      default = FIELDS[name].default
+      check(name, lambda v, default=default: v == default,
+            f"{default!r} with data.pipeline='memory' (it sets the grain pipeline)")
+  if require_teacher or is_distillation(config):  # The same for the distillation fields.
+    each_alone(distillation=True)
+    if config.teacher_dropout_masks:
+      check("teacher_dropout_masks",
+            lambda v: not config.data.jitter and config.cache_teacher_logits,
             "0 unless the teacher's logits are cached once (data.jitter=0, "
             "cache_teacher_logits=True): masks are drawn once per image of a fixed transfer set")
-    check("soft_t_squared", lambda v: isinstance(v, bool), "True or False")
-    check("sweep.temperature", is_tuple_of(lambda x: is_num(x) and x > 0),
-          "a tuple of numbers > 0 (empty: not swept)")
-    check("sweep.alpha", is_tuple_of(lambda x: is_num(x) and 0 <= x <= 1),
-          "a tuple of numbers in [0, 1] (empty: not swept)")
   else:
     for name in ("temperature", "alpha"):
       check(f"sweep.{name}", lambda v: not v,
             "an empty tuple: only a distillation run (one with config.teacher_workdir) has a "
             f"{name} to sweep")
-  check("extension", lambda v: isinstance(v, str), "'package.module:NAME' of an extension, or ''")
   extension = extensions.of(config)
   if extension:
     extension.validate(config)
@@ -322,121 +364,17 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
 
 # ----------------------------------------------------------------------------- reference
 
-TRAINING = "train, distill, pipeline, the paper's commands"
-DISTILLATION = "distill (and any command given a config with a teacher)"
-# Every field of base_config() and add_distillation(): (who reads it, what it means). The config
-# reference (docs/config_reference.md) is generated from these and the defaults; a test fails
-# when a field has no entry here or the committed page is stale.
-FIELDS: dict[str, tuple[str, str]] = {
-    "seed": (TRAINING, "PRNG seed of member 0 (member i of a population: seed + i); it decides "
-                       "initialisation, data order, jitter and dropout"),
-    "num_epochs": (TRAINING, "epochs to train"),
-    "batch_size": (TRAINING, "global batch, across all devices (divisible by their number)"),
-    "learning_rate": (TRAINING, "the optimizer's peak learning rate"),
-    "lr_schedule": (TRAINING, "Adam's schedule: constant or cosine decay over the run"),
-    "optimizer": (TRAINING, "adam, or sgd_momentum (the 2012 dropout paper's recipe, sgd.*)"),
-    "sgd.momentum_start": (TRAINING, "sgd_momentum: momentum at the start"),
-    "sgd.momentum_end": (TRAINING, "sgd_momentum: momentum reached after momentum_epochs"),
-    "sgd.momentum_epochs": (TRAINING, "sgd_momentum: epochs over which momentum rises"),
-    "sgd.decay_per_epoch": (TRAINING, "sgd_momentum: the rate's factor per epoch"),
-    "eval_batch_size": (TRAINING + ", evaluate", "evaluation batch (rounded up to a multiple of "
-                                                 "the device count; padding is masked)"),
-    "members": (TRAINING, "seeds per setting: a population of that many models in one "
-                          "compiled epoch"),
-    "sweep.temperature": (DISTILLATION, "temperatures to sweep (empty: not swept)"),
-    "sweep.alpha": (DISTILLATION, "soft-term weights to sweep (empty: not swept)"),
-    "sweep.learning_rate": (TRAINING, "learning rates to sweep (empty: not swept)"),
-    "member_batch": (TRAINING, "members vmapped together (0: one at a time on CPU, all on "
-                               "accelerators)"),
-    "model.name": (TRAINING, "mlp, cnn, or 'package.module:Class' for a module of your own"),
-    "model.conv_features": (TRAINING, "cnn: channels of its 3x3 convolutions (BatchNorm, "
-                                      "2x2 max-pooling each)"),
-    "model.hidden_sizes": (TRAINING, "units of the hidden dense layers (ReLU)"),
-    "model.input_dropout": (TRAINING, "dropout rate on the input (on the flattened features "
-                                      "for cnn)"),
-    "model.hidden_dropout": (TRAINING, "dropout rate after each hidden layer"),
-    "model.max_norm": (TRAINING, "max-norm of each hidden unit's incoming weights (0: off)"),
-    "model.compute_dtype": (TRAINING, "float32, or bfloat16 matmuls (parameters stay float32)"),
-    "model.input_shape": (TRAINING, "one image's shape, (H, W) or (H, W, C): the dataset's"),
-    "model.num_classes": (TRAINING, "outputs: the dataset's classes (a specialist's own)"),
-    "data.name": (TRAINING, "mnist, mnist_pairs (100 two-digit classes) or tfds:NAME"),
-    "data.pairs.num_train": (TRAINING, "mnist_pairs: training pairs"),
-    "data.pairs.num_validation": (TRAINING, "mnist_pairs: validation pairs (from held-out "
-                                            "digits)"),
-    "data.pairs.num_test": (TRAINING, "mnist_pairs: test pairs"),
-    "data.pairs.seed": (TRAINING, "mnist_pairs: the seed the pairs are drawn from"),
-    "data.mnist_dir": (TRAINING + ", evaluate", "folder of the four IDX files (empty: "
-                                                "$KD_JAX_MNIST_DIR, else tensorflow-datasets)"),
-    "data.tfds_data_dir": (TRAINING, "tensorflow-datasets' data folder (empty: its default)"),
-    "data.tfds_manual_dir": (TRAINING, "the four original .gz files, for TFDS to prepare "
-                                       "offline"),
-    "data.validation_size": (TRAINING, "training images held out as a validation split"),
-    "data.jitter": (TRAINING, "maximum shift in pixels of each training image (the paper's "
-                              "teacher: 2)"),
-    "data.train_classes": (TRAINING, "only these classes in the training (transfer) set "
-                                     "(empty: all)"),
-    "data.train_subset": (TRAINING, "a class-balanced subset of this many training examples "
-                                    "(0: all)"),
-    "data.subset_seed": (TRAINING, "the seed that subset is drawn from"),
-    "data.check_counts": (TRAINING, "insist on MNIST's sizes (False accepts smaller IDX "
-                                    "folders, for tests)"),
-    "checkpoint.every_epochs": (TRAINING, "checkpoint cadence in epochs (the last is always "
-                                          "saved)"),
-    "checkpoint.max_to_keep": (TRAINING, "checkpoints kept"),
-    "checkpoint.every_steps": (TRAINING, "grain pipeline: also checkpoint every that many steps "
-                                         "within an epoch, with the data iterator (0: epochs "
-                                         "only)"),
-    "data.records_dir": (TRAINING, "a folder made by `python -m kd_jax.data.prepare` "
-                                   "(ArrayRecord shards), read instead of data.name's source"),
-    "data.pipeline": (TRAINING, "memory (the dataset on every device, whole epochs compiled) or "
-                                "grain (data.records_dir streamed, each process its share)"),
-    "data.grain_workers": (TRAINING, "grain: worker processes decoding and batching (0: threads "
-                                     "of this process)"),
-    "data.prefetch": (TRAINING, "grain: batches read ahead of the step"),
-    "data.shared_order": (TRAINING, "grain: a population's members read one stream in one order "
-                                    "(else one stream per member)"),
-    "extension": (TRAINING, "'package.module:NAME' of a kd_jax.extensions.Extension that changes "
-                            "the run (the paper's specialists), or empty"),
-    "teacher_workdir": (DISTILLATION, "the teacher's run; a config with one distils"),
-    "temperature": (DISTILLATION, "T of the soft targets"),
-    "alpha": (DISTILLATION, "weight of the soft term (the hard term gets 1 - alpha)"),
-    "soft_loss": (DISTILLATION, "soft_cross_entropy (the paper's; reported as KL x T^2), "
-                                "logit_matching or softmax_mse (the reference notebook's)"),
-    "teacher_members": (DISTILLATION, "indices into a population teacher (empty: all, as an "
-                                      "ensemble)"),
-    "teacher_ensemble": (DISTILLATION, "how a population teacher's members combine: "
-                                       "arithmetic or geometric mean"),
-    "teacher_dropout_masks": (DISTILLATION, "> 0: the soft targets average the teacher's "
-                              "tempered probabilities over this many dropout masks per image "
-                              "(train mode, cached once); 0: the teacher in eval mode"),
-    "teacher_dropout_seed": (DISTILLATION, "the key the teacher's dropout masks are drawn from"),
-    "cache_teacher_logits": (DISTILLATION, "without jitter, compute the teacher's logits once "
-                                           "per run instead of in every step"),
-    "soft_t_squared": (DISTILLATION, "the paper's T^2 on the soft term (False: an ablation)"),
-}
-
-
 def reference_markdown() -> str:
   """docs/config_reference.md: every field with its default, type, readers and meaning."""
   import json  # pylint: disable=g-import-not-at-top
-  defaults = add_distillation(base_config())
-
-  def flatten(tree, prefix=""):
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        yield from flatten(value, f"{prefix}{key}.")
-      else:
-        yield f"{prefix}{key}", value
-
   lines = ["# Config reference", "",
            "Generated from `kd_jax.config_lib` (`base_config()`, `add_distillation()` and "
            "`FIELDS`) by `python scripts/config_reference.py`; a test keeps it current. Override "
            "any field with `--config.FIELD=VALUE` or `kd_jax.configs.get(NAME, FIELD=VALUE)` "
            "(nested: `model__hidden_sizes`).", "",
            "| field | default | type | used by | meaning |", "|---|---|---|---|---|"]
-  for field, value in flatten(json.loads(defaults.to_json_best_effort())):
-    used_by, meaning = FIELDS[field]
-    kind = type(value).__name__ if not isinstance(value, list) else "tuple"
-    shown = json.dumps(tuple(value) if isinstance(value, list) else value).replace("|", "\\|")
-    lines.append(f"| `{field}` | `{shown}` | {kind} | {used_by} | {meaning} |")
+  for name, field in FIELDS.items():
+    shown = json.dumps(field.default).replace("|", "\\|")
+    lines.append(f"| `{name}` | `{shown}` | {field.type.__name__} | {field.used_by} | "
+                 f"{field.meaning} |")
   return "\n".join(lines) + "\n"

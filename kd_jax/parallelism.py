@@ -97,18 +97,6 @@ def eval_batch_size(configured: int, mesh: Mesh) -> int:
   return -(-configured // mesh.size) * mesh.size
 
 
-def member_batch(configured: int, num_members: int) -> int:
-  """How many population members to vmap together: `configured`, else (0, auto) as follows.
-
-  On CPU one at a time: XLA:CPU runs a vmapped population slower per model than the same members
-  in turn (batched matmuls, a working set that leaves the cache). Accelerators are mostly idle on
-  one MLP step, so there all members run vmapped together.
-  """
-  if configured:
-    return configured
-  return 1 if jax.default_backend() == "cpu" else num_members
-
-
 def map_members(fn: Callable[[Any], Any], stacked: Any, member_batch: int | None) -> Any:
   """`fn` over the leading (member) axis of `stacked`: `member_batch` members vmapped at a time.
 

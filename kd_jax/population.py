@@ -50,12 +50,24 @@ def _members(config: ml_collections.ConfigDict,
   return extension.members(config, listed) if extension else listed
 
 
+def member_batch(configured: int, num_members: int) -> int:
+  """How many population members to vmap together: `configured`, else (0, auto) as follows.
+
+  On CPU one at a time: XLA:CPU runs a vmapped population slower per model than the same members
+  in turn (batched matmuls, a working set that leaves the cache). Accelerators are mostly idle on
+  one MLP step, so there all members run vmapped together.
+  """
+  if configured:
+    return configured
+  return 1 if jax.default_backend() == "cpu" else num_members
+
+
 @dataclasses.dataclass(frozen=True)
 class Population:
   """The members of one run and what the compiled step needs of them."""
 
   members: list[Member]
-  member_batch: int  # Members vmapped together (parallelism.member_batch).
+  member_batch: int  # Members vmapped together (`member_batch`).
   hparams: dict[str, jax.Array]  # f32[P] per hyperparameter, and an extension's [P, ...] arrays.
 
   @property
@@ -76,7 +88,7 @@ def of(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if extension:
     hparams.update({name: jnp.asarray(v) for name, v in extension.hparams(config, listed).items()})
   return Population(members=listed,
-                    member_batch=parallelism.member_batch(config.member_batch, len(listed)),
+                    member_batch=member_batch(config.member_batch, len(listed)),
                     hparams=jax.device_put(hparams, parallelism.replicated(mesh)))
 
 

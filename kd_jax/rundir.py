@@ -108,9 +108,9 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path} is not valid JSON ({e}).") from e
   if not isinstance(saved, dict):
     raise CheckpointError(f"{path} does not hold a config (a JSON object).")
-  flat = _flatten(saved)
-  flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}  # JSON lists.
-  config = ml_collections.ConfigDict(_unflatten({**_defaults_for(saved), **flat}))
+  flat = {**_defaults_for(saved), **_flatten(saved)}  # Both from JSON: tuples came as lists.
+  flat = {k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()}
+  config = ml_collections.ConfigDict(_unflatten(flat))
   try:
     config_lib.validate(config)
   except ConfigError as e:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax import checkpointing, models, parallelism, targets
+from kd_jax import checkpointing, models, parallelism, population, targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Run:
   @property
   def member_batch(self) -> int:
     """Members vmapped together when this run computes logits (its config's choice)."""
-    return parallelism.member_batch(self.config.get("member_batch", 0), self.num_members)
+    return population.member_batch(self.config.get("member_batch", 0), self.num_members)
 
   def logits(self, images: Any, mesh: jax.sharding.Mesh | None = None, *,
              dropout_masks: int = 0, dropout_seed: int = 0) -> jax.Array:

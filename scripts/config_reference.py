@@ -1,4 +1,4 @@
-"""Writes docs/config_reference.md from the config defaults and their descriptions in code.
+"""Writes docs/config_reference.md from kd_jax.config_lib.FIELDS, where each field is declared.
 
   python scripts/config_reference.py
 """

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
-from kd_jax import (checkpointing, config_lib, configs, data, models, parallelism, preemption,
-                    rundir)
+from kd_jax import (checkpointing, config_lib, configs, data, models, parallelism, population,
+                    preemption, rundir)
 from kd_jax.paper import bias_correction, fidelity, reproduce, stages, verdicts
 from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError, DataError
@@ -221,7 +221,7 @@ def test_reproduce_resumes_without_retraining(tiny_reproduction, tiny_mnist_dir)
 def test_verdict_windows_are_the_last_epoch_and_the_last_tenth_of_the_epochs(tmp_path):
   config = config_lib.base_config()
   config.num_epochs, config.members = 20, 2
-  rundir.save_config(tmp_path, config)
+  rundir.save_config(tmp_path, config, population.members(config))
 
   def write(epochs):
     (tmp_path / rundir.METRICS_FILE).write_text("".join(
@@ -245,7 +245,7 @@ def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path)
   assert directory == store / f"teacher-{rundir.config_digest(teacher)}"
   assert (root / "teachers").is_symlink() and not (root / "teachers").readlink().is_absolute()
   directory.mkdir(parents=True)
-  rundir.save_config(directory, teacher)  # As training does first.
+  rundir.save_config(directory, teacher, population.members(teacher))  # As training does.
   moved = tmp_path / "elsewhere"  # Another default store (a moved study): the link is kept.
   assert stages.link_stage(root, "teachers", teacher, moved) == directory.resolve()
   other = config_lib.base_config()

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import checkpointing, data, models, parallelism, reporting, rundir, targets
+from kd_jax import checkpointing, data, parallelism, population, reporting, rundir, runs, targets
 from kd_jax.errors import ConfigError
 
 REPORT_FILE = "bias_correction.json"
@@ -74,15 +74,15 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
   if report_path.exists():
     return json.loads(report_path.read_text())
   mesh = parallelism.make_mesh()
-  variables, run_config, step = checkpointing.restore_variables(source, mesh)
+  run = runs.Run.open(source, mesh=mesh)
+  variables, run_config, step = run.variables, run.config, run.step
   if offset is None and not run_config.data.validation_size:
     raise ConfigError(f"{source} has no validation split (data.validation_size=0), and the "
                       "offset is tuned on held-out training data, never on the test set: train "
                       "it with --config.data.validation_size=N, or give a fixed offset.")
   splits = data.load_dataset(run_config.data, mnist_dir)
-  model = models.model_from_config(run_config.model)
   validation_logits = jnp.swapaxes(targets.member_logits(
-      model, variables, data.normalize(jnp.asarray(splits.validation_images)), member_batch=1), 0, 1)
+      run.model, variables, data.normalize(jnp.asarray(splits.validation_images)), member_batch=1), 0, 1)
   labels = jnp.asarray(splits.validation_labels)
   # A fixed offset is a search over a one-point grid.
   offsets, errors_after = search_offsets(validation_logits, labels, classes,
@@ -91,7 +91,7 @@ def correct_run(source: str | pathlib.Path, target: str | pathlib.Path, classes:
   if target.exists() and reporting.is_main_process():
     shutil.rmtree(target)  # A correction killed before its report: redo it from scratch.
   target.mkdir(parents=True, exist_ok=True)
-  rundir.save_config(target, run_config)
+  rundir.save_config(target, run_config, population.members(run_config))
   corrected = {**variables, "params": shift_output_bias(variables["params"], classes, offsets)}
   checkpointing.save_variables(target, step, corrected,
                                {"source": str(source), "source_step": step})

@@ -31,8 +31,7 @@ import optax
 
 import ml_collections
 
-from kd_jax import (checkpointing, config_lib, extensions, losses, parallelism, reporting, rundir,
-                    steps)
+from kd_jax import config_lib, extensions, losses, parallelism, reporting, rundir, runs, steps
 
 UNUSED_BIAS = -1e9
 
@@ -283,9 +282,10 @@ def _start_from_generalist(config: ml_collections.ConfigDict, state: steps.Train
                            mesh: jax.sharding.Mesh) -> steps.TrainState:
   """Specialists' parameters from the generalist in config.init_workdir (its member 0); the
   optimizer state (Adam's zero moments) and keys stay as initialised."""
-  generalist, _, step = checkpointing.restore_variables(config.init_workdir, mesh)
-  generalist = steps.take_member(generalist["params"], 0)
-  reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step {step}).")
+  generalist = runs.Run.open(config.init_workdir, mesh=mesh)
+  reporting.say(f"Specialists start from the generalist in {config.init_workdir} (step "
+                f"{generalist.step}).")
+  generalist = steps.take_member(generalist.variables["params"], 0)
   params = steps.stack_members([
       specialist_params(generalist, tuple(config.class_subsets[m["subset"]]),
                         config.model.num_classes) for m in members])
