@@ -58,17 +58,6 @@ def _flat(tree: dict, prefix: str = ""):
       yield f"{prefix}{key}", value
 
 
-def _nest(flat: dict) -> dict:
-  tree = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split(".")
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
-
-
 def _all_checks_apply() -> dict:
   """A valid distillation config (as a plain dict) in which every per-field check applies."""
   config = config_lib.add_distillation(config_lib.base_config())
@@ -153,5 +142,5 @@ def test_a_run_saved_before_the_added_fields_loads_with_their_defaults(distill, 
     config = config_lib.add_distillation(config)
     config.teacher_workdir = "runs/teacher"
   old_run = {n: v for n, v in _leaves(config) if n not in config_lib.ADDED_FIELDS}
-  (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(_nest(old_run)))
+  (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(rundir._unflatten(old_run))  # pylint: disable=W0212)
   assert rundir.load_config(tmp_path).to_dict() == config.to_dict()
