@@ -142,5 +142,6 @@ def test_a_run_saved_before_the_added_fields_loads_with_their_defaults(distill, 
     config = config_lib.add_distillation(config)
     config.teacher_workdir = "runs/teacher"
   old_run = {n: v for n, v in _leaves(config) if n not in config_lib.ADDED_FIELDS}
-  (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(rundir._unflatten(old_run))  # pylint: disable=W0212)
+  nested = rundir._unflatten(old_run)  # pylint: disable=protected-access
+  (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(nested))
   assert rundir.load_config(tmp_path).to_dict() == config.to_dict()
