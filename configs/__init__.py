@@ -1,11 +1,17 @@
 """The shipped configs, installed with kd_jax as `kd_jax.configs` (this folder is mapped to it).
 
 Each `NAME.py` here has `get_config()` (some take an argument, e.g. `reproduce.py:tiny`). Find them
-by name from Python or from any command's `--config`:
+by name from Python or from any command's `--config`.
 
-  config = kd_jax.configs.get("quick_teacher", num_epochs=2)   # overrides: field=value
-  kd_jax.configs.names()                                      # ('distill', 'notebook', ...)
-  python -m kd_jax.train --config teacher --workdir runs/t     # or --config path/to/file.py
+Example:
+    ```python
+    config = kd_jax.configs.get("quick_teacher", num_epochs=2)   # overrides: field=value
+    kd_jax.configs.names()                                      # ('distill', 'notebook', ...)
+    ```
+
+    ```bash
+    python -m kd_jax.train --config teacher --workdir runs/t     # or --config path/to/file.py
+    ```
 """
 
 from __future__ import annotations

@@ -133,35 +133,144 @@ def pytest_sessionfinish(session, exitstatus):
 SHARED_WORKER = {"test_export": "reproduction", "test_reproduce": "reproduction"}
 
 
-# Whole files of end-to-end work (the fast tier, -m "not slow", leaves them to the full suite).
-SLOW_MODULES = {"test_benchmark", "test_cluster_scripts", "test_commands", "test_e2e_mnist",
-                "test_examples", "test_export", "test_install", "test_multiprocess",
-                "test_parallel", "test_resume"}
-SLOW_CALLS = ("run_command(", "subprocess.", "signal_after_epoch(")
-
-
-def _is_slow(item) -> bool:
-  """A test that starts processes (commands, kills, other device counts), or reads the tiny
-  reproduction, belongs to the full suite only."""
-  if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
-    return True
-  if "tiny_reproduction" in getattr(item, "fixturenames", ()):
-    return True
-  try:
-    source = inspect.getsource(item.function)
-  except (OSError, TypeError):
-    return False
-  return any(call in source for call in SLOW_CALLS)
-
-
 @pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups from the markers.
 def pytest_collection_modifyitems(config, items):
   """With pytest-xdist's loadgroup, a group runs on one worker: one group per test file, the
-  files that read the tiny reproduction in one group (see pyproject's addopts). Tests that start
-  processes are marked slow (the fast tier is -m "not slow")."""
+  files that read the tiny reproduction in one group (see pyproject's addopts)."""
   del config
   for item in items:
     module = item.module.__name__.rsplit(".", 1)[-1]
     item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(module, module)))
-    if _is_slow(item):
-      item.add_marker(pytest.mark.slow)
+
+
+# ----------------------------------------------------------------------------- test tiers
+# A test that starts a process (a command, a kill, another device count, a notebook kernel, grain
+# workers), itself, through a helper or through a fixture, is marked slow where it is written:
+# `pytestmark = pytest.mark.slow` for a whole file, `@pytest.mark.slow` for one test. The fast
+# tier is -m "not slow". A test that is not marked slow and starts one fails, in both tiers: while
+# its fixtures are set up and while it runs, starting a process raises (and fails the test even
+# if the code under test swallows the error), and a fixture that started processes for an
+# earlier test fails the unmarked tests that use it too. Quick probes that libraries run on their
+# own (`git describe` for a run's code version, fontconfig, ldconfig, uname) are allowed.
+ALLOWED_PROGRAMS = {"git", "fc-list", "fc-match", "ldconfig", "ldconfig.real", "uname", "gcc",
+                    "cc", "ld", "objdump", "nvidia-smi", "lscpu"}
+# The test whose processes are refused (None: allowed), its violations, the fixtures being set
+# up (innermost last), and the fixtures seen starting processes.
+_tiers = {"test": None, "violations": [], "fixtures": [], "process_fixtures": set()}
+
+
+def _starting(what: str) -> None:
+  """Called before a process starts in this (the test) process."""
+  if _tiers["fixtures"]:
+    _tiers["process_fixtures"].add(_tiers["fixtures"][-1])
+  if _tiers["test"] is None:
+    return
+  where = f" (in fixture {_tiers['fixtures'][-1].argname!r})" if _tiers["fixtures"] else ""
+  message = (f"test {_tiers['test']} starts a process{where}: {what[:200]}. Mark it "
+             "@pytest.mark.slow (see docs/testing.md).")
+  _tiers["violations"].append(message)
+  raise AssertionError(message)
+
+
+def _install_process_guard() -> None:
+  """Every way this process starts another goes through `_starting` first."""
+  import multiprocessing.process  # pylint: disable=import-outside-toplevel
+
+  popen_execute = subprocess.Popen._execute_child  # pylint: disable=protected-access
+  parameters = list(inspect.signature(popen_execute).parameters)
+  shell_at = parameters.index("shell") - 2  # Its index in `rest` below.
+
+  def execute_child(self, args, *rest, **kwargs):
+    shell = rest[shell_at] if len(rest) > shell_at else kwargs.get("shell", False)
+    executable = rest[0] if rest else kwargs.get("executable")
+    if isinstance(args, (str, bytes, os.PathLike)):
+      command = os.fsdecode(args)
+      words = command.split() if shell else [command]
+    else:
+      words = [os.fsdecode(arg) for arg in args]
+      command = " ".join(words)
+    program = os.path.basename(os.fsdecode(executable) if executable and not shell else
+                               (words or ["?"])[0])
+    if program not in ALLOWED_PROGRAMS:
+      _starting(command)
+    return popen_execute(self, args, *rest, **kwargs)
+
+  subprocess.Popen._execute_child = execute_child  # pylint: disable=protected-access
+  process_start = multiprocessing.process.BaseProcess.start
+
+  def start(self):
+    _starting(f"multiprocessing {self!r}")
+    return process_start(self)
+
+  multiprocessing.process.BaseProcess.start = start
+  for name in ("fork", "forkpty", "system"):  # subprocess uses none of them.
+    original = getattr(os, name, None)
+    if original is not None:
+      def guarded(*args, _original=original, _name=name, **kwargs):
+        _starting(f"os.{_name}{args!r}")
+        return _original(*args, **kwargs)
+      setattr(os, name, guarded)
+
+
+_install_process_guard()
+
+
+def _guarding(item) -> None:
+  """Before a phase of `item`: its processes are refused unless it is marked slow."""
+  _tiers["violations"] = []
+  if item.get_closest_marker("slow") is not None:
+    _tiers["test"] = None
+    return
+  _tiers["test"] = item.nodeid
+  definitions = getattr(item, "_fixtureinfo", None)
+  for name, fixturedefs in (definitions.name2fixturedefs.items() if definitions else ()):
+    if fixturedefs and fixturedefs[-1] in _tiers["process_fixtures"]:
+      _tiers["test"] = None
+      raise AssertionError(f"test {item.nodeid} uses fixture {name!r}, which starts processes: "
+                           "mark it @pytest.mark.slow (see docs/testing.md).")
+
+
+def _guarded():
+  """Around a phase of a test (after `_guarding`): a violation fails the phase, also where the
+  code under test caught the error or raised another in its place."""
+  try:
+    result = yield
+  except BaseException as error:
+    violations, _tiers["test"], _tiers["violations"] = _tiers["violations"], None, []
+    if violations and str(error) != violations[0]:
+      raise AssertionError(violations[0]) from error
+    raise
+  violations, _tiers["test"], _tiers["violations"] = _tiers["violations"], None, []
+  if violations:
+    raise AssertionError(violations[0])
+  return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+  _guarding(item)
+  return (yield from _guarded())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+  _guarding(item)
+  return (yield from _guarded())
+
+
+class _FixtureTracker:
+  """Which fixture is being set up. A plugin of its own: a conftest's hooks see only the fixtures
+  of its own folder's nodes, not session-scoped ones such as tiny_reproduction."""
+
+  @pytest.hookimpl(wrapper=True)
+  def pytest_fixture_setup(self, fixturedef, request):
+    del request
+    _tiers["fixtures"].append(fixturedef)
+    try:
+      return (yield)
+    finally:
+      _tiers["fixtures"].pop()
+
+
+def pytest_configure(config):
+  config.pluginmanager.register(_FixtureTracker(), "kd_jax_fixture_tracker")

@@ -80,6 +80,7 @@ def test_shipped_configs_are_valid(name):  # The experiments' configs: their own
   config_lib.validate(config, require_teacher=distill)
 
 
+@pytest.mark.slow
 def test_bad_value_through_the_command(finished_run, tiny_mnist_dir):
   expect_failure("distill", "--config=configs/distill.py", f"--workdir={finished_run}",
                  f"--config.teacher_workdir={finished_run}", "--config.temperature=0",
@@ -92,11 +93,13 @@ def test_bad_value_through_the_command(finished_run, tiny_mnist_dir):
     ("--config.num_epochs=abc", "--config.num_epochs=abc"),
     ("--config=configs/no_such_config.py", "no_such_config.py"),
 ])
+@pytest.mark.slow
 def test_unknown_key_wrong_type_and_missing_file(finished_run, tiny_mnist_dir, override, match):
   expect_failure("train", *STUDENT, override, f"--workdir={finished_run}", match=match, code=2,
                  untouched=finished_run, mnist_dir=tiny_mnist_dir)
 
 
+@pytest.mark.slow
 def test_batch_size_must_divide_across_devices(tiny_mnist_dir, tmp_path):
   expect_failure("train", *STUDENT, "--config.batch_size=12", f"--workdir={tmp_path / 'run'}",
                  match="batch_size=12 must be divisible by the number of devices (8)", code=2,
@@ -107,6 +110,7 @@ def test_batch_size_must_divide_across_devices(tiny_mnist_dir, tmp_path):
 # ----------------------------------------------------------------------------- data
 
 
+@pytest.mark.slow
 def test_missing_mnist_folder(finished_run, tmp_path):
   expect_failure("train", *STUDENT, f"--workdir={finished_run}", match="does not exist", code=3,
                  untouched=finished_run, mnist_dir=tmp_path / "nowhere")
@@ -118,6 +122,7 @@ def test_missing_mnist_folder(finished_run, tmp_path):
     ("count", "holds 480 records, expected 60000"),
     ("delete", "is missing from"),
 ])
+@pytest.mark.slow
 def test_broken_mnist_files_are_named(tiny_mnist_dir, tmp_path, damage, match):
   folder = tmp_path / "mnist"
   shutil.copytree(tiny_mnist_dir, folder)
@@ -139,6 +144,7 @@ def test_broken_mnist_files_are_named(tiny_mnist_dir, tmp_path, damage, match):
     assert "train-images-idx3-ubyte" in message
 
 
+@pytest.mark.slow
 def test_tfds_unavailable_offline(tmp_path):
   """No IDX folder and a TFDS that cannot download: the message says how to get the data."""
   shim = tmp_path / "shim" / "tensorflow_datasets"
@@ -162,10 +168,12 @@ def _distill(teacher, tiny_mnist_dir, tmp_path, match):
                         match=match, code=4, untouched=teacher, mnist_dir=tiny_mnist_dir)
 
 
+@pytest.mark.slow
 def test_teacher_workdir_missing(tiny_mnist_dir, tmp_path):
   _distill(tmp_path / "no_teacher", tiny_mnist_dir, tmp_path, "is not a kd_jax run directory")
 
 
+@pytest.mark.slow
 def test_teacher_workdir_without_checkpoints(finished_run, tiny_mnist_dir, tmp_path):
   teacher = tmp_path / "teacher"
   shutil.copytree(finished_run, teacher)
@@ -176,6 +184,7 @@ def test_teacher_workdir_without_checkpoints(finished_run, tiny_mnist_dir, tmp_p
 
 
 @pytest.mark.parametrize("which", ["every file", "array data only"])
+@pytest.mark.slow
 def test_corrupted_teacher_checkpoint(finished_run, tiny_mnist_dir, tmp_path, which):
   teacher = tmp_path / "teacher"
   shutil.copytree(finished_run, teacher)
@@ -187,6 +196,7 @@ def test_corrupted_teacher_checkpoint(finished_run, tiny_mnist_dir, tmp_path, wh
   _distill(teacher, tiny_mnist_dir, tmp_path, "it is corrupted")
 
 
+@pytest.mark.slow
 def test_teacher_checkpoint_not_matching_its_config(finished_run, tiny_mnist_dir, tmp_path):
   teacher = tmp_path / "teacher"
   shutil.copytree(finished_run, teacher)
@@ -196,6 +206,7 @@ def test_teacher_checkpoint_not_matching_its_config(finished_run, tiny_mnist_dir
   _distill(teacher, tiny_mnist_dir, tmp_path, "does not match the run's config.json")
 
 
+@pytest.mark.slow
 def test_evaluate_empty_and_wrong_workdirs(tiny_mnist_dir, tmp_path):
   expect_failure("evaluate", f"--workdir={tmp_path}", match="is not a kd_jax run directory",
                  code=4, mnist_dir=tiny_mnist_dir)
@@ -204,6 +215,7 @@ def test_evaluate_empty_and_wrong_workdirs(tiny_mnist_dir, tmp_path):
                  mnist_dir=tiny_mnist_dir)
 
 
+@pytest.mark.slow
 def test_workdir_with_another_config_is_refused_unless_overwrite(finished_run, tiny_mnist_dir,
                                                                  tmp_path):
   workdir = tmp_path / "run"

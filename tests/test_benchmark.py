@@ -3,7 +3,11 @@
 import json
 import math
 
+import pytest
+
 from conftest import run_command
+
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 
 def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):

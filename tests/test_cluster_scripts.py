@@ -8,7 +8,11 @@ import os
 import signal
 import sys
 
+import pytest
+
 from conftest import TINY_OVERRIDES, signal_after_epoch
+
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 FAKE_SRUN = """#!/bin/bash
 # Drop srun's own options, run the task here as a single, non-distributed process.

@@ -16,6 +16,7 @@ from conftest import run_command
 
 MNIST_DIR = os.environ.get(data.MNIST_DIR_ENV)
 pytestmark = [
+    pytest.mark.slow,  # Every test here starts processes or reads all of MNIST (see conftest.py).
     pytest.mark.e2e,
     pytest.mark.skipif(not MNIST_DIR, reason=f"{data.MNIST_DIR_ENV} is not set"),
 ]

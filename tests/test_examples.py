@@ -12,8 +12,9 @@ from nbclient import NotebookClient
 from kd_jax import data
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(not os.environ.get(data.MNIST_DIR_ENV),
-                                reason=f"needs ${data.MNIST_DIR_ENV} (the real MNIST)")
+pytestmark = [pytest.mark.slow,  # Every test here starts processes (see conftest.py).
+              pytest.mark.skipif(not os.environ.get(data.MNIST_DIR_ENV),
+                                 reason=f"needs ${data.MNIST_DIR_ENV} (the real MNIST)")]
 
 
 @pytest.mark.e2e

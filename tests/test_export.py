@@ -13,6 +13,8 @@ from conftest import make_tiny_mnist, run_command, snapshot
 from kd_jax import checkpointing, data, export, losses, models, parallelism, targets
 from kd_jax.paper import frontier
 
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
+
 # A fresh interpreter that needs jax alone: the README's serving example.
 SERVE = """
 import sys, numpy as np

@@ -1,13 +1,19 @@
 """A non-editable install works from outside the repository: the configs install with the package
-and every command finds them by name (issue: configs beside the package were not installed)."""
+and every command finds them by name (issue: configs beside the package were not installed). The
+base install has no TensorFlow (it is the tfds and tf extras) and the commands run without it."""
 
 import os
 import pathlib
 import subprocess
 import sys
 import sysconfig
+import zipfile
+
+import pytest
 
 from conftest import REPO_ROOT, TINY_OVERRIDES
+
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 
 def _run(python, *args, cwd, env):
@@ -30,6 +36,15 @@ def test_wheel_installed_elsewhere_runs_the_commands_by_config_name(tiny_mnist_d
   # here, through a finder that a plain path entry does not load); kd_jax from the wheel.
   (site / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
   wheel = next(wheels.glob("kd_jax-*.whl"))
+  with zipfile.ZipFile(wheel) as archive:
+    metadata = archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA")))
+  requires = [line for line in metadata.decode().splitlines() if line.startswith("Requires-Dist:")]
+  tensorflow = [line for line in requires if "tensorflow" in line]
+  assert tensorflow and all("extra ==" in line for line in tensorflow), requires
+  # This environment has the test extra, so TensorFlow is there: hidden from the new one, whose
+  # commands must not need it.
+  (site / "no_tensorflow.pth").write_text(
+      "import sys; sys.modules.update(tensorflow=None, tensorflow_datasets=None)\n")
   _run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
        str(wheel), cwd=tmp_path, env=dict(os.environ))
   elsewhere = tmp_path / "elsewhere"
@@ -40,6 +55,9 @@ def test_wheel_installed_elsewhere_runs_the_commands_by_config_name(tiny_mnist_d
   where = _run(python, "-c", "import kd_jax; print(kd_jax.__file__); "
                "print(kd_jax.configs.path('teacher'))", cwd=elsewhere, env=env).split()
   assert all(path.startswith(str(site)) for path in where)  # Installed, not the checkout.
+  hidden = subprocess.run([str(python), "-c", "import tensorflow"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert hidden.returncode != 0 and "ModuleNotFoundError" in hidden.stderr
   tiny = [arg.replace("--config.", "--{}_config.") for arg in TINY_OVERRIDES]
   _run(python, "-m", "kd_jax.pipeline", "--workdir=runs/quick",
        *[arg.format(side) for side in ("teacher", "student") for arg in tiny],

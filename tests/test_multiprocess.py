@@ -18,6 +18,8 @@ ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, "--config.num_epochs=3",
         "--config.model.hidden_sizes=(64,64)"]
 
 
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 SCRIPT = r"""
 import functools, json

@@ -14,6 +14,8 @@ import pytest
 from kd_jax import checkpointing, parallelism, preemption
 from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch, snapshot
 
+pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
+
 NUM_EPOCHS = 8
 RUN_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epochs={NUM_EPOCHS}",
             "--config.model.hidden_sizes=(64,64)", "--config.checkpoint.max_to_keep=20"]
