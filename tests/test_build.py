@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 import kd_jax
-from conftest import tiny_config
+from conftest import REPO_ROOT, tiny_config
 from kd_jax import population, runs, trainer
 
 
@@ -47,3 +47,19 @@ def test_a_run_opens_one_way_and_the_api_run_is_one(tiny_mnist_dir, tmp_path):
   loaded = kd_jax.load(tmp_path / "run")
   assert isinstance(loaded, runs.Run) and loaded.describe() == whole.describe()
   np.testing.assert_allclose(loaded.predict(images, member=2).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_following_the_config_from_the_entry_point_rarely_climbs_back(tiny_mnist_dir, tmp_path,
+                                                                     monkeypatch):
+  """scripts/config_trace.py's count: the modules a distilled run's config visits, in call order,
+  return to one already left at most 10 times (18 before the trainer's phases)."""
+  monkeypatch.syspath_prepend(str(REPO_ROOT / "scripts"))
+  import config_trace  # pylint: disable=import-outside-toplevel
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, num_epochs=1, model__hidden_sizes=(8,)),
+                             tmp_path / "teacher")
+  config = tiny_config(tiny_mnist_dir, teacher=tmp_path / "teacher", num_epochs=1,
+                       model__hidden_sizes=(8,))
+  visits = config_trace.trace(config, tmp_path / "student")
+  assert visits[0] == "kd_jax.trainer" and "kd_jax.objective" in visits
+  assert config_trace.returns(visits) <= 10, " -> ".join(visits)
+  assert config_trace.returns(["a", "b", "a", "c", "b"]) == 2

@@ -90,3 +90,10 @@ def test_the_check_sees_an_upward_import(tmp_path):
   module.write_text("import os\nfrom kd_jax import errors\n\ndef f():\n  from kd_jax import trainer"
                     "\n\nif __name__ == '__main__':\n  from kd_jax import cli\n")
   assert kd_jax_imports(module) == {"errors", "trainer"}
+
+
+def test_no_library_module_is_over_500_lines():
+  """A module a maintainer can read in one sitting; more is a concept waiting for its owner."""
+  long = {module_name(p): n for p in KD_JAX.rglob("*.py")
+          if (n := len(p.read_text().splitlines())) > 500}
+  assert not long, long
