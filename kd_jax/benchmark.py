@@ -167,7 +167,7 @@ def _built(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path
   memory-pipeline epoch driver)."""
   config = configs.override(ml_collections.ConfigDict(config.to_dict()), **fields)
   config.data.mnist_dir, config.data.check_counts = folder, False
-  if config_lib.is_distillation(config):
+  if "teacher_workdir" in config:  # A distillation config: the initialised teacher.
     config.teacher_workdir = str(teacher)
   config_lib.validate(config)
   run = trainer.build(config, mesh)
