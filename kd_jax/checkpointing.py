@@ -93,7 +93,8 @@ def save(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
   """Writes checkpoint `step` (array items by name: params, model_state, train) and waits for it,
   so a failed write (a full disk) is reported now, as one line, not an epoch later. `meta` gets
   the digest of every array, checked whenever the checkpoint is restored."""
-  meta = {**meta, "digests": {name: array_digests(tree) for name, tree in items.items()}}
+  meta = {**meta, "step": step,
+          "digests": {name: array_digests(tree) for name, tree in items.items()}}
   meta["meta_digest"] = meta_digest(meta)
   try:
     manager.save(step, args=ocp.args.Composite(
@@ -280,12 +281,38 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
   try:
     step = latest_step(manager, workdir) if step is None else step
     restored = restore(manager, step, example, parallelism.replicated(mesh), workdir)
+    saved_step = _saved_step(manager, step, restored["meta"] or {}, mesh)
   finally:
     manager.close()
+  if saved_step != step:
+    reporting.say(f"Warning: checkpoint {step} in {pathlib.Path(workdir) / rundir.CHECKPOINT_DIR} "
+                  f"holds training step {saved_step} (its folder was renamed?); reporting step "
+                  f"{saved_step}.")
   variables = {"params": restored["params"], **restored.get("model_state", {})}
   if members:
     variables = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], variables)
-  return variables, run_config, step
+  return variables, run_config, saved_step
+
+
+def _saved_step(manager: ocp.CheckpointManager, step: int, meta: dict[str, Any],
+                mesh: jax.sharding.Mesh) -> int:
+  """The training step a checkpoint holds, which its folder's name (`step`) only claims: from
+  its meta (checkpoints since the meta records it, under the meta's checksum), else from its
+  `train` item; a checkpoint without either (a derived model's, from before) keeps `step`."""
+  if "step" in meta:
+    return int(meta["step"])
+  try:
+    stored = manager.item_metadata(step)["train"]
+    if stored is None:
+      return step
+    replicated = parallelism.replicated(mesh)
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                            stored)
+    train = manager.restore(step, args=ocp.args.Composite(
+        train=ocp.args.StandardRestore(abstract)))["train"]
+    return int(jax.device_get(train["step"])[0])
+  except Exception:  # pylint: disable=broad-except  # orbax raises many kinds; not essential.
+    return step
 
 
 def restore_latest(workdir: pathlib.Path, items: dict[str, Any], sharding: jax.sharding.Sharding,

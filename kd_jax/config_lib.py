@@ -42,9 +42,25 @@ def is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # The step computes in float32: larger overflows to inf,
+FLOAT32_TINY = 1.1754943508222875e-38  # and a positive number below the smallest normal one
+# flushes towards 0 (a learning rate of 1e-300 is 0; a temperature of 1e300 makes T**2 inf).
+TEMPERATURE_RANGE = (1e-19, 1e19)  # T**2 and 1 / T**2 (the soft loss's scale) finite in float32.
+
+
 def is_num(value: Any) -> bool:
-  """A finite int or float (not a bool)."""
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  """A finite int or float (not a bool) that float32, in which the step computes, holds."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and abs(value) <= FLOAT32_MAX)
+
+
+def is_positive(value: Any) -> bool:
+  """A number > 0 that float32 holds without overflow or flushing to (near) zero."""
+  return is_num(value) and value >= FLOAT32_TINY
+
+
+def is_temperature(value: Any) -> bool:
+  return is_num(value) and TEMPERATURE_RANGE[0] <= value <= TEMPERATURE_RANGE[1]
 
 
 def is_distillation(config: ml_collections.ConfigDict) -> bool:
@@ -104,7 +120,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("num_epochs", 30, int, POSITIVE, "epochs to train"),
     Field("batch_size", 128, int, POSITIVE,
           "global batch, across all devices (divisible by their number)"),
-    Field("learning_rate", 1e-3, float, (lambda v: is_num(v) and v > 0, "a positive finite number"),
+    Field("learning_rate", 1e-3, float, (is_positive, "a positive number float32 holds "
+                                                    "(1.2e-38 to 3.4e38)"),
           "the optimizer's peak learning rate"),
     Field("lr_schedule", "cosine", str, one_of(LR_SCHEDULES),
           "Adam's schedule: constant or cosine decay over the run"),
@@ -123,15 +140,15 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("members", 1, int, POSITIVE, "seeds per setting: a population of that many models in "
           "one compiled epoch", added=True),
     _sweep("sweep.temperature", (), tuple,
-           (tuple_of(lambda x: is_num(x) and x > 0), "a tuple of numbers > 0 (empty: not swept)"),
+           (tuple_of(is_temperature), "a tuple of numbers in [1e-19, 1e19] (empty: not swept)"),
            "temperatures to sweep (empty: not swept)"),
     _sweep("sweep.alpha", (), tuple,
            (tuple_of(lambda x: is_num(x) and 0 <= x <= 1),
             "a tuple of numbers in [0, 1] (empty: not swept)"),
            "soft-term weights to sweep (empty: not swept)"),
     Field("sweep.learning_rate", (), tuple,
-          (tuple_of(lambda x: is_num(x) and x > 0),
-           "a tuple of positive numbers (empty: not swept)"),
+          (tuple_of(is_positive),
+           "a tuple of positive numbers float32 holds (empty: not swept)"),
           "learning rates to sweep (empty: not swept)", added=True),
     Field("member_batch", 0, int, at_least_0("0: auto"),
           "members vmapped together (0: one at a time on CPU, all on accelerators)", added=True),
@@ -217,7 +234,9 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
             (lambda v: isinstance(v, str) and v,
              "the workdir of a trained teacher (--config.teacher_workdir=RUN_T)"),
             "the teacher's run; a config with one distils"),
-    _distil("temperature", 20.0, float, (lambda v: is_num(v) and v > 0, "a finite number > 0"),
+    _distil("temperature", 20.0, float,
+            (is_temperature, "a number in [1e-19, 1e19] (the soft loss is scaled by T**2, in "
+             "float32)"),
             "T of the soft targets"),
     _distil("alpha", 0.9, float, (lambda v: is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
             "weight of the soft term (the hard term gets 1 - alpha)"),

@@ -135,6 +135,7 @@ class StreamedEpochs:
   every_steps: int
   resume_step: int = 0
   resume_sums: dict[str, Any] | None = None
+  children_before: frozenset[int] = frozenset()  # Child processes from before grain's workers.
 
   @classmethod
   def start(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path, step_fn: Callable,
@@ -163,14 +164,14 @@ class StreamedEpochs:
         num_epochs=config.num_epochs, max_shift=config.data.jitter,
         process_index=jax.process_index(), process_count=jax.process_count(),
         teacher_logits=logits) for seed in seeds]
+    children_before = frozenset(streaming.worker_processes())
     iterators = [iter(streaming.train_batches(stream, config.data.grain_workers,
                                               config.data.prefetch)) for stream in streams]
     try:
       for iterator, state in zip(iterators, position.get("iterators", ())):
         iterator.set_state(state)
     except BaseException:
-      for iterator in iterators:
-        iterator.close()
+      streaming.close_iterators(iterators, children_before)
       raise
     population_step = jax.jit(functools.partial(
         steps.population_step, member_batch=members.member_batch, step_fn=step_fn,
@@ -182,7 +183,7 @@ class StreamedEpochs:
                args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
-               resume_step=position.get("step_in_epoch", 0),
+               resume_step=position.get("step_in_epoch", 0), children_before=children_before,
                resume_sums=None if sums is None else {
                    name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
                                      else jnp.float32) for name, values in sums.items()})
@@ -229,9 +230,10 @@ class StreamedEpochs:
     return state, metrics
 
   def close(self) -> None:
-    """Stops grain's threads and worker processes (their shared memory goes with them)."""
-    for iterator in self.iterators:
-      iterator.close()
+    """Stops grain's threads and worker processes within seconds (`streaming.close_iterators`):
+    a run stopping for a scheduler's SIGTERM has its checkpoint and must exit before SIGKILL."""
+    from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
+    streaming.close_iterators(self.iterators, self.children_before)
 
   def position(self, step_in_epoch: int = 0, sums: dict[str, Any] | None = None
                ) -> dict[str, Any]:

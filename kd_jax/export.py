@@ -68,6 +68,8 @@ def export_run(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int |
   """
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   _check_destination(workdir, out, overwrite)
+  if saved_model:
+    _tensorflow()  # Before the restore and the lowering, not after them.
   if member is not None and member < 0:
     raise ConfigError(f"--member={member} is invalid: expected a member index >= 0.")
   mesh = parallelism.make_mesh(jax.devices()[:1])
@@ -155,9 +157,8 @@ def _check_destination(workdir: pathlib.Path, out: pathlib.Path, overwrite: bool
                       "another --out.")
 
 
-def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
-                       path: pathlib.Path) -> None:
-  """A TF SavedModel with the same signature (jax2tf, polymorphic batch)."""
+def _tensorflow() -> tuple[Any, Any]:
+  """(tensorflow, jax2tf), or a one-line ConfigError naming the extra that brings them."""
   try:  # An extra (kd_jax[tf]): the base install has no TensorFlow.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
@@ -167,6 +168,13 @@ def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tup
                         "(model.jax_exported alone needs no TensorFlow).") from e
     raise ConfigError(f"--saved_model needs tensorflow and jax2tf, which do not import "
                       f"({one_line(e)}): pip install 'kd_jax[tf]'.") from e
+  return tf, jax2tf
+
+
+def _write_saved_model(serve: Callable[[jax.Array], jax.Array], image_shape: tuple[int, ...],
+                       path: pathlib.Path) -> None:
+  """A TF SavedModel with the same signature (jax2tf, polymorphic batch)."""
+  tf, jax2tf = _tensorflow()
   module = tf.Module()
   module.serve = tf.function(
       jax2tf.convert(serve, polymorphic_shapes=[f"(b, {', '.join(map(str, image_shape))})"],
@@ -184,9 +192,12 @@ def load(folder: str | pathlib.Path) -> Callable[[np.ndarray], np.ndarray]:
     raise CheckpointError(f"{path} does not exist: {folder} is not a kd_jax export.")
   exported = jax.export.deserialize(bytearray(path.read_bytes()))
   image_shape = tuple(exported.in_avals[0].shape[1:])
+  output = exported.out_avals[0]  # [B, C] probabilities.
 
   def predict(images: np.ndarray) -> np.ndarray:
     images = data.check_images(images, image_shape)
+    if not len(images):  # As Run.predict: (0, C); the exported program needs a batch >= 1.
+      return np.zeros((0, *output.shape[1:]), output.dtype)
     if images.dtype != np.uint8:
       images = np.round(images * 255).astype(np.uint8)
     return np.asarray(exported.call(jnp.asarray(images)))

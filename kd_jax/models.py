@@ -222,3 +222,19 @@ def apply_max_norm(params: Any, max_norm: float | None) -> Any:
     return leaf * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-12))
 
   return jax.tree_util.tree_map_with_path(constrain, params)
+
+
+def check_logits(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+  """A ConfigError naming the module when its logits on a batch of images are not
+  [B, num_classes] (a wrong width would train as a 'divergence', another rank fail in the loss):
+  checked once, abstractly (`jax.eval_shape`), before the first step."""
+  images = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  variables = jax.eval_shape(lambda key: init_variables(model, key, input_shape),
+                             jax.random.PRNGKey(0))
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  if getattr(logits, "shape", None) != (2, num_classes):
+    got = (f"logits of shape {list(logits.shape)}" if hasattr(logits, "shape")
+           else type(logits).__name__)
+    raise ConfigError(f"The model {type(model).__module__}.{type(model).__name__} returns {got} "
+                      f"for a batch of 2 images {list(input_shape)}: expected [2, {num_classes}] "
+                      f"(config.model.num_classes={num_classes}, one logit per class).")

@@ -19,11 +19,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from kd_jax import (checkpointing, config_lib, extensions, inputs, losses, parallelism,
                     population, reporting, rundir, runs, steps, targets)
+from kd_jax.data import records
 from kd_jax.errors import CheckpointError, ConfigError
 
 
@@ -88,6 +90,7 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   """
   teacher = runs.Run.open(config.teacher_workdir, mesh=mesh, model=teacher_model,
                           members=tuple(config.teacher_members) or None)
+  _check_teacher_fits(teacher, tuple(config.model.input_shape), config.model.num_classes)
   ensemble = f", an ensemble of {teacher.num_members} members" if teacher.num_members > 1 else ""
   reporting.say(f"Teacher: {teacher.describe()} from {config.teacher_workdir} (step "
                 f"{teacher.step}){ensemble}.")
@@ -110,6 +113,28 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   logits = cache_logits(teacher, run_inputs.train_data["image"], run_inputs.eval_batch, mesh,
                         member_batch, config.teacher_dropout_masks, config.teacher_dropout_seed)
   return Teacher(targets.cached_targets, None, logits, provenance)
+
+
+def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_classes: int) -> None:
+  """Refuses a teacher that cannot read the student's images or scores other classes (trained on
+  another dataset), before training: a CheckpointError naming both shapes, where the step would
+  fail inside flax."""
+  images = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  member = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype),
+                        teacher.variables)
+  teacher_shape = tuple(teacher.config.model.get("input_shape", input_shape))
+  try:
+    logits = jax.eval_shape(lambda v, x: teacher.model.apply(v, x, train=False), member, images)
+    out = tuple(logits.shape)
+  except Exception:  # pylint: disable=broad-except  # flax's shape errors, a module's own.
+    out = None
+  if teacher_shape != input_shape or out != (2, num_classes):
+    classes = f"{out[-1]} classes" if out else "cannot read them"
+    raise CheckpointError(
+        f"The teacher in {teacher.workdir} was trained on images {teacher_shape} "
+        f"({teacher.config.model.get('num_classes', '?')} classes); the student's data has images "
+        f"{input_shape} and {num_classes} classes (on the student's images the teacher "
+        f"{'gives ' + classes if out else classes}). Distil from a teacher of the same dataset.")
 
 
 def cache_logits(teacher: runs.Run, images: jax.Array, eval_batch: int, mesh: jax.sharding.Mesh,
@@ -135,15 +160,23 @@ def cache_logits_on_disk(workdir: pathlib.Path, teacher: Teacher, run_inputs: in
   """A streamed run's teacher logits on its training records, computed once into
   WORKDIR/teacher_logits.npy ([records, M, C], rows keyed by record index, read by the pipeline
   with each batch; never on the devices whole), with teacher_logits.json naming the teacher and
-  data that made them: reused on resume when both match (process 0 decides for all)."""
+  data that made them and the file's sha256: reused on resume when all three match (process 0
+  decides for all); a file that fails its sha256 is computed again, with a notice."""
   from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
   path = workdir / rundir.TEACHER_LOGITS_FILE
   record = workdir / rundir.TEACHER_LOGITS_RECORD
   made_by = {"teacher": teacher.provenance["digest"], "data": run_inputs.fingerprint["train"]}
-  try:
-    cached = path.exists() and json.loads(record.read_text()) == made_by
-  except (OSError, json.JSONDecodeError):  # Missing or half-written: computed again.
-    cached = False
+  cached = False
+  if reporting.is_main_process():
+    try:
+      recorded = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):  # Missing or half-written: computed again.
+      recorded = {}
+    if path.exists() and {k: recorded.get(k) for k in made_by} == made_by:
+      cached = recorded.get("sha256") == records.file_digest(path)["sha256"]
+      if not cached:
+        reporting.say(f"Note: {path} does not match the sha256 recorded in {record} when it was "
+                      "written (changed or corrupted): computing the teacher's logits again.")
   if parallelism.broadcast_from_main(cached):
     reporting.say(f"Teacher logits: {path} (cached earlier).")
     return path
@@ -167,7 +200,8 @@ def cache_logits_on_disk(workdir: pathlib.Path, teacher: Teacher, run_inputs: in
   except OSError as e:
     raise CheckpointError(f"could not write the teacher's logits to {partial} ({e.strerror or e}); "
                           "is the disk full or read-only?") from e
-  reporting.write_json(record, made_by)
+  if reporting.is_main_process():
+    reporting.write_json(record, {**made_by, "sha256": records.file_digest(path)["sha256"]})
   parallelism.sync_processes("kd_jax_teacher_logits")
   reporting.say(f"Cached the teacher's logits on the {split.num_examples} training records in "
                 f"{path} in {time.perf_counter() - start:.1f}s.")

@@ -1,9 +1,10 @@
 """Writes a dataset as ArrayRecord shards for the grain pipeline (`data.pipeline = "grain"`).
 
-  python -m kd_jax.prepare --name mnist --out DIR [--shards 4]   (or python -m kd_jax.data.prepare)
+    python -m kd_jax.prepare --name mnist --out DIR [--shards 4]
 
-reads the dataset as training does (config.data's source: the IDX folder in $KD_JAX_MNIST_DIR or
-TFDS) and writes DIR/{train,test}-NNNNN-of-MMMMM.array_record, the labels and metadata.json
+(or `python -m kd_jax.data.prepare`, its earlier name) reads the dataset as training does
+(config.data's source: the IDX folder in $KD_JAX_MNIST_DIR, or TFDS) and writes
+DIR/{train,test}-NNNNN-of-MMMMM.array_record, the labels and metadata.json
 (`kd_jax.data.records`). Train with `--config.data.records_dir=DIR --config.data.pipeline=grain`.
 """
 
@@ -28,7 +29,9 @@ def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: 
   if name == "mnist_pairs":
     raise ConfigError("--name=mnist_pairs cannot be prepared: its validation pairs are drawn from "
                       "held-out digits, which a prepared folder's last training records are not.")
-  prepared_before = (out / records.METADATA_FILE).exists()
+  # A folder of ours: prepared, or left half-written by a prepare that was killed (its marker).
+  prepared_before = ((out / records.METADATA_FILE).exists()
+                     or (out / records.PREPARING_MARKER).exists())
   if out.exists() and any(out.iterdir()) and not (overwrite and prepared_before):
     raise ConfigError(f"{out} is not empty: choose a new --out"
                       f"{', or pass --overwrite' if prepared_before else ''} "
@@ -38,14 +41,18 @@ def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: 
   config_lib.check_field(config, "data.name", data.is_dataset_name,
                          f"one of {data.DATASETS} (--name)")
   splits = data.load_dataset(config.data, mnist_dir)
-  if out.exists():  # A prepared folder (checked above): only its own files go.
-    for stale in (*out.glob("*.array_record"), *out.glob("*_labels.npy"),
-                  out / records.METADATA_FILE):
-      stale.unlink(missing_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
+  # Until metadata.json is written the folder is marked as ours and half-written, so that
+  # --overwrite replaces what a killed prepare left.
+  (out / records.PREPARING_MARKER).touch()
+  for stale in (out / records.METADATA_FILE, *out.glob("*.array_record"),  # Its own files only.
+                *out.glob("*_labels.npy")):
+    stale.unlink(missing_ok=True)
   records.write_arrays(out, name, splits.num_classes, splits.source,
                {"train_images": splits.train_images, "train_labels": splits.train_labels,
                 "test_images": splits.test_images, "test_labels": splits.test_labels},
                num_shards)
+  (out / records.PREPARING_MARKER).unlink()
   return records.open_folder(out)
 
 

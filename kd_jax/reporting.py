@@ -113,8 +113,21 @@ class MetricsWriter:
         self._tb.flush()
 
   def close(self) -> None:
-    if self._tb is not None:
-      self._tb.close()
+    """Flushes and closes TensorBoard's events; a failed flush (a full disk) is the one-line
+    CheckpointError (exit 4) that `write` raises too."""
+    tb, self._tb = self._tb, None
+    if tb is None:
+      return
+    try:
+      with _written(self._tb_dir):
+        tb.close()
+    finally:  # Failed or not, closed: tensorboardX's atexit hook would retry, with a traceback,
+      events = getattr(getattr(tb, "file_writer", None), "event_writer", None)  # and its thread
+      if events is not None and not events._closed:  # pylint: disable=protected-access
+        worker = events._worker  # pylint: disable=protected-access  # would read a closed queue.
+        if worker is not None and worker.is_alive():
+          worker.stop()
+        events._closed = True  # pylint: disable=protected-access
 
 
 def stage_timings(root: pathlib.Path) -> dict[str, float]:

@@ -98,7 +98,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
 
 def fresh_state(config: ml_collections.ConfigDict, run: Built) -> steps.TrainState:
-  """Each member's fresh state from its seed (or as the run's extension starts it)."""
+  """Each member's fresh state from its seed (or as the run's extension starts it), once its
+  model's logits are checked to be [B, num_classes] (`models.check_logits`)."""
+  models.check_logits(run.model, tuple(config.model.input_shape), config.model.num_classes)
   state = population.init_state(run.model, run.objective.optimizer(config.learning_rate),
                                 run.population.seeds, run.mesh, tuple(config.model.input_shape))
   if run.extension:
@@ -144,13 +146,28 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: jax.s
       loop = EpochLoop(config=config, workdir=workdir, eval_splits=run.inputs.eval_splits,
                        evaluator=evaluator, manager=manager, writer=writer)
       state, test = loop.run(driver, state, start_epoch)
-    finally:
+    except BaseException:
+      _close_after_error(writer, driver)
+      raise
+    try:
       writer.close()
-      if driver is not None:
-        driver.close()
+    finally:
+      driver.close()
   manager.wait_until_finished()
   manager.close()
   return _summary(config, workdir, int(state.step[0]), test)
+
+
+def _close_after_error(writer: reporting.MetricsWriter, driver: epochs.Epochs | None) -> None:
+  """Closes the writer and the epochs driver while an error (or a signal's Preempted) is on its
+  way out: that first error is what the user must see, so a second one here (the same full
+  disk, met again when TensorBoard flushes) is dropped, not raised in its place."""
+  for close in (writer.close, driver.close if driver is not None else None):
+    try:
+      if close is not None:
+        close()
+    except Exception:  # pylint: disable=broad-except  # The first error is already on its way.
+      pass
 
 
 def _refuse_mismatch(workdir: pathlib.Path, mismatch: str) -> None:

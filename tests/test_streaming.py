@@ -3,7 +3,6 @@ resume, teacher logits on disk, and a dataset larger than the process may addres
 
 import json
 import os
-import pathlib
 import resource
 import subprocess
 import sys

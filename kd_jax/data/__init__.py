@@ -268,12 +268,14 @@ def select_examples(labels: np.ndarray, classes: tuple[int, ...] = (), subset_si
 
 
 def open_records(data_config) -> "records.Folder":
-  """The prepared folder `data.records_dir`, checked against the config's `data.name`."""
+  """The prepared folder `data.records_dir`, checked against the config's `data.name` and, once
+  per process, every shard against the digests prepare recorded (`records.verify_files`)."""
   from kd_jax.data import records  # pylint: disable=g-import-not-at-top
   prepared = records.open_folder(data_config.records_dir)
   if prepared.name != data_config.name:
     raise ConfigError(f"config.data.records_dir={data_config.records_dir} holds {prepared.name}, "
                       f"not config.data.name={data_config.name}: set data.name to match.")
+  records.verify_files(prepared)
   return prepared
 
 

@@ -4,8 +4,12 @@ A prepared folder (`python -m kd_jax.prepare`) holds, per split (train, test):
 SPLIT-NNNNN-of-MMMMM.array_record shards, one record per example (the label as 4 little-endian
 bytes, then the image's uint8 pixels), and SPLIT_labels.npy (every label, 4 bytes each, so class
 filters and subsets are chosen without reading images); metadata.json names the dataset, its image
-shape, classes, counts and a digest of each split. The streaming pipeline (`kd_jax.data.streaming`)
-reads records batch by batch; `load_split` reads a split whole for the memory pipeline.
+shape, classes, counts, a digest of each split's records and, per shard, its size and sha256
+(`files`). `open_folder(verify=True)` checks every shard and labels file against those once per
+process, so a changed, swapped or truncated shard is a one-line DataError naming it before a run
+reads it (folders prepared before the per-file digests open with a notice, unverified). The
+streaming pipeline (`kd_jax.data.streaming`) reads records batch by batch; `load_split` reads a
+split whole for the memory pipeline.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from kd_jax import reporting
 from kd_jax.errors import DataError
 
 METADATA_FILE = "metadata.json"
+PREPARING_MARKER = ".preparing"  # In a folder that `prepare` is writing (or was killed writing).
 SPLITS = ("train", "test")
 _LABEL_BYTES = 4
+_CHUNK = 1 << 22  # Bytes hashed at a time.
+# Files already verified in this process, with the (size, mtime_ns) they had: a run opens its
+# folder several times (inputs, evaluation, a teacher's cache) and checks each file once.
+_verified: dict[str, tuple[int, int]] = {}
 
 
 def shard_paths(folder: str | os.PathLike, split: str, num_shards: int) -> list[pathlib.Path]:
@@ -72,8 +82,20 @@ def write_split(folder: str | os.PathLike, split: str, examples: Iterable[tuple[
     raise DataError(f"{split}: {'more' if count == num_examples else count} examples given, "
                     f"{num_examples} announced.")
   labels.flush()
+  del labels
+  files = {path.name: file_digest(path) for path in (*shard_paths(folder, split, num_shards),
+                                                     folder / f"{split}_labels.npy")}
   return {"num_examples": num_examples, "num_shards": num_shards,
-          "image_shape": list(shape or ()), "digest": hasher.hexdigest()[:16]}
+          "image_shape": list(shape or ()), "digest": hasher.hexdigest()[:16], "files": files}
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+  """{'bytes': size, 'sha256': hex digest} of a file, read in chunks."""
+  hasher = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(_CHUNK):
+      hasher.update(chunk)
+  return {"bytes": os.path.getsize(path), "sha256": hasher.hexdigest()}
 
 
 def write_metadata(folder: str | os.PathLike, name: str, num_classes: int, source: str,
@@ -117,8 +139,9 @@ class Folder:
     return f"records:{self.path}"
 
 
-def open_folder(folder: str | os.PathLike) -> Folder:
-  """Reads metadata.json, checking the shards it names exist; a one-line DataError otherwise."""
+def open_folder(folder: str | os.PathLike, verify: bool = False) -> Folder:
+  """Reads metadata.json, checking the shards it names exist, and with `verify` that each holds
+  what prepare wrote (`verify_files`); a one-line DataError otherwise."""
   path = pathlib.Path(folder)
   try:
     metadata = json.loads((path / METADATA_FILE).read_text())
@@ -134,7 +157,40 @@ def open_folder(folder: str | os.PathLike) -> Folder:
                if not os.path.exists(p)]
     if missing:
       raise DataError(f"{path} is incomplete: {missing[0]} is missing.")
+  if verify:
+    verify_files(prepared)
   return prepared
+
+
+def verify_files(prepared: Folder) -> None:
+  """Checks every shard and labels file against the size and sha256 that prepare recorded in
+  metadata.json, once per process per file (again if its size or mtime changes): a changed,
+  swapped, truncated or bit-flipped file is a DataError naming it. A folder prepared before
+  these digests (none recorded) opens with a one-line notice, unverified."""
+  unrecorded = [split for split in SPLITS if "files" not in prepared.splits[split]]
+  if unrecorded:
+    if str(prepared.path) not in _verified:
+      _verified[str(prepared.path)] = (0, 0)
+      reporting.say(f"Note: {prepared.path} was prepared before kd_jax recorded each shard's "
+                    "sha256, so its shards are not verified; prepare it again (--overwrite) to "
+                    "verify them.")
+    return
+  for split in SPLITS:
+    for name, recorded in prepared.splits[split]["files"].items():
+      path = prepared.path / name
+      stat = path.stat()
+      key, seen = str(path.absolute()), (stat.st_size, stat.st_mtime_ns)
+      if _verified.get(key) == seen:
+        continue
+      if stat.st_size != recorded["bytes"]:
+        raise DataError(f"{path} holds {stat.st_size} bytes, not the {recorded['bytes']} that "
+                        f"prepare wrote (see {prepared.path / METADATA_FILE}): the file was "
+                        "changed, truncated or replaced. Prepare the folder again.")
+      if file_digest(path)["sha256"] != recorded["sha256"]:
+        raise DataError(f"{path} does not match the sha256 that prepare recorded in "
+                        f"{prepared.path / METADATA_FILE}: the file was changed, corrupted or "
+                        "replaced by another preparation's. Prepare the folder again.")
+      _verified[key] = seen
 
 
 def read_batches(prepared: Folder, split: str,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import grain
 import jax
@@ -147,6 +147,46 @@ def _ignore_signals(worker_index: int, worker_count: int) -> None:
   import signal  # pylint: disable=g-import-not-at-top
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+WORKER_STOP_S = 2.0  # How long closing waits for each grain worker process before killing it.
+
+
+def worker_processes() -> set[int]:
+  """PIDs of this process's live multiprocessing children (grain's workers among them)."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  return {child.pid for child in multiprocessing.active_children()}
+
+
+def close_iterators(iterators: list[Any], started_before: set[int] | frozenset = frozenset(),
+                    stop_s: float = WORKER_STOP_S) -> None:
+  """Closes grain iterators without waiting long on their worker processes.
+
+  grain's close joins each worker for up to 25 s (measured: 25-51 s in 4 of 7 runs under a
+  group SIGTERM, past SLURM's 30 s KillWait, so the run was SIGKILLed instead of exiting 75); the
+  workers ignore SIGTERM (`_ignore_signals`), and what they hold is a prefetch to throw away.
+  Here each gets `stop_s`, then SIGKILL; children started since `started_before` that outlive
+  close are killed too. Their batches come back pickled, so no shared memory is left behind.
+  """
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  try:
+    # pylint: disable-next=g-import-not-at-top
+    from grain._src.python.dataset.transformations import process_prefetch
+  except ImportError:  # Another grain layout: its own timeout, then the kill below.
+    process_prefetch = None
+  saved = getattr(process_prefetch, "_PROCESS_KILL_TIMEOUT_S", None)
+  if saved is not None:
+    process_prefetch._PROCESS_KILL_TIMEOUT_S = stop_s  # pylint: disable=protected-access
+  try:
+    for iterator in iterators:
+      iterator.close()
+  finally:
+    if saved is not None:
+      process_prefetch._PROCESS_KILL_TIMEOUT_S = saved  # pylint: disable=protected-access
+    for child in multiprocessing.active_children():
+      if child.pid not in started_before:
+        child.kill()
+        child.join(stop_s)
 
 
 def check_grain_workers(workers: int) -> None:
