@@ -40,13 +40,13 @@ def trace(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[str]
 
   def profile(frame, event, arg):
     del arg
-    if event != "call" or "kd_jax" not in frame.f_code.co_filename:
+    if event != "call" or not frame.f_globals.get("__name__", "").startswith("kd_jax"):
       return
     code = frame.f_code
     args = [frame.f_locals.get(name) for name in code.co_varnames[:code.co_argcount
                                                                  + code.co_kwonlyargcount]]
     if any(id(a) in ids for a in args if isinstance(a, ml_collections.ConfigDict)):
-      module = frame.f_globals.get("__name__", "?")
+      module = frame.f_globals["__name__"]
       if not visits or visits[-1] != module:
         visits.append(module)
 
