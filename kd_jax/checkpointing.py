@@ -281,7 +281,9 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
   try:
     step = latest_step(manager, workdir) if step is None else step
     restored = restore(manager, step, example, parallelism.replicated(mesh), workdir)
-    saved_step = _saved_step(manager, step, restored["meta"] or {}, mesh)
+    # The step the checkpoint holds, under its meta's checksum; the folder's name only claims it
+    # (checkpoints from before the meta recorded it keep the name's).
+    saved_step = int((restored["meta"] or {}).get("step", step))
   finally:
     manager.close()
   if saved_step != step:
@@ -292,27 +294,6 @@ def restore_variables(workdir: str | pathlib.Path, mesh: jax.sharding.Mesh,
   if members:
     variables = jax.tree.map(lambda leaf: leaf[jnp.asarray(members)], variables)
   return variables, run_config, saved_step
-
-
-def _saved_step(manager: ocp.CheckpointManager, step: int, meta: dict[str, Any],
-                mesh: jax.sharding.Mesh) -> int:
-  """The training step a checkpoint holds, which its folder's name (`step`) only claims: from
-  its meta (checkpoints since the meta records it, under the meta's checksum), else from its
-  `train` item; a checkpoint without either (a derived model's, from before) keeps `step`."""
-  if "step" in meta:
-    return int(meta["step"])
-  try:
-    stored = manager.item_metadata(step)["train"]
-    if stored is None:
-      return step
-    replicated = parallelism.replicated(mesh)
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
-                            stored)
-    train = manager.restore(step, args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(abstract)))["train"]
-    return int(jax.device_get(train["step"])[0])
-  except Exception:  # pylint: disable=broad-except  # orbax raises many kinds; not essential.
-    return step
 
 
 def restore_latest(workdir: pathlib.Path, items: dict[str, Any], sharding: jax.sharding.Sharding,

@@ -49,9 +49,9 @@ def prepare(name: str, out: str | pathlib.Path, num_shards: int = 1, mnist_dir: 
                 *out.glob("*_labels.npy")):
     stale.unlink(missing_ok=True)
   records.write_arrays(out, name, splits.num_classes, splits.source,
-               {"train_images": splits.train_images, "train_labels": splits.train_labels,
-                "test_images": splits.test_images, "test_labels": splits.test_labels},
-               num_shards)
+                       {"train_images": splits.train_images, "train_labels": splits.train_labels,
+                        "test_images": splits.test_images, "test_labels": splits.test_labels},
+                       num_shards)
   (out / records.PREPARING_MARKER).unlink()
   return records.open_folder(out)
 

@@ -5,8 +5,8 @@ SPLIT-NNNNN-of-MMMMM.array_record shards, one record per example (the label as 4
 bytes, then the image's uint8 pixels), and SPLIT_labels.npy (every label, 4 bytes each, so class
 filters and subsets are chosen without reading images); metadata.json names the dataset, its image
 shape, classes, counts, a digest of each split's records and, per shard, its size and sha256
-(`files`). `open_folder(verify=True)` checks every shard and labels file against those once per
-process, so a changed, swapped or truncated shard is a one-line DataError naming it before a run
+(`files`). `verify_files` (which `kd_jax.data.open_records` calls) checks every shard and labels
+file against those once per process, so a changed, swapped or truncated shard is a one-line DataError naming it before a run
 reads it (folders prepared before the per-file digests open with a notice, unverified). The
 streaming pipeline (`kd_jax.data.streaming`) reads records batch by batch; `load_split` reads a
 split whole for the memory pipeline.
@@ -33,8 +33,10 @@ SPLITS = ("train", "test")
 _LABEL_BYTES = 4
 _CHUNK = 1 << 22  # Bytes hashed at a time.
 # Files already verified in this process, with the (size, mtime_ns) they had: a run opens its
-# folder several times (inputs, evaluation, a teacher's cache) and checks each file once.
+# folder several times (inputs, evaluation, a teacher's cache) and checks each file once; and the
+# folders without digests whose notice was shown.
 _verified: dict[str, tuple[int, int]] = {}
+_unverifiable: set[str] = set()
 
 
 def shard_paths(folder: str | os.PathLike, split: str, num_shards: int) -> list[pathlib.Path]:
@@ -139,9 +141,8 @@ class Folder:
     return f"records:{self.path}"
 
 
-def open_folder(folder: str | os.PathLike, verify: bool = False) -> Folder:
-  """Reads metadata.json, checking the shards it names exist, and with `verify` that each holds
-  what prepare wrote (`verify_files`); a one-line DataError otherwise."""
+def open_folder(folder: str | os.PathLike) -> Folder:
+  """Reads metadata.json, checking the shards it names exist; a one-line DataError otherwise."""
   path = pathlib.Path(folder)
   try:
     metadata = json.loads((path / METADATA_FILE).read_text())
@@ -157,8 +158,6 @@ def open_folder(folder: str | os.PathLike, verify: bool = False) -> Folder:
                if not os.path.exists(p)]
     if missing:
       raise DataError(f"{path} is incomplete: {missing[0]} is missing.")
-  if verify:
-    verify_files(prepared)
   return prepared
 
 
@@ -169,8 +168,8 @@ def verify_files(prepared: Folder) -> None:
   these digests (none recorded) opens with a one-line notice, unverified."""
   unrecorded = [split for split in SPLITS if "files" not in prepared.splits[split]]
   if unrecorded:
-    if str(prepared.path) not in _verified:
-      _verified[str(prepared.path)] = (0, 0)
+    if str(prepared.path) not in _unverifiable:
+      _unverifiable.add(str(prepared.path))
       reporting.say(f"Note: {prepared.path} was prepared before kd_jax recorded each shard's "
                     "sha256, so its shards are not verified; prepare it again (--overwrite) to "
                     "verify them.")
