@@ -1,17 +1,20 @@
-"""Training and evaluation throughput against the bare matrix products each must do.
+"""Training and evaluation throughput against the bare matrix products and convolutions each does.
 
-  python -m kd_jax.benchmark --out results/cpu_benchmark.json     # a few minutes on a 2-core CPU
+  python -m kd_jax.benchmark --out results/cpu_benchmark.json     # minutes on a 2-core CPU
   python -m kd_jax.benchmark --quick --out /tmp/bench.json        # seconds: well-formed output only
 
-Each case is set up by the trainer's own `trainer.build` (a distilled case opens an initialised
-paper teacher from a run directory, as any teacher is opened) and its compiled epoch is timed
-after compilation (median of --repeats epochs). Its *floor* is a compiled lax.scan over the same
-number of steps doing only the matrix products the case needs (same shapes, dtype and batch):
-forward and backward of the student (dW for every layer, dx for all but the first), plus the
-teacher's forward pass when the teacher runs in the step. `ratio` = epoch time / floor time: what
-the rest of the step (dropout, jitter, softmax, Adam, max-norm, gathers) costs on top. Also the
-device's large-GEMM rate, compile times and peak memory. MNIST from $KD_JAX_MNIST_DIR, else random
-images of the same shape (timings do not depend on pixel values).
+Each case is set up by the trainer's own `trainer.build` and `epochs.build` (a distilled case opens
+an initialised paper teacher from a run directory, as any teacher is opened) and its epochs are
+timed after compilation (median of --repeats epochs) through the driver a run would use (the
+scanned epoch, or the stepped one for a model with lax convolutions on CPU). Its *floor* is the
+fastest way the bare operations of its steps run on the device, best of the ways tried: the
+matrix products (and convolutions, by lax and by `models.gemm_conv`) of the student's forward and
+backward pass (dW for every layer, dx for all but the first) plus the teacher's forward pass when
+the teacher runs in the step, same shapes, dtype and batch, each way timed as a compiled scan over
+the epoch's steps and as one compiled call per step. `ratio` = epoch time / floor time: what the
+rest of the step (dropout, jitter, BatchNorm, softmax, Adam, max-norm, gathers, the loop) costs a
+user on top. Also the device's large-GEMM rate, compile times and peak memory. MNIST from
+$KD_JAX_MNIST_DIR, else random images of the same shape (timings do not depend on pixel values).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,13 +41,6 @@ from absl import flags
 from kd_jax import (checkpointing, cli, config_lib, configs, data, epochs, models, parallelism,
                     population, reporting, rundir, runtime, steps, trainer)
 
-_QUICK = flags.DEFINE_bool("quick", False, "Under a minute: 1,024 random images, one batch "
-                           "size, one timed epoch, 2 members, no bfloat16 or vmapped variants. "
-                           "Checks the plumbing; its timings mean little.")
-_OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["128", "1024"], "Global batch sizes to time.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed epochs per case, after a warm-up epoch.")
-_MEMBERS = flags.DEFINE_integer("members", 10, "Size of the student population case.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +68,10 @@ def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
            Case(f"population of {num_members} 2x800 students", student, members=num_members),
            Case(f"population of {num_members} 2x800 students, vmapped", student,
                 members=num_members, member_batch=num_members)]
+  cnn = configs.override(config_lib.base_config(), model__name="cnn", model__hidden_sizes=(256,))
+  user_cnn = configs.override(config_lib.base_config(), model__name="kd_jax.benchmark:UserConvNet")
+  cases += [Case("cnn 16-32 conv + 256 (registry)", cnn),
+            Case("user convnet 16-32 + 256 (flax nn.Conv)", user_cnn)]
   if quick:  # The variants run the same code paths with another dtype or member_batch.
     cases = [c for c in cases if "bf16" not in c.name and not c.member_batch]
   for case in cases:
@@ -78,43 +79,112 @@ def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
   return cases
 
 
+class UserConvNet(nn.Module):
+  """The registry CNN (conv 16-32, BatchNorm, 2x2 max-pool, dense 256) as a user writes it, with
+  flax's own `nn.Conv` and `nn.max_pool`: on CPU its epochs run on the stepped driver."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = x[..., None]
+    for features in (16, 32):
+      x = nn.Conv(features, (3, 3), use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = nn.relu(nn.Dense(256)(x.reshape(x.shape[0], -1)))
+    return nn.Dense(data.NUM_CLASSES)(x)
+
+
 def _layer_sizes(model_config: ml_collections.ConfigDict) -> list[int]:
   return [784, *model_config.hidden_sizes, data.NUM_CLASSES]
 
 
-def bare_matmul_epoch(student_sizes: list[int], teacher_sizes: list[int] | None, batch_size: int,
-                      num_steps: int, num_members: int, member_batch: int, dtype) -> tuple:
-  """A compiled epoch of only the matrix products of a case's steps, and its arguments."""
+def bare_step(model_config: ml_collections.ConfigDict, teacher_sizes: list[int] | None,
+              batch_size: int, conv: Callable = jax.lax.conv_general_dilated) -> tuple:
+  """One step's bare operations, (weights, step index) -> weights, and the weights: the student's
+  convolutions (3x3, SAME, by `conv`) and matrix products forward and backward (dW for every
+  layer, dx for all but the first; a stride-2 slice stands in for pooling), plus the teacher's
+  forward pass when it runs in the step. Models without `conv_features` are MLPs."""
   key = jax.random.PRNGKey(0)
+  dtype = models.compute_dtype(model_config)
+  features = tuple(model_config.get("conv_features", ())) if model_config.name != "mlp" else ()
+  channels, kernels = 1, []
+  for width in features:
+    kernels.append(jax.random.normal(key, (3, 3, channels, width), dtype) * 0.1)
+    channels = width
+  side = 28 // 2 ** len(features)
+  sizes = [side * side * channels, *model_config.hidden_sizes, data.NUM_CLASSES]
   layers = lambda sizes: [jax.random.normal(key, (m, n), dtype) * 0.01
                           for m, n in zip(sizes[:-1], sizes[1:])]
-  weights = steps.stack_members([layers(student_sizes)] * num_members)
   teacher_weights = layers(teacher_sizes) if teacher_sizes else []
-  x = jax.random.normal(key, (batch_size, student_sizes[0]), dtype)
+  images = jax.random.normal(key, (batch_size, 28, 28, 1), dtype)
+
+  def forward(weights, batch):
+    kernels, dense = weights
+    x = batch
+    for kernel in kernels:
+      x = conv(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[:, ::2, ::2]
+    x = x.reshape(batch.shape[0], -1)
+    for w in dense:
+      x = x @ w
+    return x
 
   def step(weights, step_index):
-    batch = x + step_index.astype(dtype)  # A new batch each step: nothing is loop-invariant.
-    activations = [batch]
-    for w in weights:  # Forward: one matmul per layer.
-      activations.append(activations[-1] @ w)
-    grad = activations[-1]
+    batch = images + step_index.astype(dtype)  # A new batch each step: nothing loop-invariant.
+    logits, backward = jax.vjp(lambda w: forward(w, batch), weights)
     if teacher_weights:  # The teacher's forward pass, which the gradient then depends on.
-      teacher_logits = batch
+      teacher_logits = batch.reshape(batch_size, -1)
       for w in teacher_weights:
         teacher_logits = teacher_logits @ w
-      grad = grad - teacher_logits
-    new_weights = []
-    for i in reversed(range(len(weights))):  # Backward: dW for every layer, dx for all but first.
-      new_weights.append(weights[i] - 1e-6 * (activations[i].T @ grad))
-      if i:
-        grad = grad @ weights[i].T
-    return new_weights[::-1], None
+      logits = logits - teacher_logits
+    grads = backward(logits)[0]
+    return jax.tree.map(lambda w, g: w - 1e-6 * g, weights, grads)
 
-  def epoch(weights):
-    one_member = lambda w: jax.lax.scan(step, w, jnp.arange(num_steps))[0]
+  return step, (kernels, layers(sizes))
+
+
+def time_floor(step: Callable, weights: Any, num_steps: int, num_members: int, member_batch: int,
+               repeats: int) -> dict[str, float]:
+  """Epoch time of `step` for every member, two ways: a compiled scan over the epoch's steps,
+  and one compiled call per step from Python (weights donated): seconds per way."""
+  stacked = steps.stack_members([weights] * num_members)
+
+  def scanned(weights):
+    one_member = lambda w: jax.lax.scan(lambda w, i: (step(w, i), None), w,
+                                        jnp.arange(num_steps))[0]
     return parallelism.map_members(one_member, weights, member_batch)
 
-  return jax.jit(epoch), (weights,)
+  def one_step(weights, step_index):
+    return parallelism.map_members(lambda w: step(w, step_index), weights, member_batch,
+                                   unroll=True)
+
+  scan_s = _time(jax.jit(scanned), (stacked,), repeats, lambda out, args, i: (out,))["seconds"]
+  per_step = jax.jit(one_step, donate_argnums=(0,))
+  stacked = jax.block_until_ready(per_step(stacked, jnp.int32(0)))  # Compiled, warmed up.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for index in range(num_steps):
+      stacked = per_step(stacked, jnp.int32(index))
+    jax.block_until_ready(stacked)
+    times.append(time.perf_counter() - start)
+  return {"scan": scan_s, "per_step": statistics.median(times)}
+
+
+def case_floor(config: ml_collections.ConfigDict, teacher_sizes: list[int] | None,
+               num_steps: int, num_members: int, member_batch: int,
+               repeats: int) -> dict[str, float]:
+  """Seconds per epoch of a case's bare operations, each way tried (convolutions by lax and by
+  `models.gemm_conv`, scanned and per step); the floor is the fastest."""
+  convs = {"": jax.lax.conv_general_dilated}
+  if config.model.name != "mlp":
+    convs = {"lax conv, ": jax.lax.conv_general_dilated, "gemm conv, ": models.gemm_conv}
+  ways = {}
+  for label, conv in convs.items():
+    step, weights = bare_step(config.model, teacher_sizes, config.batch_size, conv)
+    for way, seconds in time_floor(step, weights, num_steps, num_members, member_batch,
+                                   repeats).items():
+      ways[label + way] = seconds
+  return ways
 
 
 def _time(fn: Callable, args: tuple, repeats: int, advance: Callable | None = None) -> dict:
@@ -176,9 +246,23 @@ def _built(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path
   return run, trainer.fresh_state(config, run), driver
 
 
+def _time_epochs(driver: epochs.Epochs, state: steps.TrainState, repeats: int) -> dict:
+  """Compiles the run's epoch driver, trains one epoch to warm up, then times `repeats` epochs."""
+  start = time.perf_counter()
+  driver = driver.compiled(state)
+  compile_s = time.perf_counter() - start
+  state = jax.block_until_ready(driver.train(state, 0, None, None)[0])
+  times = []
+  for epoch in range(1, repeats + 1):
+    start = time.perf_counter()
+    state = jax.block_until_ready(driver.train(state, epoch, None, None)[0])
+    times.append(time.perf_counter() - start)
+  return {"seconds": statistics.median(times), "times_s": times, "compile_s": compile_s}
+
+
 def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats: int) -> dict:
-  """Epoch time of `case` through the trainer's own set-up and epoch, its floor, and their
-  ratio."""
+  """Epoch time of `case` through the trainer's own set-up and epoch driver, its floor (the best
+  of the ways its bare operations ran), and their ratio."""
   config = case.config
   run, state, driver = _built(config, folder, teacher, mesh, members=case.members,
                               member_batch=case.member_batch)
@@ -190,20 +274,22 @@ def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats:
   elif run.objective.teacher.variables is not None:
     teacher_sizes = _layer_sizes(configs.get("paper_teacher").model)
     targets_used = "teacher in the step"
-  next_epoch = lambda out, args, i: (out[0], *args[1:4], jnp.int32(i))
-  epoch = _time(driver.epoch_fn, (state, *driver.args, jnp.int32(0)), repeats, next_epoch)
-  floor_fn, floor_args = bare_matmul_epoch(
-      _layer_sizes(config.model), teacher_sizes, config.batch_size, num_steps, run.population.size,
-      run.population.member_batch, models.compute_dtype(config.model))
-  floor = _time(floor_fn, floor_args, repeats, lambda out, args, i: (out,))
+  epoch = _time_epochs(driver, state, repeats)
+  floor_config = config
+  if config.model.name not in models.MODELS:  # A user's convnet: the registry CNN's operations.
+    floor_config = configs.override(ml_collections.ConfigDict(config.to_dict()),
+                                    model__name="cnn", model__hidden_sizes=(256,))
+  floors = case_floor(floor_config, teacher_sizes, num_steps, run.population.size,
+                      run.population.member_batch, repeats)
+  floor_way = min(floors, key=floors.get)
   examples = num_steps * config.batch_size * run.population.size
   return {"case": case.name, "targets": targets_used, "batch_size": config.batch_size,
-          "members": run.population.size,
-          "model": models.describe(config.model), "steps_per_epoch": num_steps,
+          "members": run.population.size, "model": models.describe(config.model),
+          "epoch_driver": epochs.epoch_driver(config, run.model), "steps_per_epoch": num_steps,
           "epoch_s": epoch["seconds"], "examples_per_s": examples / epoch["seconds"],
-          "floor_s": floor["seconds"], "ratio": epoch["seconds"] / floor["seconds"],
-          "compile_s": epoch["compile_s"], "epoch_times_s": epoch["times_s"],
-          "floor_times_s": floor["times_s"], "member_batch": run.population.member_batch}
+          "floor_s": floors[floor_way], "floor_way": floor_way, "floor_ways_s": floors,
+          "ratio": epoch["seconds"] / floors[floor_way], "compile_s": epoch["compile_s"],
+          "epoch_times_s": epoch["times_s"], "member_batch": run.population.member_batch}
 
 
 def population_memory(folder: str, teacher: pathlib.Path, mesh, num_members: int,
@@ -280,11 +366,11 @@ def table(results: dict[str, Any]) -> str:
            f"large GEMM: {results['gemm_gflops']['float32']:.0f} GFLOP/s float32, "
            f"{results['gemm_gflops']['bfloat16']:.0f} GFLOP/s bfloat16",
            f"{'case':<45} {'batch':>5} {'epoch s':>8} {'examples/s':>11} {'floor s':>8} "
-           f"{'ratio':>6} {'compile s':>9}"]
+           f"{'ratio':>6} {'compile s':>9}  floor's way"]
   for r in results["training"]:
     lines.append(f"{r['case']:<45} {r['batch_size']:>5} {r['epoch_s']:>8.3f} "
                  f"{r['examples_per_s']:>11.0f} {r['floor_s']:>8.3f} {r['ratio']:>6.2f} "
-                 f"{r['compile_s']:>9.1f}")
+                 f"{r['compile_s']:>9.1f}  {r['floor_way']}")
   for r in results["training"]:
     if "ratio_to_single_runs" in r:
       lines.append(f"{r['case']}, batch {r['batch_size']}: {r['ratio_to_single_runs']:.2f}x the "
@@ -304,12 +390,25 @@ def table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so `model.name="kd_jax.benchmark:..."`
+  imports this module too)."""
+  flags.DEFINE_bool("quick", False, "A minute or two: 1,024 random images, one batch size, one "
+                    "timed epoch, 2 members, no bfloat16 or vmapped variants. Checks the "
+                    "plumbing; its timings mean little.")
+  flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
+  flags.DEFINE_list("batch_sizes", ["128", "1024"], "Global batch sizes to time.")
+  flags.DEFINE_integer("repeats", 3, "Timed epochs per case, after a warm-up epoch.")
+  flags.DEFINE_integer("members", 10, "Size of the student population case.")
+
+
 def main(argv):
   del argv
-  quick = _QUICK.value
-  repeats = 1 if quick else _REPEATS.value
-  batch_sizes = [128] if quick else [int(b) for b in _BATCH_SIZES.value]
-  num_members = 2 if quick else _MEMBERS.value
+  f = flags.FLAGS
+  quick = f.quick
+  repeats = 1 if quick else f.repeats
+  batch_sizes = [128] if quick else [int(b) for b in f.batch_sizes]
+  num_members = 2 if quick else f.members
   mesh = parallelism.make_mesh()
   for batch_size in batch_sizes:
     parallelism.check_batch_divides(batch_size, mesh, "--batch_sizes")
@@ -318,7 +417,7 @@ def main(argv):
     results = _measure(quick, repeats, batch_sizes, num_members, mesh, scratch)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=2) + "\n")
   print(table(results))
@@ -339,7 +438,7 @@ def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int
     for case in _cases(batch_size, num_members, quick):
       result = time_training(case, folder, teacher, mesh, repeats)
       print(f"{result['case']}, batch {batch_size}: {result['epoch_s']:.3f}s per epoch, "
-            f"{result['ratio']:.2f}x its matmuls", file=sys.stderr, flush=True)
+            f"{result['ratio']:.2f}x its floor ({result['floor_way']})", file=sys.stderr, flush=True)
       results["training"].append(result)
   for record in results["training"]:
     if record["members"] > 1:  # Against that many single runs at the same batch size.
@@ -353,4 +452,5 @@ def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

@@ -29,6 +29,7 @@ from kd_jax.errors import ConfigError
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd_momentum")
 PIPELINES = ("memory", "grain")
+EPOCH_DRIVERS = ("auto", "scan", "steps")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 # Fields removed from the defaults, with the value they had in runs saved before (their old
 # default): such a run is the same run as one without them. (Specialists' fields moved to their
@@ -220,6 +221,11 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("data.prefetch", 2, int, POSITIVE, "grain: batches read ahead of the step", added=True),
     Field("data.shared_order", False, bool, BOOL, "grain: a population's members read one stream "
           "in one order (else one stream per member)", added=True),
+    Field("data.epoch_driver", "auto", str, one_of(EPOCH_DRIVERS),
+          "memory pipeline: scan (the epoch as one compiled loop), steps (one compiled step per "
+          "batch, dispatched from Python: the same batches, keys and updates, for models whose "
+          "operations XLA:CPU runs slower inside a loop) or auto (steps on a CPU for a model with "
+          "a convolution, scan otherwise)", added=True),
     Field("checkpoint.every_epochs", 1, int, POSITIVE,
           "checkpoint cadence in epochs (the last is always saved)"),
     Field("checkpoint.max_to_keep", 3, int, POSITIVE, "checkpoints kept"),

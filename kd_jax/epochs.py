@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import faults, inputs, objective, parallelism, population, preemption, reporting, steps
+from kd_jax import (faults, inputs, models, objective, parallelism, population, preemption,
+                    reporting, steps)
 from kd_jax.errors import CheckpointError
 
 SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
@@ -67,11 +68,27 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: nn.Mo
     train_data = run_inputs.train_data
     if run_objective.teacher.cached_logits is not None:  # Gathered by the step with its batch.
       train_data = {**train_data, "teacher_logits": run_objective.teacher.cached_logits}
+    args = (train_data, members.hparams, run_objective.teacher.variables)
+    if epoch_driver(config, model) == "steps":
+      return SteppedEpochs.of(step_fn, run_objective.sampler, config.batch_size,
+                              config.data.jitter, mesh, members.member_batch, args)
     return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size,
-                                        config.data.jitter, mesh, members.member_batch),
-                          (train_data, members.hparams, run_objective.teacher.variables))
+                                        config.data.jitter, mesh, members.member_batch), args)
   return StreamedEpochs.start(config, workdir, step_fn, run_objective, run_inputs, members, mesh,
                               resumed)
+
+
+def epoch_driver(config: ml_collections.ConfigDict, model: nn.Module) -> str:
+  """The memory pipeline's driver, "scan" or "steps": `config.data.epoch_driver`, where "auto" is
+  "steps" on a CPU for a model with a convolution (XLA:CPU runs convolutions several times slower
+  inside a loop body, jax-ml/jax#12868; measured in results/cnn_speed) and "scan" otherwise."""
+  if config.data.epoch_driver != "auto":
+    return config.data.epoch_driver
+  if jax.default_backend() != "cpu":
+    return "scan"
+  images = models.dummy_input(tuple(config.model.input_shape))
+  program = jax.make_jaxpr(lambda x: model.init_with_output(jax.random.key(0), x, train=False))
+  return "steps" if "conv_general_dilated" in str(program(images)) else "scan"
 
 
 def make_step_fn(model: nn.Module, run_objective: objective.Objective,
@@ -120,14 +137,74 @@ class CompiledEpochs:
 
 
 @dataclasses.dataclass
+class SteppedEpochs:
+  """The memory pipeline's epochs as one compiled call per step, dispatched from Python: the
+  scanned epoch's batches, jitter and dropout keys and updates, step by step, for models whose
+  operations XLA:CPU runs slower inside a loop (convolutions). Like the scanned epoch it answers
+  signals and checkpoints between epochs."""
+
+  order_fn: Any  # (states, train data, hparams, epoch) -> batch indices [P, steps, batch].
+  step_fn: Any  # (states, sums, train data, hparams, teacher variables, epoch, step, indices).
+  args: tuple[Any, ...]  # (train data, hparams, teacher variables)
+  mesh: jax.sharding.Mesh
+  sum_shapes: Any = None  # The epoch sums' shapes, known once compiled.
+
+  @classmethod
+  def of(cls, step_fn: Callable, sampler: steps.Sampler, batch_size: int, max_shift: int,
+         mesh: jax.sharding.Mesh, member_batch: int, args: tuple[Any, ...]) -> SteppedEpochs:
+    order_fn = jax.jit(functools.partial(steps.population_order, member_batch=member_batch,
+                                         batch_size=batch_size, sampler=sampler),
+                       out_shardings=parallelism.replicated(mesh))
+    population_step = jax.jit(
+        functools.partial(steps.population_indexed_step, member_batch=member_batch,
+                          step_fn=step_fn, max_shift=max_shift,
+                          batch_sharding=parallelism.batch_sharded(mesh)),
+        out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
+    return cls(order_fn, population_step, args, mesh)
+
+  def compiled(self, state: steps.TrainState) -> SteppedEpochs:
+    start = time.perf_counter()
+    train_data, hparams, teacher_variables = self.args
+    epoch = jnp.int32(0)
+    order_fn = self.order_fn.lower(state, train_data, hparams, epoch).compile()
+    indices = order_fn(state, train_data, hparams, epoch)
+    step_args = (train_data, hparams, teacher_variables, epoch, epoch, indices)
+    sum_shapes = jax.eval_shape(self.step_fn, state, None, *step_args)[1]
+    step_fn = self.step_fn.lower(state, self._zero_sums(sum_shapes), *step_args).compile()
+    reporting.say(f"Compiled the step in {time.perf_counter() - start:.1f}s.")
+    return SteppedEpochs(order_fn, step_fn, self.args, self.mesh, sum_shapes)
+
+  def _zero_sums(self, sum_shapes: Any) -> dict[str, jax.Array]:
+    return jax.device_put(steps.zero_sums(sum_shapes), parallelism.replicated(self.mesh))
+
+  def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
+            guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]:
+    del loop, guard  # Signals are answered between epochs.
+    train_data, hparams, teacher_variables = self.args
+    epoch = jnp.int32(epoch)
+    indices = self.order_fn(state, train_data, hparams, epoch)
+    sums = self._zero_sums(self.sum_shapes)
+    num_steps = indices.shape[1]
+    for step_in_epoch in range(num_steps):
+      state, sums = self.step_fn(state, sums, train_data, hparams, teacher_variables, epoch,
+                                 jnp.int32(step_in_epoch), indices)
+    return state, steps.mean_metrics(sums, num_steps)
+
+  def position(self) -> dict[str, Any]:
+    return {}
+
+  def close(self) -> None:
+    pass
+
+
+@dataclasses.dataclass
 class StreamedEpochs:
   """The grain pipeline's epochs: one compiled step per batch streamed from the records (the
   step the memory pipeline scans), checkpoints within epochs every `checkpoint.every_steps`
   with the iterators' state and the epoch's running metric sums, so a run killed mid-epoch
   resumes exactly."""
 
-  step_fn: Any
-  accumulate: Any
+  step_fn: Any  # steps.population_step, jitted: the step and the epoch's sums in one call.
   iterators: list[Any]
   feed: Any  # streaming.device_batches over the iterators.
   args: tuple[Any, ...]  # (hparams, teacher variables)
@@ -176,10 +253,9 @@ class StreamedEpochs:
     population_step = jax.jit(functools.partial(
         steps.population_step, member_batch=members.member_batch, step_fn=step_fn,
         shared_batch=shared),
-                              out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
+                              out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
     sums = position.get("sums")
-    return cls(step_fn=population_step, accumulate=jax.jit(steps.accumulate_metrics),
-               iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
+    return cls(step_fn=population_step, iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
                args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
@@ -206,9 +282,11 @@ class StreamedEpochs:
     check_every = self.every_steps or SIGNAL_CHECK_STEPS
     for step_in_epoch in range(start, self.steps_per_epoch):
       batch = next(self.feed)
-      state, metrics = self.step_fn(state, batch, *self.args, jnp.int32(epoch),
-                                    jnp.int32(step_in_epoch))
-      sums = self.accumulate(sums, metrics, jnp.int32(step_in_epoch))
+      if sums is None:  # Zeros shaped like the step's sums: one compiled step for every call.
+        sums = steps.zero_sums(jax.eval_shape(self.step_fn, state, None, batch, *self.args,
+                                              jnp.int32(epoch), jnp.int32(step_in_epoch))[1])
+      state, sums = self.step_fn(state, sums, batch, *self.args, jnp.int32(epoch),
+                                 jnp.int32(step_in_epoch))
       done = step_in_epoch + 1
       if done % check_every or done == self.steps_per_epoch:
         continue  # The epoch's end is the loop's to save.
@@ -223,11 +301,8 @@ class StreamedEpochs:
             f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "
             f"{int(state.step[0])} (step {done} of epoch {epoch + 1}) in {loop.workdir}. Rerun "
             "the same command to resume.")
-    first_bad = sums["first_nonfinite_step"]  # Counted from the epoch's start; the loop counts
-    metrics = {name: value / self.steps_per_epoch for name, value in sums.items()  # from `start`.
-               if name != "first_nonfinite_step"}
-    metrics["first_nonfinite_step"] = jnp.where(first_bad >= 0, first_bad - start, first_bad)
-    return state, metrics
+    # The first bad step is counted from the epoch's start; the loop counts from `start`.
+    return state, steps.mean_metrics(sums, self.steps_per_epoch, start)
 
   def close(self) -> None:
     """Stops grain's threads and worker processes within seconds (`streaming.close_iterators`):

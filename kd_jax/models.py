@@ -100,11 +100,52 @@ class CNN(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = x[..., None] if x.ndim == 3 else x  # [B, H, W] -> one channel.
     for i, features in enumerate(self.conv_features):
-      x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}")(x)
+      x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv_{i}",
+                  conv_general_dilated=gemm_conv if jax.default_backend() == "cpu" else None)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                        name=f"norm_{i}")(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = max_pool_2x2(nn.relu(x))
     return dense_head(self, x, train)
+
+
+def gemm_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+              lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+              dimension_numbers: Any = None, feature_group_count: int = 1,
+              batch_group_count: int = 1, precision: Any = None,
+              preferred_element_type: Any = None) -> jax.Array:
+  """`jax.lax.conv_general_dilated` for a 2-D NHWC x HWIO convolution of stride 1 computed as one
+  matrix product over the kernel's shifted copies of the input (im2col from slices); any other
+  convolution goes to lax. XLA:CPU runs its convolutions several times slower inside a loop such
+  as the scanned epoch (jax-ml/jax#12868); the GEMM path does not. A user's module gets it with
+  `nn.Conv(..., conv_general_dilated=kd_jax.models.gemm_conv)`; the registry CNN uses it on CPU."""
+  numbers = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  simple = (lhs.ndim == 4 and numbers == jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")) and set(window_strides) == {1}
+            and set(lhs_dilation or (1,)) == {1} and set(rhs_dilation or (1,)) == {1}
+            and feature_group_count == 1 and batch_group_count == 1)
+  if not simple:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+  rows, cols = rhs.shape[:2]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (rows, cols), (1, 1), padding)
+  (top, bottom), (left, right) = padding
+  padded = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                       ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+  height, width = padded.shape[1] - rows + 1, padded.shape[2] - cols + 1
+  patches = jnp.concatenate([padded[:, row:row + height, col:col + width]
+                             for row in range(rows) for col in range(cols)], axis=-1)
+  return jnp.matmul(patches, rhs.reshape(-1, rhs.shape[-1]),  # (row, col, channel): HWIO's order.
+                    precision=precision, preferred_element_type=preferred_element_type)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID: an odd last row or column is dropped) as a
+  reshape and a max, which XLA:CPU runs faster than a reduce_window, forward and backward."""
+  batch, height, width, channels = x.shape
+  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")

@@ -97,11 +97,25 @@ def eval_batch_size(configured: int, mesh: Mesh) -> int:
   return -(-configured // mesh.size) * mesh.size
 
 
-def map_members(fn: Callable[[Any], Any], stacked: Any, member_batch: int | None) -> Any:
+def map_members(fn: Callable[[Any], Any], stacked: Any, member_batch: int | None,
+                unroll: bool = False) -> Any:
   """`fn` over the leading (member) axis of `stacked`: `member_batch` members vmapped at a time.
 
-  With member_batch <= 1 each member runs unbatched (a plain loop), exactly the computation of a
-  single run; otherwise jax.lax.map vmaps groups of that size and loops over the groups.
+  With member_batch <= 1 each member runs unbatched, exactly the computation of a single run;
+  otherwise groups of that size are vmapped. The groups run in a loop (jax.lax.map), or with
+  `unroll` one after another in the program: XLA:CPU runs convolutions far slower inside a loop.
   """
   batch_size = member_batch if member_batch and member_batch > 1 else None
-  return jax.lax.map(fn, stacked, batch_size=batch_size)
+  if not unroll:
+    return jax.lax.map(fn, stacked, batch_size=batch_size)
+  size = jax.tree.leaves(stacked)[0].shape[0]
+  group = batch_size or 1
+  outputs = []
+  for start in range(0, size, group):
+    part = jax.tree.map(lambda leaf: leaf[start:start + group], stacked)
+    if group == 1:  # Unbatched, as lax.map runs it: no size-1 batch axis in the products.
+      outputs.append(jax.tree.map(lambda leaf: leaf[None], fn(jax.tree.map(lambda leaf: leaf[0],
+                                                                            part))))
+    else:
+      outputs.append(jax.vmap(fn)(part))
+  return jax.tree.map(lambda *leaves: jax.numpy.concatenate(leaves), *outputs)

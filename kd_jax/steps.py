@@ -152,37 +152,62 @@ def epoch_keys(rng: jax.Array, epoch: jax.Array) -> jax.Array:
   return jax.random.split(jax.random.fold_in(rng, epoch), 3)
 
 
+def epoch_order(state: TrainState, train_data: dict[str, jax.Array],
+                hparams: dict[str, jax.Array], epoch: jax.Array, *, batch_size: int,
+                sampler: Sampler = shuffled_batches) -> jax.Array:
+  """A member's batches of epoch `epoch`: example indices [steps, batch] from its order key."""
+  return sampler(epoch_keys(state.rng, epoch)[0], train_data, hparams, batch_size)
+
+
+def indexed_step(state: TrainState, train_data: dict[str, jax.Array],
+                 hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
+                 step_in_epoch: jax.Array, indices: jax.Array, *, step_fn: Callable,
+                 max_shift: int, batch_sharding: jax.sharding.Sharding
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """A member's step `step_in_epoch` of epoch `epoch` on the examples `indices`: the batch gathered
+  from `train_data`, jittered and normalised, then `step_fn`; jitter and dropout keys are folded
+  from (member key, epoch, step), so a resumed run sees exactly the data and masks an
+  uninterrupted one would."""
+  _, jitter_key, dropout_key = epoch_keys(state.rng, epoch)
+  indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
+  batch = {name: array[indices] for name, array in train_data.items()}
+  batch["image"] = data.normalize(data.jitter(jax.random.fold_in(jitter_key, step_in_epoch),
+                                              batch["image"], max_shift))
+  return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
+                 teacher_variables)
+
+
+def epoch_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Epoch means of per-step metrics [steps], and the in-epoch index of the first non-finite loss
+  (-1 if none: the host stops before saving)."""
+  finite = jnp.isfinite(metrics["loss"])
+  means = jax.tree.map(jnp.mean, metrics)
+  means["first_nonfinite_step"] = jnp.where(finite.all(), -1, jnp.argmin(finite))
+  return means
+
+
 def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
                 teacher_variables: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
                 max_shift: int, batch_sharding: jax.sharding.Sharding,
                 sampler: Sampler = shuffled_batches) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One member's epoch as a single lax.scan; returns epoch-mean metrics.
+  """One member's epoch as a single lax.scan of `indexed_step`; returns epoch-mean metrics.
 
   `train_data` maps names to arrays indexed by example ('image' uint8 [N, H, W], 'label', and
   optionally cached 'teacher_logits' [N, M, C]); each batch gathers all of them, at the indices
-  `sampler(key, train_data, hparams, batch_size)` gives (by default one shuffled pass). Order,
-  jitter and dropout keys are folded from (member key, epoch, step), so a resumed run sees exactly
-  the data and masks an uninterrupted one would.
+  `sampler(key, train_data, hparams, batch_size)` gives (by default one shuffled pass).
   """
-  order_key, jitter_key, dropout_key = epoch_keys(state.rng, epoch)
-  batch_indices = sampler(order_key, train_data, hparams, batch_size)
+  batch_indices = epoch_order(state, train_data, hparams, epoch, batch_size=batch_size,
+                              sampler=sampler)
 
   def body(state, inputs):
     step_in_epoch, indices = inputs
-    indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
-    batch = {name: array[indices] for name, array in train_data.items()}
-    batch["image"] = data.normalize(data.jitter(jax.random.fold_in(jitter_key, step_in_epoch),
-                                                batch["image"], max_shift))
-    return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
-                   teacher_variables)
+    return indexed_step(state, train_data, hparams, teacher_variables, epoch, step_in_epoch,
+                        indices, step_fn=step_fn, max_shift=max_shift,
+                        batch_sharding=batch_sharding)
 
   steps = jnp.arange(batch_indices.shape[0])
   state, metrics = jax.lax.scan(body, state, (steps, batch_indices))
-  finite = jnp.isfinite(metrics["loss"])
-  epoch_metrics = jax.tree.map(jnp.mean, metrics)
-  # In-epoch index of the first non-finite loss, -1 if none: the host stops before saving.
-  epoch_metrics["first_nonfinite_step"] = jnp.where(finite.all(), -1, jnp.argmin(finite))
-  return state, epoch_metrics
+  return state, epoch_metrics(metrics)
 
 
 def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
@@ -202,11 +227,40 @@ def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
   return parallelism.map_members(one_member, (states, hparams), member_batch)
 
 
-def population_step(states: TrainState, batch: dict[str, jax.Array],
+def population_order(states: TrainState, train_data: dict[str, jax.Array],
+                     hparams: dict[str, jax.Array], epoch: jax.Array, *, member_batch: int,
+                     batch_size: int, sampler: Sampler) -> jax.Array:
+  """Every member's batches of epoch `epoch` (the stepped epoch's first call): [P, steps, batch]."""
+  return parallelism.map_members(
+      lambda member: epoch_order(member[0], train_data, member[1], epoch, batch_size=batch_size,
+                                 sampler=sampler), (states, hparams), member_batch)
+
+
+def population_indexed_step(states: TrainState, sums: dict[str, jax.Array],
+                            train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                            teacher_variables: Any, epoch: jax.Array, step_in_epoch: jax.Array,
+                            batch_indices: jax.Array, *, member_batch: int, **step_kwargs
+                            ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One `indexed_step` of every member on its batch `batch_indices[member, step_in_epoch]` (the
+  stepped epoch's compiled call, the members unrolled), its metrics added to the epoch's sums."""
+
+  def one_member(member):
+    state, member_hparams, member_indices = member
+    return indexed_step(state, train_data, member_hparams, teacher_variables, epoch,
+                        step_in_epoch, member_indices[step_in_epoch], **step_kwargs)
+
+  states, metrics = parallelism.map_members(one_member, (states, hparams, batch_indices),
+                                            member_batch, unroll=True)
+  return states, accumulate_metrics(sums, metrics, step_in_epoch)
+
+
+def population_step(states: TrainState, sums: dict[str, jax.Array] | None,
+                    batch: dict[str, jax.Array],
                     hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
                     step_in_epoch: jax.Array, *, member_batch: int, step_fn: Callable,
                     shared_batch: bool) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of every member on a streamed batch (the grain pipeline's compiled call).
+  """One step of every member on a streamed batch (the grain pipeline's one compiled call per
+  step), its metrics added to the epoch's running `sums` (`accumulate_metrics`).
 
   `batch` holds uint8 images, already jittered on the host: one batch all members share, or with
   `shared_batch=False` one per member, stacked [P, B, ...]. Dropout keys are those of
@@ -224,7 +278,8 @@ def population_step(states: TrainState, batch: dict[str, jax.Array],
                    member_hparams, teacher_variables)
 
   members = (states, hparams) if shared_batch else (states, hparams, batch)
-  return parallelism.map_members(one_member, members, member_batch)
+  states, metrics = parallelism.map_members(one_member, members, member_batch)
+  return states, accumulate_metrics(sums, metrics, step_in_epoch)
 
 
 def accumulate_metrics(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array],
@@ -239,6 +294,23 @@ def accumulate_metrics(sums: dict[str, jax.Array] | None, metrics: dict[str, jax
   first_bad = jnp.where((bad < 0) & ~jnp.isfinite(metrics["loss"]), step_in_epoch, bad)
   return {**{name: sums[name] + value for name, value in metrics.items()},
           "first_nonfinite_step": first_bad.astype(jnp.int32)}
+
+
+def zero_sums(sum_shapes: dict[str, Any]) -> dict[str, jax.Array]:
+  """The sums `accumulate_metrics` starts an epoch from, for sums shaped `sum_shapes`."""
+  return {name: jnp.full(shape.shape, -1 if name == "first_nonfinite_step" else 0, shape.dtype)
+          for name, shape in sum_shapes.items()}
+
+
+def mean_metrics(sums: dict[str, jax.Array], num_steps: int,
+                 start: int = 0) -> dict[str, jax.Array]:
+  """Epoch-mean metrics from an epoch's sums, and the first non-finite step counted from `start`
+  (the step a resumed epoch began at), -1 if none."""
+  first_bad = sums["first_nonfinite_step"]
+  means = {name: value / num_steps for name, value in sums.items()
+           if name != "first_nonfinite_step"}
+  means["first_nonfinite_step"] = jnp.where(first_bad >= 0, first_bad - start, first_bad)
+  return means
 
 
 def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
