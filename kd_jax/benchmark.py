@@ -1,6 +1,6 @@
 """Training and evaluation throughput against the bare matrix products and convolutions each does.
 
-  python -m kd_jax.benchmark --out results/cpu_benchmark.json     # minutes on a 2-core CPU
+  python -m kd_jax.benchmark --out results/benchmark/run1.json    # ~25 min on a 2-core CPU
   python -m kd_jax.benchmark --quick --out /tmp/bench.json        # seconds: well-formed output only
 
 Each case is set up by the trainer's own `trainer.build` and `epochs.build` (a distilled case opens
@@ -143,10 +143,11 @@ def bare_step(model_config: ml_collections.ConfigDict, teacher_sizes: list[int] 
 
 
 def time_floor(step: Callable, weights: Any, num_steps: int, num_members: int, member_batch: int,
-               repeats: int) -> dict[str, float]:
-  """Epoch time of `step` for every member, two ways: a compiled scan over the epoch's steps,
-  and one compiled call per step from Python (weights donated): seconds per way."""
+               repeats: int, ways: tuple[str, ...] = ("scan", "per_step")) -> dict[str, float]:
+  """Epoch time of `step` for every member, in each of `ways`: "scan" (a compiled scan over the
+  epoch's steps) and "per_step" (one compiled call per step from Python, weights donated)."""
   stacked = steps.stack_members([weights] * num_members)
+  seconds = {}
 
   def scanned(weights):
     one_member = lambda w: jax.lax.scan(lambda w, i: (step(w, i), None), w,
@@ -157,32 +158,48 @@ def time_floor(step: Callable, weights: Any, num_steps: int, num_members: int, m
     return parallelism.map_members(lambda w: step(w, step_index), weights, member_batch,
                                    unroll=True)
 
-  scan_s = _time(jax.jit(scanned), (stacked,), repeats, lambda out, args, i: (out,))["seconds"]
-  per_step = jax.jit(one_step, donate_argnums=(0,))
-  stacked = jax.block_until_ready(per_step(stacked, jnp.int32(0)))  # Compiled, warmed up.
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for index in range(num_steps):
-      stacked = per_step(stacked, jnp.int32(index))
-    jax.block_until_ready(stacked)
-    times.append(time.perf_counter() - start)
-  return {"scan": scan_s, "per_step": statistics.median(times)}
+  if "scan" in ways:
+    seconds["scan"] = _time(jax.jit(scanned), (stacked,), repeats,
+                            lambda out, args, i: (out,))["seconds"]
+  if "per_step" in ways:
+    per_step = jax.jit(one_step, donate_argnums=(0,))
+    stacked = jax.block_until_ready(per_step(stacked, jnp.int32(0)))  # Compiled, warmed up.
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for index in range(num_steps):
+        stacked = per_step(stacked, jnp.int32(index))
+      jax.block_until_ready(stacked)
+      times.append(time.perf_counter() - start)
+    seconds["per_step"] = statistics.median(times)
+  return seconds
+
+
+@functools.cache
+def _case_floor(model_json: str, teacher_sizes: tuple[int, ...] | None, batch_size: int,
+                num_steps: int, num_members: int, member_batch: int,
+                repeats: int) -> dict[str, float]:
+  """`case_floor`, measured once for cases doing the same operations (the registry CNN and the
+  user's convnet written like it)."""
+  config = ml_collections.ConfigDict({"model": json.loads(model_json), "batch_size": batch_size})
+  return case_floor(config, teacher_sizes and list(teacher_sizes), num_steps, num_members,
+                    member_batch, repeats)
 
 
 def case_floor(config: ml_collections.ConfigDict, teacher_sizes: list[int] | None,
-               num_steps: int, num_members: int, member_batch: int,
-               repeats: int) -> dict[str, float]:
+               num_steps: int, num_members: int, member_batch: int, repeats: int,
+               skip: tuple[str, ...] = ()) -> dict[str, float]:
   """Seconds per epoch of a case's bare operations, each way tried (convolutions by lax and by
-  `models.gemm_conv`, scanned and per step); the floor is the fastest."""
+  `models.gemm_conv`, scanned and per step) but those in `skip`; the floor is the fastest."""
   convs = {"": jax.lax.conv_general_dilated}
   if config.model.name != "mlp":
     convs = {"lax conv, ": jax.lax.conv_general_dilated, "gemm conv, ": models.gemm_conv}
   ways = {}
   for label, conv in convs.items():
+    tried = tuple(way for way in ("scan", "per_step") if label + way not in skip)
     step, weights = bare_step(config.model, teacher_sizes, config.batch_size, conv)
-    for way, seconds in time_floor(step, weights, num_steps, num_members, member_batch,
-                                   repeats).items():
+    for way, seconds in time_floor(step, weights, num_steps, num_members, member_batch, repeats,
+                                   tried).items():
       ways[label + way] = seconds
   return ways
 
@@ -275,12 +292,13 @@ def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats:
     teacher_sizes = _layer_sizes(configs.get("paper_teacher").model)
     targets_used = "teacher in the step"
   epoch = _time_epochs(driver, state, repeats)
-  floor_config = config
+  model_config = config.model
   if config.model.name not in models.MODELS:  # A user's convnet: the registry CNN's operations.
-    floor_config = configs.override(ml_collections.ConfigDict(config.to_dict()),
-                                    model__name="cnn", model__hidden_sizes=(256,))
-  floors = case_floor(floor_config, teacher_sizes, num_steps, run.population.size,
-                      run.population.member_batch, repeats)
+    model_config = configs.override(ml_collections.ConfigDict(config.to_dict()), model__name="cnn",
+                                    model__hidden_sizes=(256,)).model
+  floors = _case_floor(model_config.to_json(), teacher_sizes and tuple(teacher_sizes),
+                       config.batch_size, num_steps, run.population.size,
+                       run.population.member_batch, repeats)
   floor_way = min(floors, key=floors.get)
   examples = num_steps * config.batch_size * run.population.size
   return {"case": case.name, "targets": targets_used, "batch_size": config.batch_size,
@@ -360,8 +378,10 @@ def peak_memory() -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-  lines = [f"{results['machine']['device']} ({results['machine']['host_cpu']}, "
-           f"{results['machine']['num_devices']} device(s)), jax {results['machine']['jax']}, "
+  machine = results["machine"]
+  lines = [f"{machine['device']} ({machine['host_cpu']}, "
+           f"{' '.join(machine.get('host_vector_extensions', []))}, "
+           f"{machine['num_devices']} device(s)), jax {machine['jax']}, "
            f"{results['data']}",
            f"large GEMM: {results['gemm_gflops']['float32']:.0f} GFLOP/s float32, "
            f"{results['gemm_gflops']['bfloat16']:.0f} GFLOP/s bfloat16",

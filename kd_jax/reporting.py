@@ -169,16 +169,24 @@ def progress_bar(total: int, initial: int, description: str):
               disable=not is_main_process() or not sys.stderr.isatty(), dynamic_ncols=True)
 
 
+# The CPU features that decide XLA:CPU's kernels (and whether bfloat16 has native instructions).
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def machine() -> dict[str, Any]:
   """The accelerator, host CPU and software versions behind a set of numbers."""
   device = jax.devices()[0]
   cpu = platform.processor() or platform.machine()
+  extensions = []
   if pathlib.Path("/proc/cpuinfo").exists():
-    names = [line.split(":", 1)[1].strip() for line in
-             pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     cpu = names[0] if names else cpu
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    extensions = [name for name in VECTOR_EXTENSIONS if name in flags]
   return {"platform": device.platform, "device": device.device_kind,
           "num_devices": jax.device_count(), "host_cpu": cpu, "host_cores": os.cpu_count(),
+          "host_vector_extensions": extensions,
           "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
           "backend_version": device.client.platform_version,
           "matmul_library": ("cuBLAS/cuDNN" if device.platform == "gpu" else

@@ -20,10 +20,19 @@ def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):
   cases = [r["case"] for r in report["training"]]
   assert [r["targets"] for r in report["training"]].count("teacher in the step") == 1
   assert [r["targets"] for r in report["training"]].count("cached teacher logits") == 1
-  assert len(cases) == 5 and any("population" in c for c in cases)
+  assert len(cases) == 7 and any("population" in c for c in cases)
   for record in report["training"] + [report["evaluation"]]:
     for key in ("examples_per_s", "floor_s", "ratio", "compile_s"):
       assert math.isfinite(record[key]) and record[key] > 0, (record["case"], key)
+  drivers = {r["case"]: r["epoch_driver"] for r in report["training"]}
+  assert drivers["user convnet 16-32 + 256 (flax nn.Conv)"] == "steps"  # lax convs on a CPU.
+  assert drivers["cnn 16-32 conv + 256 (registry)"] == drivers["teacher 2x1200"] == "scan"
+  for record in report["training"]:  # The floor is the fastest of the ways its operations ran.
+    assert record["floor_s"] == min(record["floor_ways_s"].values())
+    assert {way.split(", ")[-1] for way in record["floor_ways_s"]} == {"scan", "per_step"}
+  convnet = next(r for r in report["training"] if r["case"].startswith("cnn"))
+  assert len(convnet["floor_ways_s"]) == 4  # lax and GEMM convolutions, each two ways.
+  assert report["machine"]["host_vector_extensions"] is not None
   assert report["memory"]["host_peak_rss_mb"] > 0
   populations = [r for r in report["training"] if r["members"] > 1]
   assert len(populations) == 1 and all(r["ratio_to_single_runs"] > 0 for r in populations)
