@@ -32,8 +32,7 @@ USER = ["--config=configs/student.py", "--config.model.name=kd_jax.benchmark:Use
 def kd_jax_epochs(args: list[str], epochs: int, workdir: pathlib.Path) -> list[float]:
   """Epoch times (compilation excluded) of a kd_jax training run, from its metrics.jsonl."""
   subprocess.run([sys.executable, "-m", "kd_jax.train", *args, f"--config.num_epochs={epochs}",
-                  f"--workdir={workdir}", "--overwrite"], cwd=REPO, check=True,
-                 stdout=subprocess.DEVNULL)
+                  f"--workdir={workdir}"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return [record["epoch_time_s"] for record in records]
 
@@ -56,7 +55,7 @@ def main() -> None:
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="cnn_speed_"))
   rounds = []
   for index in range(args.rounds):
-    ours = kd_jax_epochs(CNN, args.epochs, scratch / "cnn")
+    ours = kd_jax_epochs(CNN, args.epochs, scratch / f"cnn_{index}")  # A fresh run each round.
     theirs, torch_version = torch_epochs(args.torch_python, args.epochs)
     rounds.append({"kd_jax_epoch_s": ours, "torch_epoch_s": theirs,
                    "ratio": statistics.median(ours) / statistics.median(theirs)})
