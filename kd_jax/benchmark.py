@@ -176,12 +176,14 @@ def time_floor(step: Callable, weights: Any, num_steps: int, num_members: int, m
 
 
 @functools.cache
-def _case_floor(model_json: str, teacher_sizes: tuple[int, ...] | None, batch_size: int,
-                num_steps: int, num_members: int, member_batch: int,
-                repeats: int) -> dict[str, float]:
-  """`case_floor`, measured once for cases doing the same operations (the registry CNN and the
-  user's convnet written like it)."""
-  config = ml_collections.ConfigDict({"model": json.loads(model_json), "batch_size": batch_size})
+def _case_floor(conv_features: tuple[int, ...], hidden_sizes: tuple[int, ...], compute_dtype: str,
+                teacher_sizes: tuple[int, ...] | None, batch_size: int, num_steps: int,
+                num_members: int, member_batch: int, repeats: int) -> dict[str, float]:
+  """`case_floor`, measured once per set of operations (what `bare_step` reads of the model), so
+  the registry CNN and the user's convnet written like it share one measurement."""
+  model = {"name": "cnn" if conv_features else "mlp", "conv_features": conv_features,
+           "hidden_sizes": hidden_sizes, "compute_dtype": compute_dtype}
+  config = ml_collections.ConfigDict({"model": model, "batch_size": batch_size})
   return case_floor(config, teacher_sizes and list(teacher_sizes), num_steps, num_members,
                     member_batch, repeats)
 
@@ -296,9 +298,11 @@ def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats:
   if config.model.name not in models.MODELS:  # A user's convnet: the registry CNN's operations.
     model_config = configs.override(ml_collections.ConfigDict(config.to_dict()), model__name="cnn",
                                     model__hidden_sizes=(256,)).model
-  floors = _case_floor(model_config.to_json(), teacher_sizes and tuple(teacher_sizes),
-                       config.batch_size, num_steps, run.population.size,
-                       run.population.member_batch, repeats)
+  conv_features = () if model_config.name == "mlp" else tuple(model_config.conv_features)
+  floors = _case_floor(conv_features, tuple(model_config.hidden_sizes),
+                       model_config.get("compute_dtype", "float32"),
+                       teacher_sizes and tuple(teacher_sizes), config.batch_size, num_steps,
+                       run.population.size, run.population.member_batch, repeats)
   floor_way = min(floors, key=floors.get)
   examples = num_steps * config.batch_size * run.population.size
   return {"case": case.name, "targets": targets_used, "batch_size": config.batch_size,

@@ -255,8 +255,8 @@ class StreamedEpochs:
         shared_batch=shared),
                               out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
     sums = position.get("sums")
-    return cls(step_fn=population_step, iterators=iterators, feed=streaming.device_batches(iterators, mesh, shared),
-               args=(members.hparams, run_objective.teacher.variables),
+    return cls(step_fn=population_step, iterators=iterators,
+               feed=streaming.device_batches(iterators, mesh, shared), args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
                resume_step=position.get("step_in_epoch", 0), children_before=children_before,
