@@ -31,7 +31,9 @@ from kd_jax.paper import bias_correction
 
 @contextlib.contextmanager
 def timed_stage(root: pathlib.Path, name: str) -> Iterator[None]:
-  """Adds the wall time of the block to stage `name` in ROOT/timings.json, however it ends."""
+  """Adds the wall time of the block to stage `name` in ROOT/timings.json, however it ends, and
+  the code version and CPU it ran on to ROOT/code_versions.json (`record_code_version`)."""
+  record_code_version(root, name)
   start = time.perf_counter()
   try:
     yield
@@ -40,6 +42,30 @@ def timed_stage(root: pathlib.Path, name: str) -> Iterator[None]:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
     root.mkdir(parents=True, exist_ok=True)
     reporting.write_json(root / reporting.TIMINGS_FILE, timings)
+
+
+CODE_VERSIONS_FILE = "code_versions.json"  # Per stage: every code version and CPU that worked on it.
+
+
+def record_code_version(root: pathlib.Path, name: str) -> None:
+  """Adds this invocation's code version and host CPU to stage `name`'s list in
+  ROOT/code_versions.json (once each), so a run resumed across commits or machines names them
+  all."""
+  versions = code_versions(root)
+  machine = reporting.machine()
+  entry = (f"{reporting.code_version()} on {machine['host_cpu']} "
+           f"({' '.join(machine['host_vector_extensions']) or 'no vector extensions listed'})")
+  if entry not in versions.setdefault(name, []):
+    versions[name].append(entry)
+    root.mkdir(parents=True, exist_ok=True)
+    reporting.write_json(root / CODE_VERSIONS_FILE, versions)
+
+
+def code_versions(root: pathlib.Path) -> dict[str, list[str]]:
+  """ROOT/code_versions.json: per stage, the code versions and CPUs that trained it (empty for a
+  study run before it was kept)."""
+  path = root / CODE_VERSIONS_FILE
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def train_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
