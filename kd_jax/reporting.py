@@ -6,6 +6,7 @@ Only process 0 writes or prints, so a multi-process run logs once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import json
 import math
@@ -194,9 +195,11 @@ def machine() -> dict[str, Any]:
                              device.platform)}
 
 
+@functools.cache
 def code_version() -> str:
   """The git commit of the kd_jax checkout (with '-dirty' for uncommitted changes), or the
-  package version when it is not a git checkout."""
+  package version when it is not a git checkout; read once per process, so it names the code
+  this process imported even when the checkout changes under a long run."""
   repo = pathlib.Path(__file__).resolve().parents[1]
   try:
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, check=True,
