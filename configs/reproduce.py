@@ -3,20 +3,20 @@
 Profiles (`configs/reproduce.py:quick` etc.):
   quick   a 2-core CPU in about 35 minutes: 10 teachers of 5 epochs, students of 8 epochs
           (the temperature sweeps 6), students on the 3% subset 60 epochs; 3 seeds per figure.
-  cpu     every claim at decisive length on a 2-core CPU in under 2 hours (measured on a 2-core
-          AMD EPYC: 3 teachers 16.8 s per epoch, three 2x800 students 8.5 s, 30 2x300s 22 s,
-          50 2x30s 9 s): configs/teacher_ensemble.py's three 100-epoch teachers (the fidelity
-          study's best: 63 errors, members 70-72), students of 40 epochs (the length at which the
-          fidelity study's distilled students stopped improving), 5 seeds for the MNIST table
-          and the student of the ensemble,
-          the 2x30 sweep 60 epochs with 5 seeds, the 2x300 sweep 40 with 3, the subset students
-          150 epochs.
+  cpu     every claim decided on a 2-core CPU, at the sample sizes of a power plan made from
+          its first run (results/cpu_pilot: 3 teachers, 5 seeds for the table, 3 and 5 per T;
+          122 min): six of configs/teacher_ensemble.py's 100-epoch teachers, students of 40
+          epochs (the length at which the fidelity study's distilled students stopped
+          improving), 8 seeds for the MNIST table and the student of the ensemble, the 2x300
+          sweep 40 epochs with 10 seeds per T, the 2x30 sweep 60 with 40, 4 seeds elsewhere, the
+          subset students 150 epochs; about 5 hours (the first run's stage times scaled by the
+          members), resumable stage by stage.
   paper   the long schedules for an accelerator: 10 of configs/teacher.py's teachers (100 epochs),
           students 60 epochs, subset students 600.
   tiny    seconds, on a tiny IDX folder (the tests' end-to-end run).
 
-The teacher stage is shared with every other study of the same teacher config (e.g. the fidelity
-study's `decisive` profile): it trains once under --teachers_dir.
+The teacher stage is shared with every other study of the same teacher config: it trains once
+under --teachers_dir.
 
 `teacher` is the teacher population: `teacher.members` seeds, which are the ensemble of the
 ensemble experiment; member `teacher_member` is "the teacher" of every other experiment. `student`
@@ -31,6 +31,10 @@ from kd_jax.configs import quick_teacher, teacher, teacher_ensemble
 
 
 PROFILES = ("quick", "cpu", "paper", "tiny")
+# The claims `kd_jax.paper.reproduce.claims` tests, by key (for `earlier_looks`).
+CLAIMS = ("distilled_beats_alone", "ensemble_beats_members", "ensemble_student",
+          "small_student_temperature", "large_student_alike", "mythical_paper_figure",
+          "mythical_correction_helps", "only_classes_lowered", "regulariser")
 
 
 def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
@@ -58,6 +62,11 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
   # "All T above 8 alike" holds when every pair's 90% interval is within this many test errors.
   config.temperature_sweep.alike_margin = 10.0
   config.temperature_sweep.seeds_by_size = ()  # One per hidden size (empty: `seeds`).
+  # Tests of each claim's data before this run's (claim key -> count, `reproduce.claims`): a claim
+  # is tested at 0.05 / (earlier looks + 1), a Bonferroni split over looks (kd_jax.paper.power).
+  config.earlier_looks = ml_collections.ConfigDict()
+  # The power plan the sample sizes came from (scripts/power_plan.py), copied into results.json.
+  config.power_plan = ""
   # Transfer sets without classes, and the bias correction tuned on this many held-out images.
   config.validation_size = 5000
   config.mythical_digit = 3
@@ -76,11 +85,18 @@ def get_config(profile: str = "quick") -> ml_collections.ConfigDict:
     config.regulariser.num_epochs = 60
     config.regulariser.checkpoint_every = 20
   elif profile == "cpu":
-    # Sample sizes from the power plan (`kd_jax.paper.power.plan` on the first cpu run,
-    # results/cpu_pilot; tests/test_power.py keeps them equal): 6 teachers for the ensemble
+    # Sample sizes from the power plan (scripts/power_plan.py on the first cpu run,
+    # results/cpu_pilot; tests/test_power.py checks they reach it): 6 teachers for the ensemble
     # claim, 8 seeds for the MNIST table and the student of the ensemble, 10 per temperature
-    # for 2x300, 40 for 2x30, 4 for the class-omitting and subset students.
+    # for 2x300 (the plan gives 9; a first, coarser
+    # simulation gave 10, which the run was started with), 40
+    # for 2x30, 4 for the class-omitting and subset students.
     config.teacher.members = 6
+    # The first cpu run (results/cpu_pilot) tested every claim once; the student of the ensemble
+    # twice (at 3 seeds, then at 5).
+    config.earlier_looks = {key: 1 for key in CLAIMS}
+    config.earlier_looks.ensemble_student = 2
+    config.power_plan = "results/cpu_pilot/power_plan.json"
     config.seeds = 4
     config.table_seeds = 8
     config.student.num_epochs = 40

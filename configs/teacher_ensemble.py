@@ -3,8 +3,8 @@ teacher of our best recipe overall (configs/distill_jittered.py).
 
 A student distilled from this run matches the average of the three teachers' tempered
 probabilities (--config.teacher_ensemble=geometric for their geometric mean). On a 2-core CPU the
-ensemble had 63 test errors (members 70, 72, 71; 57 minutes; results/fidelity, teacher
-ensemble3); member 0 is configs/teacher.py's run, bit for bit.
+ensemble had 63 test errors (57 minutes; results/fidelity/results.json, teacher ensemble3; the
+members' own errors were not kept); member 0 is configs/teacher.py's run, bit for bit.
 """
 
 from kd_jax.configs import teacher

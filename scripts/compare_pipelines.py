@@ -127,7 +127,7 @@ def main(argv):
         for p in ("memory", "grain")],
       "", f"Grain − memory: {verdicts.describe(comparison)}.",
       f"Alike within ±{_MARGIN.value:g} errors: **{alike['verdict']}** (90% interval "
-      f"{alike['interval_90'][0]:+.1f} to {alike['interval_90'][1]:+.1f}).", ""]
+      f"{alike['interval'][0]:+.1f} to {alike['interval'][1]:+.1f}).", ""]
   (out / "RESULTS.md").write_text("\n".join(lines))
   print("\n".join(lines))
 

@@ -1,39 +1,58 @@
-"""Rewrites the README's claims block from a reproduction's results.json.
+"""Rewrites the README's results table and claims block from the committed results.json files.
 
-  python scripts/readme_claims.py [results/cpu/results.json]
+  python scripts/readme_claims.py
 
-The block sits between `report.README_BEGIN` and `report.README_END`; tests/test_docs.py
-fails when it no longer matches the committed results.
+Each block sits between its markers (`report.RESULTS_BEGIN` / `RESULTS_END`, `report.README_BEGIN`
+/ `README_END`), which name the files it was generated from; tests/test_docs.py fails when a
+block no longer matches what those files render.
 """
 
 import json
 import pathlib
 import re
-import sys
 
 from kd_jax.paper import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT = "results/cpu/results.json"
+DEFAULTS = {"path": "results/cpu/results.json", "fidelity": "results/fidelity/results.json"}
+# Each block: its markers and how to render it from the files its begin marker names.
+BLOCKS = {
+    "results": (report.RESULTS_BEGIN, report.RESULTS_END,
+                lambda files: report.readme_results(_load(files["path"]), files["path"],
+                                                    _load(files["fidelity"]), files["fidelity"])),
+    "claims": (report.README_BEGIN, report.README_END,
+               lambda files: report.readme_claims(_load(files["path"]), files["path"])),
+}
 
 
-def current_block(readme: str) -> re.Match:
-  """The block in README.md text (an error if it has none)."""
-  begin = re.escape(report.README_BEGIN).replace(re.escape("{path}"), "(?P<path>[^ ]+)")
-  match = re.search(f"{begin}.*?{re.escape(report.README_END)}", readme, flags=re.S)
+def _load(path: str) -> dict:
+  return json.loads((ROOT / path).read_text())
+
+
+def current_block(readme: str, name: str) -> re.Match:
+  """Block `name` in README.md text, its source files as named groups (an error if it has
+  none)."""
+  begin, end, _ = BLOCKS[name]
+  pattern = re.escape(begin)
+  for field in ("path", "fidelity"):
+    pattern = pattern.replace(re.escape("{" + field + "}"), f"(?P<{field}>[^ ]+)")
+  match = re.search(f"{pattern}.*?{re.escape(end)}", readme, flags=re.S)
   if match is None:
-    raise SystemExit("README.md has no claims block (" + report.README_BEGIN + ").")
+    raise SystemExit(f"README.md has no {name} block ({begin}).")
   return match
 
 
-def rendered(path: str) -> str:
-  return report.readme_claims(json.loads((ROOT / path).read_text()), path)
+def rendered(name: str, files: dict[str, str]) -> str:
+  """Block `name` rendered from `files` (the paths its begin marker names)."""
+  return BLOCKS[name][2](files)
 
 
 if __name__ == "__main__":
-  results_path = sys.argv[1] if len(sys.argv) > 1 else DEFAULT
   readme_path = ROOT / "README.md"
   readme = readme_path.read_text()
-  match = current_block(readme)
-  readme_path.write_text(readme[:match.start()] + rendered(results_path) + readme[match.end():])
-  print(f"Wrote the claims block of {readme_path} from {results_path}")
+  for name in BLOCKS:
+    match = current_block(readme, name)
+    files = {**DEFAULTS, **{k: v for k, v in match.groupdict().items() if v}}
+    readme = readme[:match.start()] + rendered(name, files) + readme[match.end():]
+  readme_path.write_text(readme)
+  print(f"Wrote the results table and claims block of {readme_path}")

@@ -25,7 +25,7 @@ LAYERS = (
     ("api", "prepare"),
     ("", "benchmark", "distill", "pipeline", "train"),  # "": the package, kd_jax's front door.
     ("paper.figures", "paper.verdicts"),
-    ("paper.bias_correction", "paper.specialist_lib"),
+    ("paper.bias_correction", "paper.power", "paper.specialist_lib"),
     ("paper.stages",),
     ("paper.fidelity", "paper.frontier", "paper.report"),
     ("paper.reproduce", "paper.specialists"),

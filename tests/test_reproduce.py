@@ -176,29 +176,39 @@ def test_reproduce_runs_every_experiment_and_writes_the_report(tiny_reproduction
   steps_per_epoch = config.regulariser.subset // config.student.batch_size
   assert [r["step"] for r in records] == [
       steps_per_epoch * e for e in range(1, config.regulariser.num_epochs + 1)]
-  # Every claim: a verdict from its tests at the last epoch and over the last 10% of epochs.
-  claims = {c["claim"].split(" (")[0]: c for c in results["claims"]}
-  assert len(claims) == 8 and results["machine"]["host_cores"] >= 1
+  # Every claim, by key: a verdict from its tests at the last epoch and over the last 10% of
+  # epochs (the bias corrections: final checkpoints only), at the level of its looks.
+  claims = {c["key"]: c for c in results["claims"]}
+  assert tuple(claims) == configs.module("reproduce").CLAIMS
+  assert results["machine"]["host_cores"] >= 1
   for claim in claims.values():
     assert claim["verdict"] in (verdicts.HOLDS, verdicts.FAILS, verdicts.UNDECIDED)
-    for window in ("last_epoch", "last_10_percent"):
+    assert claim["alpha"] == verdicts.ALPHA  # The tiny profile has no earlier looks.
+    windows = ["last_epoch"] + (["last_10_percent"] if claim["last_10_percent"] else [])
+    assert (len(windows) == 1) == (claim["window"] == reproduce.FINAL_ONLY)
+    for window in windows:
       assert 0 <= claim[window]["p"] <= 1 and claim[window]["verdict"] in (
           verdicts.HOLDS, verdicts.FAILS, verdicts.UNDECIDED)
-    if claim["last_epoch"]["verdict"] != claim["last_10_percent"]["verdict"]:
+    if claim["last_10_percent"] and (claim["last_epoch"]["verdict"]
+                                     != claim["last_10_percent"]["verdict"]):
       assert claim["verdict"] == verdicts.UNDECIDED
-  table_claim = claims["the distilled student beats the same student trained alone"]
+  assert set(results["code_versions"]) == {*reproduce.training_stages(config, root),
+                                           *reproduce.correction_stages(config)}
+  assert results["plan"] is None  # The tiny profile's sizes come from no plan.
+  table_claim = claims["distilled_beats_alone"]
   assert table_claim["last_epoch"]["n"] == [table_seeds, table_seeds]
   assert table_claim["last_epoch"]["difference"] == pytest.approx(
       table["distilled_errors"]["mean"] - table["alone_errors"]["mean"])
-  assert claims["the 2x4 student does best at a temperature from 2.5 to 4"]["last_epoch"][
-      "test"] == "Welch"
-  assert "with 2x8, all temperatures above 8 give alike errors" in claims
+  assert claims["small_student_temperature"]["last_epoch"]["test"] == "Welch"
+  assert "with 2x8, all temperatures above 8" in claims["large_student_alike"]["claim"]
+  assert claims["mythical_paper_figure"]["last_epoch"]["unit"] == "accuracy"
   markdown = (root / "RESULTS.md").read_text()
   for heading in ("## 1. The MNIST table", "## 2. Temperature", "## 3. Ensembles",
                   "## 4. The mythical digit", "## 5. Only 7 and 8", "## 6. Soft targets"):
     assert heading in markdown
   assert f"| {PAPER['table']['distilled_errors']} |" in markdown  # The paper's figure beside ours.
-  assert "| claim | verdict | at the last epoch | over the last 10% of epochs |" in markdown
+  assert ("| claim | verdict | level | at the last epoch | over the last 10% of epochs |"
+          in markdown and reproduce.FINAL_ONLY in markdown and "### Sample sizes" in markdown)
   for plot in ("temperature.png", "regulariser.png", "curves.png"):
     assert (root / plot).stat().st_size > 0
   assert set(json.loads((root / "timings.json").read_text())) == set(results["wall_time_s"]) == {
@@ -229,13 +239,13 @@ def test_verdict_windows_are_the_last_epoch_and_the_last_tenth_of_the_epochs(tmp
                     "ensemble_test_errors": 50 + e}) + "\n" for e in epochs))
 
   write(range(1, 21))
-  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=False), [80, 180])
-  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=True), [80.5, 180.5])
-  assert reproduce.curve_errors(tmp_path, True, "ensemble_test_errors") == [69.5]
+  np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=False), [80, 180])
+  np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=True), [80.5, 180.5])
+  assert stages.curve_errors(tmp_path, True, "ensemble_test_errors") == [69.5]
   write([*range(1, 19), 20])  # Epoch 19's line lost: the window stays epochs 19-20.
-  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=True), [80, 180])
+  np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=True), [80, 180])
   write(range(1, 20))  # The last line lost: the last one written stands for it.
-  np.testing.assert_array_equal(reproduce.curve_errors(tmp_path, tail=False), [81, 181])
+  np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=False), [81, 181])
 
 
 def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path):
@@ -306,7 +316,9 @@ def test_profiles_and_their_bad_uses(tmp_path):
     for stage in (f"temperature/{reproduce.size_tag(sizes)}",
                   f"temperature/{reproduce.size_tag(sizes)}_alone"):
       assert (cpu[stage].members, cpu[stage].num_epochs) == (seeds, epochs)
-  assert cpu["teachers"].to_dict() == configs.get("teacher_ensemble").to_dict()
+  # configs/teacher_ensemble.py's teachers, as many as the power plan asks for.
+  assert cpu["teachers"].to_dict() == configs.get("teacher_ensemble",
+                                                  members=cpu_config.teacher.members).to_dict()
   quick = reproduce.load_config(None, "quick")
   runs = reproduce.training_stages(quick, tmp_path)
   assert runs["regulariser/hard_subset"].data.train_subset == quick.regulariser.subset

@@ -10,7 +10,9 @@ PAPER = {
     "ensemble": "No MNIST figure. Speech (Table 1): one model 58.9% frame accuracy, an ensemble "
                 "of 10 61.1%, one model distilled from the ensemble 60.8%.",
     "mythical": {"errors": 206, "errors_on_class": 133, "class_test_examples": 1010,
-                 "offset": 3.5, "corrected_errors": 109, "corrected_errors_on_class": 14},
+                 "offset": 3.5, "corrected_errors": 109, "corrected_errors_on_class": 14,
+                 # The share of test 3s right after the correction: 1 - 14 / 1010 = 98.6%.
+                 "corrected_accuracy_on_class": 1 - 14 / 1010},
     "only_classes": {"error_rate": 0.473, "offset": -7.6, "corrected_error_rate": 0.132},
     "regulariser": "Speech (Table 5), frame accuracy on test: 100% of the data, hard targets "
                    "58.9%; 3% of the data, hard targets 44.5% (needed early stopping); 3% of "

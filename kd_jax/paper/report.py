@@ -39,16 +39,16 @@ def render_markdown(results: dict[str, Any]) -> str:
            f"sweeps: {sweeps}), subset students "
            f"{results['schedule']['subset_epochs']} epochs.",
            "", "## Claims checked", ""]
-  lines += [f"A claim holds only where the evidence is decisive: p < {verdicts.ALPHA} (two-sided) "
-            "in the claimed direction, at the last epoch and over each member's mean of the last "
-            "10% of epochs alike; decisive evidence the other way does not hold; anything else is "
-            "not decided at this length. Differences are ours minus the reference, in test "
-            "errors (accuracy for the bias correction).", ""]
-  lines += table(["claim", "verdict", "at the last epoch", "over the last 10% of epochs"], [
-      [c["claim"], c["verdict"] if c["verdict"] != verdicts.FAILS else "**does not hold**",
-       f"{c['last_epoch']['verdict']}: {verdicts.describe(c['last_epoch'])}",
-       f"{c['last_10_percent']['verdict']}: {verdicts.describe(c['last_10_percent'])}"]
-      for c in results["claims"]])
+  lines += [RULE, "", CONVENTION, ""]
+  lines += table(["claim", "verdict", "level", "at the last epoch", "over the last 10% of epochs"],
+                 [[c["claim"], c["verdict"] if c["verdict"] != verdicts.FAILS else
+                   "**does not hold**", f"{c.get('alpha', verdicts.ALPHA):.3g}",
+                   f"{c['last_epoch']['verdict']}: {verdicts.describe(c['last_epoch'])}",
+                   c.get("window") if c.get("last_10_percent") is None else
+                   f"{c['last_10_percent']['verdict']}: "
+                   f"{verdicts.describe(c['last_10_percent'])}"]
+                  for c in results["claims"]])
+  lines += sample_sizes(results.get("plan"))
   t = e["table"]
   transfer = f"{t['transfer']:.2f}" if t["transfer"] is not None else "n/a"
   teacher, student = results["models"]["teacher"], results["models"]["student"]
@@ -120,10 +120,49 @@ def render_markdown(results: dict[str, Any]) -> str:
       for name, label in (("full", "all training data, hard labels"),
                           ("hard_subset", "subset, hard labels"),
                           ("soft_subset", "subset, the teacher's soft targets"))])
-  lines += ["", "## Wall time per stage", ""]
-  lines += table(["stage", "minutes"], [[name, f"{seconds / 60:.1f}"]
-                                        for name, seconds in results["wall_time_s"].items()])
+  lines += ["", "## Wall time and code per stage", "",
+            "Summed over every invocation that worked on the stage; each code version and CPU "
+            "that trained it is listed (a stage resumed across commits or machines lists more "
+            "than one).", ""]
+  versions = results.get("code_versions", {})
+  lines += table(["stage", "minutes", "code and CPU"], [
+      [name, f"{seconds / 60:.1f}", "; ".join(versions.get(name, [])) or "not recorded"]
+      for name, seconds in results["wall_time_s"].items()])
   return "\n".join(lines) + "\n"
+
+
+RULE = (f"A claim holds only where its test is decisive in the claimed direction: p below the "
+        f"claim's level (two-sided; {verdicts.ALPHA} over the number of times the claim's data have "
+        "been tested, a Bonferroni split over looks, see the sample sizes below), at the last "
+        "epoch and over each member's mean of the last 10% of epochs alike (the bias corrections "
+        "score final checkpoints only, so those claims have one window); decisive evidence the "
+        "other way does not hold; anything else is not decided at this length. An equivalence "
+        "claim's p is its two one-sided tests' p (every pair within the margin).")
+CONVENTION = ("Every difference is what the claim says is better minus what it is compared with "
+              "(the distilled student minus the one alone, the ensemble minus its members, ours "
+              "minus the paper's figure), in test errors, where a negative difference supports "
+              "the claim, or in accuracy, where a positive one does.")
+
+
+def sample_sizes(plan: dict[str, Any] | None) -> list[str]:
+  """RESULTS.md's account of the sample sizes: per claim, the effect assumed, the looks and
+  level, the power and the n the plan gave (`kd_jax.paper.power`), or a line saying none was
+  made."""
+  lines = ["", "### Sample sizes", ""]
+  if not plan:
+    return lines + ["No power plan: the sizes are the profile's defaults."]
+  lines += [f"Chosen before this run by a power plan (`scripts/power_plan.py` on "
+            f"`{plan['pilot']}`, code `{plan['pilot_code_version']}`): each claim's own test "
+            f"simulated {plan['simulations']} times per n at the assumed effect, n the smallest "
+            f"reaching power {plan['target_power']}. {plan['rule'].capitalize()}.", ""]
+  lines += stages.markdown_table(
+      ["claim", "assumed", "looks", "level", "expected verdict", "planned n (power)",
+       "config field"],
+      [[key, entry["assumed"], entry["looks"], f"{entry['alpha']:.3g}", entry["expected"],
+        f"{entry['n']} ({entry['power']:.2f})" if entry["n"] else
+        f"none up to {max(map(int, entry['powers']))} (best {entry['power']:.2f})",
+        f"`{entry['field']}`"] for key, entry in plan["claims"].items()])
+  return lines
 
 
 README_BEGIN = "<!-- claims: generated by scripts/readme_claims.py from {path} -->"
@@ -131,18 +170,71 @@ README_END = "<!-- /claims -->"
 
 
 def readme_claims(results: dict[str, Any], path: str) -> str:
-  """The README's claims block: each claim's verdict and its test at the last epoch, from a
+  """The README's claims block: each claim's verdict, level and test at the last epoch, from a
   reproduction's results.json at `path` (scripts/readme_claims.py writes it; a test keeps it
   current)."""
   machine = results["machine"]
   minutes = sum(results["wall_time_s"].values()) / 60
   lines = [README_BEGIN.format(path=path), "",
-           f"The paper's claims at decisive length (`kd_jax.reproduce --profile "
-           f"{results['profile']}`, {minutes:.0f} min on {machine['host_cpu']} with "
-           f"{machine['host_cores']} cores; a claim holds only where p < {verdicts.ALPHA} at the "
-           f"last epoch and over the last 10% of epochs alike; all figures in "
-           f"`{pathlib.PurePosixPath(path).parent}/RESULTS.md`):", ""]
-  lines += stages.markdown_table(["claim", "verdict", "ours: difference ± se (test)"], [
+           f"The paper's claims (`kd_jax.reproduce --profile {results['profile']}`, "
+           f"{minutes:.0f} min on {machine['host_cpu']} with {machine['host_cores']} cores; all "
+           f"figures, the sample sizes and their power plan in "
+           f"`{pathlib.PurePosixPath(path).parent}/RESULTS.md`; how a verdict is reached: "
+           "[Verdicts](docs/paper/index.md#verdicts)):", ""]
+  lines += stages.markdown_table(["claim", "verdict", "level", "ours: difference ± se (test)"], [
       [c["claim"], f"**{c['verdict']}**" if c["verdict"] != verdicts.HOLDS else c["verdict"],
-       verdicts.describe(c["last_epoch"], brief=True)] for c in results["claims"]])
+       f"{c.get('alpha', verdicts.ALPHA):.3g}", verdicts.describe(c["last_epoch"], brief=True)]
+      for c in results["claims"]])
   return "\n".join([*lines, "", README_END])
+
+
+RESULTS_BEGIN = "<!-- results: generated by scripts/readme_claims.py from {path} and {fidelity} -->"
+RESULTS_END = "<!-- /results -->"
+
+
+def _cell(stats: dict[str, Any]) -> str:
+  """'96.2 ± 1.8 (5)': a README results cell."""
+  return f"{stats['mean']:.1f} ± {stats['sd']:.1f} ({stats['n']})"
+
+
+def readme_results(results: dict[str, Any], path: str, fidelity: dict[str, Any],
+                   fidelity_path: str) -> str:
+  """The README's results table: the paper's MNIST figures beside the fidelity study's
+  (`fidelity`, its results.json at `fidelity_path`) and the reproduction's (`results` at
+  `path`), every number read from those files."""
+  machine, e = results["machine"], results["experiments"]
+  cells = {name: runs[0] for name, runs in fidelity["cells"].items()}
+  teachers = e["ensemble"]["member_errors"]
+  members = len(teachers["values"])
+  paper = e["table"]["paper"]
+  lines = [RESULTS_BEGIN.format(path=path, fidelity=fidelity_path), "",
+           f"MNIST test errors out of 10,000 on a {machine['host_cores']}-core "
+           f"{machine['host_cpu']} CPU, jax {machine['jax']} (ours: mean ± sd over seeds, n in "
+           "brackets; the paper's figures are single runs). Two runs of the same configs: the "
+           f"fidelity study (`{pathlib.PurePosixPath(fidelity_path).parent}`) and the "
+           f"`{results['profile']}` reproduction (`{pathlib.PurePosixPath(path).parent}`, whose "
+           f"{members} teachers came out at "
+           f"{', '.join(str(round(v)) for v in teachers['values'])} errors):", ""]
+  lines += stages.markdown_table(
+      ["model", "paper", "fidelity study", f"`{results['profile']}` reproduction"], [
+          ["teacher 784-1200-1200-10 (`configs/teacher.py`, 100 epochs; 3 as an ensemble, "
+           "`configs/teacher_ensemble.py`)", paper["teacher_errors"],
+           f"{fidelity['teachers']['cpu_long']} (ensemble of 3: "
+           f"{fidelity['teachers']['ensemble3']})",
+           f"{e['table']['teacher_errors']} (ensemble of {members}: "
+           f"{e['ensemble']['arithmetic_ensemble_errors']})"],
+          [f"2×800 student alone (`configs/student.py`, {cells['alone']['student_epochs']} "
+           "epochs)", paper["alone_errors"], _cell(cells["alone"]["test_errors"]),
+           _cell(e["table"]["alone_errors"])],
+          ["2×800 distilled, T = 20, the paper's un-jittered transfer set (`configs/distill.py`, "
+           f"{cells['paper']['student_epochs']} epochs)", paper["distilled_errors"],
+           f"{_cell(cells['paper']['test_errors'])}; from the ensemble "
+           f"{_cell(cells['paper_ensemble']['test_errors'])}",
+           f"{_cell(e['table']['distilled_errors'])}; from the ensemble "
+           f"{_cell(e['ensemble']['student_from_ensemble_errors'])}"],
+          ["2×800 distilled on a jittered transfer set the ensemble relabels "
+           "(`configs/distill_jittered.py`, "
+           f"{cells['jittered_relabelled_ensemble']['student_epochs']} epochs; departs from the "
+           "paper)", "—", f"**{_cell(cells['jittered_relabelled_ensemble']['test_errors'])}**",
+           ""]])
+  return "\n".join([*lines, "", RESULTS_END])

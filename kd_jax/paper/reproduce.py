@@ -24,7 +24,7 @@ import numpy as np
 from absl import flags
 
 from kd_jax import cli, config_lib, configs, data, models, plots, population, reporting, rundir
-from kd_jax.paper import bias_correction, report, stages, verdicts
+from kd_jax.paper import bias_correction, power, report, stages, verdicts
 from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError
 
@@ -176,17 +176,6 @@ def omitted_class_results(reports: dict[str, Any], experiment: str, classes: tup
   return result
 
 
-def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
-  """step and epoch [E], per-member test (and, when the run has them, validation) errors [E, P]
-  and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl."""
-  records = reporting.read_metrics(run / rundir.METRICS_FILE)
-  as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records], float)
-  return {"step": np.array([r["step"] for r in records]),
-          "epoch": np.array([r["epoch"] for r in records]),
-          **{key: as_matrix(key) for key in ("test_errors", "validation_errors",
-                                             "ensemble_test_errors") if key in records[0]}}
-
-
 def early_stopping(curves: dict[str, np.ndarray]) -> dict[str, Any]:
   """Per member: test errors at the epoch of fewest validation errors (the first such epoch)
   and at the last epoch."""
@@ -203,7 +192,7 @@ def regulariser_results(root: pathlib.Path, config: ml_collections.ConfigDict,
              "subset_fraction": config.regulariser.subset / num_train,
              "paper": PAPER["regulariser"]}
   for name in ("full", "hard_subset", "soft_subset"):
-    results[name] = early_stopping(metrics_curves(root / "regulariser" / name))
+    results[name] = early_stopping(stages.metrics_curves(root / "regulariser" / name))
   return results
 
 
@@ -225,22 +214,6 @@ def summarise(root: pathlib.Path, config: ml_collections.ConfigDict,
   }
 
 
-TAIL_FRACTION = 0.1  # "Over the last 10% of epochs": each member's mean test errors there.
-
-
-def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.ndarray:
-  """Per member (or one ensemble figure): test errors at the run's last epoch, or (tail) their
-  mean over the epochs of its last TAIL_FRACTION (by epoch number, so an epoch whose line a kill
-  cut off leaves a gap rather than widening the window)."""
-  curves = metrics_curves(run)
-  num_epochs = rundir.load_config(run).num_epochs
-  window = max(1, math.ceil(TAIL_FRACTION * num_epochs)) if tail else 1
-  selected = curves["epoch"] > num_epochs - window
-  if not selected.any():  # The window's only line was cut off: the last one written.
-    selected = curves["epoch"] == curves["epoch"][-1]
-  return curves[key][selected].mean(axis=0)
-
-
 def temperature_members(run: pathlib.Path) -> dict[float, list[int]]:
   """A temperature sweep's member indices by T, in order of T (from the run's config)."""
   groups: dict[float, list[int]] = {}
@@ -255,6 +228,11 @@ def by_temperature(run: pathlib.Path, errors) -> dict[float, list[float]]:
           for t, members in temperature_members(run).items()}
 
 
+def claim_level(config: ml_collections.ConfigDict, key: str) -> float:
+  """The level claim `key` is tested at: ALPHA over its looks (config.earlier_looks + this one)."""
+  return power.level(config.get("earlier_looks", {}).get(key, 0) + 1)
+
+
 def temperature_claims(root: pathlib.Path, config: ml_collections.ConfigDict,
                        tail: bool) -> list[dict[str, Any]]:
   """The paper's two temperature claims: the smallest student best at T from 2.5 to 4 (better than
@@ -262,67 +240,93 @@ def temperature_claims(root: pathlib.Path, config: ml_collections.ConfigDict,
   sizes = sorted(config.temperature_sweep.hidden_sizes, key=lambda s: s[0])
   small, large = size_tag(sizes[0]), size_tag(sizes[-1])
   groups = by_temperature(root / f"temperature/{small}",
-                          curve_errors(root / f"temperature/{small}", tail))
-  mean = lambda t: np.mean(groups[t])
-  inside = [t for t in groups if 2.5 <= t <= 4]
-  below_, above_ = [t for t in groups if t < 2.5], [t for t in groups if t > 4]
+                          stages.curve_errors(root / f"temperature/{small}", tail))
   claims = []
-  if inside and below_ and above_:
-    best = min(inside, key=mean)
-    tests = [verdicts.lower(groups[best], groups[min(side, key=mean)]) for side in (below_, above_)]
-    verdict = (verdicts.FAILS if verdicts.FAILS in [t["verdict"] for t in tests] else
-               verdicts.HOLDS if all(t["verdict"] == verdicts.HOLDS for t in tests) else
-               verdicts.UNDECIDED)
-    shown = ([t for t in tests if t["verdict"] == verdicts.FAILS] if verdict == verdicts.FAILS
-             else [max(tests, key=lambda t: t["p"])])[0]  # The test that decided the verdict.
-    claims.append({"claim": f"the {small} student does best at a temperature from 2.5 to 4 "
-                            f"(best of them, T = {best:g}, against the best T below and above)",
-                   **shown, "verdict": verdict, "tests": tests})
+  if any(2.5 <= t <= 4 for t in groups) and min(groups) < 2.5 and max(groups) > 4:
+    test = verdicts.best_in_range(groups, 2.5, 4.0,
+                                  claim_level(config, "small_student_temperature"))
+    claims.append({"key": "small_student_temperature",
+                   "claim": f"the {small} student does best at a temperature from 2.5 to 4 "
+                            f"(best of them, T = {test['best']:g}, against the best T below and "
+                            "above)", **test})
   groups = by_temperature(root / f"temperature/{large}",
-                          curve_errors(root / f"temperature/{large}", tail))
+                          stages.curve_errors(root / f"temperature/{large}", tail))
   hot = {f"T={t:g}": groups[t] for t in groups if t > 8}
   if len(hot) > 1:
     margin = config.temperature_sweep.alike_margin
-    claims.append({"claim": f"with {large}, all temperatures above 8 give alike errors (within "
-                            f"+-{margin:g})", **verdicts.alike(hot, margin)})
+    claims.append({"key": "large_student_alike",
+                   "claim": f"with {large}, all temperatures above 8 give alike errors (within "
+                            f"+-{margin:g})",
+                   **verdicts.alike(hot, margin, claim_level(config, "large_student_alike"))})
   return claims
+
+
+FINAL_ONLY = "final checkpoint only"  # The bias corrections score each member's last checkpoint.
 
 
 def claims(root: pathlib.Path, config: ml_collections.ConfigDict, experiments: dict[str, Any],
            tail: bool) -> list[dict[str, Any]]:
-  """The paper's qualitative claims, each with its test and verdict (`kd_jax.paper.verdicts`) on
-  the members' test errors at the last epoch, or (tail) over the last 10% of epochs. The bias
-  corrections score the final checkpoints only, so their claims read the same either way."""
-  errors = lambda stage, key="test_errors": curve_errors(root / stage, tail, key)
+  """The paper's claims, each keyed, worded as the paper words it and tested
+  (`kd_jax.paper.verdicts`) at its level (`claim_level`) on the members' test errors at the last
+  epoch, or (tail) over the last 10% of epochs. Every difference is what the claim says is better
+  minus what it is compared with, so fewer errors (or more accuracy) supports the claim. The bias
+  corrections score final checkpoints only: their claims have no second window (`window`)."""
+  errors = lambda stage, key="test_errors": stages.curve_errors(root / stage, tail, key)
+  level = lambda key: claim_level(config, key)
   mythical, only = experiments["mythical"], experiments["only_classes"]
+  digit = mythical["classes"][0]
+  kept = " and ".join(map(str, only["classes"]))
+  paper_accuracy = PAPER["mythical"]["corrected_accuracy_on_class"]
+  final_only = {"window": FINAL_ONLY}
   return [
-      {"claim": "the distilled student beats the same student trained alone",
-       **verdicts.lower(errors("table/distilled"), errors("table/alone"))},
-      {"claim": "the ensemble of teachers beats its mean member",
-       **verdicts.above(errors("teachers"), float(errors("teachers", "ensemble_test_errors")[0]))},
-      {"claim": "a student distilled from the ensemble beats one distilled from one teacher",
-       **verdicts.lower(errors("ensemble/distilled"), errors("table/distilled"))},
+      {"key": "distilled_beats_alone",
+       "claim": "the distilled student beats the same student trained alone",
+       **verdicts.lower(errors("table/distilled"), errors("table/alone"),
+                        alpha=level("distilled_beats_alone"))},
+      {"key": "ensemble_beats_members",
+       "claim": "the ensemble of teachers makes fewer errors than its members on average",
+       **verdicts.figure_lower(float(errors("teachers", "ensemble_test_errors")[0]),
+                               errors("teachers"), level("ensemble_beats_members"))},
+      {"key": "ensemble_student",
+       "claim": "a student distilled from the ensemble beats one distilled from one teacher",
+       **verdicts.lower(errors("ensemble/distilled"), errors("table/distilled"),
+                        alpha=level("ensemble_student"))},
       *temperature_claims(root, config, tail),
-      {"claim": "the bias correction tuned on validation gets >= 90% of the test "
-                f"{mythical['classes']} right",
-       **verdicts.above(mythical["corrected"]["accuracy_on_classes"]["values"], 0.9),
-       "unit": "accuracy"},
-      {"claim": f"raising the biases of {' and '.join(map(str, only['classes']))} (tuned on "
-                "validation) cuts the errors of the student that saw only them",
+      {"key": "mythical_paper_figure", **final_only,
+       "claim": f"with the bias of {digit} raised (offset tuned on validation), the student that "
+                f"never saw a {digit} gets at least the paper's {100 * paper_accuracy:.1f}% of "
+                f"the test {digit}s right",
+       **verdicts.above(mythical["corrected"]["accuracy_on_classes"]["values"], paper_accuracy,
+                        level("mythical_paper_figure")), "unit": "accuracy"},
+      {"key": "mythical_correction_helps", **final_only,
+       "claim": f"raising the bias of {digit} (tuned on validation) cuts the test errors of the "
+                f"student that never saw a {digit}",
+       **verdicts.lower(mythical["corrected"]["errors"]["values"],
+                        mythical["distilled"]["errors"]["values"], pairs=True,
+                        alpha=level("mythical_correction_helps"))},
+      {"key": "only_classes_lowered", **final_only,
+       "claim": f"lowering the biases of {kept} (tuned on validation) cuts the errors of the "
+                "student that saw only them",
        **verdicts.lower(only["corrected"]["errors"]["values"],
-                        only["distilled"]["errors"]["values"], pairs=True)},
-      {"claim": "soft targets on the subset beat hard targets on it",
-       **verdicts.lower(errors("regulariser/soft_subset"), errors("regulariser/hard_subset"))},
+                        only["distilled"]["errors"]["values"], pairs=True,
+                        alpha=level("only_classes_lowered"))},
+      {"key": "regulariser", "claim": "soft targets on the subset beat hard targets on it",
+       **verdicts.lower(errors("regulariser/soft_subset"), errors("regulariser/hard_subset"),
+                        alpha=level("regulariser"))},
   ]
 
 
 def claim_verdicts(root: pathlib.Path, config: ml_collections.ConfigDict,
                    experiments: dict[str, Any]) -> list[dict[str, Any]]:
   """Every claim with its test at the last epoch and over the last 10% of epochs, and one verdict:
-  theirs when they agree, else not decided."""
+  theirs when they agree, else not decided. A claim scored on final checkpoints only has no
+  second window: its verdict is the last epoch's, and `last_10_percent` is None."""
   last, tail = (claims(root, config, experiments, tail) for tail in (False, True))
-  return [{"claim": a["claim"], "verdict": verdicts.combined(a, b), "last_epoch": a,
-           "last_10_percent": b} for a, b in zip(last, tail)]
+  return [{"key": a["key"], "claim": a["claim"], "alpha": a["alpha"],
+           "window": a.get("window", "last epoch and last 10% of epochs"),
+           "verdict": a["verdict"] if "window" in a else verdicts.combined(a, b),
+           "last_epoch": a, "last_10_percent": None if "window" in a else b}
+          for a, b in zip(last, tail)]
 
 
 # ----------------------------------------------------------------------------- evaluation, report
@@ -365,7 +369,7 @@ def write_plots(root: pathlib.Path, results: dict[str, Any],
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, label in (("full", "100%, hard"), ("hard_subset", "subset, hard"),
                       ("soft_subset", "subset, soft targets")):
-    curves = metrics_curves(root / "regulariser" / name)
+    curves = stages.metrics_curves(root / "regulariser" / name)
     ax.plot(curves["step"], curves["test_errors"].mean(axis=1), label=label)
   ax.set(xlabel="training step", ylabel="test errors (mean over seeds)", yscale="log",
          title="Soft targets as a regulariser")
@@ -387,7 +391,7 @@ def write_curves(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
                            figsize=(4 * columns, 3 * math.ceil(len(names) / columns)),
                            squeeze=False)
   for ax, name in zip(axes.flat, names):
-    curves = metrics_curves(root / name)
+    curves = stages.metrics_curves(root / name)
     run = rundir.load_config(root / name)
     groups = ({f"T={t:g}": members for t, members in temperature_members(root / name).items()}
               if run.sweep.get("temperature") else {"": list(range(curves["test_errors"].shape[1]))})
@@ -403,6 +407,16 @@ def write_curves(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   for ax in list(axes.flat)[len(names):]:
     ax.axis("off")
   plots.save(fig, root / "curves.png")
+
+
+def power_plan(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The power plan the profile's sample sizes came from (config.power_plan, written by
+  scripts/power_plan.py before the run), or None when it names none or the file is not here (the
+  command was run outside the repository)."""
+  path = pathlib.Path(config.get("power_plan") or "")
+  if not config.get("power_plan") or not path.is_file():
+    return None
+  return json.loads(path.read_text())
 
 
 def define_flags() -> flags.FlagHolder:
@@ -455,6 +469,8 @@ def main(argv):
                           "subset_epochs": config.regulariser.num_epochs},
              "experiments": summarise(root, config, reports, geometric)}
   results["claims"] = claim_verdicts(root, config, results["experiments"])
+  results["code_versions"] = stages.code_versions(root)
+  results["plan"] = power_plan(config)
   reporting.write_json(root / "results.json", results)
   (root / "RESULTS.md").write_text(report.render_markdown(results))
   write_plots(root, results["experiments"], config)

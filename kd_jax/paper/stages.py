@@ -1,5 +1,5 @@
 """What the paper's multi-stage commands share: the one stage runner and its timings, and the
-helpers that turn evaluation reports into the numbers the tables show.
+helpers that turn evaluation reports and per-epoch metrics into the numbers the tables show.
 
 Timings mean one thing everywhere: ROOT/timings.json holds each stage's wall seconds, summed over
 every invocation that worked on it (one stopped by a signal or an error included), so a resumed
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -22,6 +23,7 @@ import time
 from typing import Any, Iterator
 
 import ml_collections
+import numpy as np
 from absl import flags
 
 from kd_jax import api, checkpointing, config_lib, evaluate, reporting, rundir
@@ -211,3 +213,28 @@ def evaluated(run: pathlib.Path, ensemble: str = "arithmetic",
   return evaluate.evaluate_checkpoint(run, ensemble=ensemble, report_name=report_name)
 
 
+def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
+  """step and epoch [E], per-member test (and, when the run has them, validation) errors [E, P]
+  and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl."""
+  records = reporting.read_metrics(run / rundir.METRICS_FILE)
+  as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records], float)
+  return {"step": np.array([r["step"] for r in records]),
+          "epoch": np.array([r["epoch"] for r in records]),
+          **{key: as_matrix(key) for key in ("test_errors", "validation_errors",
+                                             "ensemble_test_errors") if key in records[0]}}
+
+
+TAIL_FRACTION = 0.1  # "Over the last 10% of epochs": each member's mean test errors there.
+
+
+def curve_errors(run: pathlib.Path, tail: bool, key: str = "test_errors") -> np.ndarray:
+  """Per member (or one ensemble figure): test errors at the run's last epoch, or (tail) their
+  mean over the epochs of its last TAIL_FRACTION (by epoch number, so an epoch whose line a kill
+  cut off leaves a gap rather than widening the window)."""
+  curves = metrics_curves(run)
+  num_epochs = rundir.load_config(run).num_epochs
+  window = max(1, math.ceil(TAIL_FRACTION * num_epochs)) if tail else 1
+  selected = curves["epoch"] > num_epochs - window
+  if not selected.any():  # The window's only line was cut off: the last one written.
+    selected = curves["epoch"] == curves["epoch"][-1]
+  return curves[key][selected].mean(axis=0)

@@ -21,8 +21,8 @@ ALPHA = 0.05  # Two-sided significance level of every test.
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "not decided at this length"
 
 
-def _verdict(better: bool, p: float) -> str:
-  if p < ALPHA:
+def _verdict(better: bool, p: float, alpha: float) -> str:
+  if p < alpha:
     return HOLDS if better else FAILS
   return UNDECIDED
 
@@ -79,44 +79,83 @@ def _finite(test: dict[str, Any]) -> dict[str, Any]:
               float(v) if isinstance(v, (float, np.floating)) else v) for k, v in test.items()}
 
 
-def lower(a: Sequence[float], b: Sequence[float], pairs: bool = False) -> dict[str, Any]:
+def lower(a: Sequence[float], b: Sequence[float], pairs: bool = False,
+          alpha: float = ALPHA) -> dict[str, Any]:
   """"mean(a) < mean(b)" (fewer errors): Welch's test (the paired test for `pairs`, the same
-  members twice) and its verdict."""
+  members twice) and its verdict at level `alpha`."""
   test = paired(a, b) if pairs else welch(a, b)
-  return {**test, "verdict": _verdict(test["difference"] < 0, test["p"])}
+  return {**test, "alpha": alpha, "verdict": _verdict(test["difference"] < 0, test["p"], alpha)}
 
 
-def above(a: Sequence[float], figure: float) -> dict[str, Any]:
-  """"mean(a) > figure": the one-sample test and its verdict."""
+def above(a: Sequence[float], figure: float, alpha: float = ALPHA) -> dict[str, Any]:
+  """"mean(a) > figure": the one-sample test and its verdict at level `alpha`."""
   test = one_sample(a, figure)
-  return {**test, "verdict": _verdict(test["difference"] > 0, test["p"])}
+  return {**test, "alpha": alpha, "verdict": _verdict(test["difference"] > 0, test["p"], alpha)}
 
 
-def alike(groups: dict[str, Sequence[float]], margin: float) -> dict[str, Any]:
-  """"These groups are alike": every pair within `margin` by two one-sided tests (each pair's
-  90% interval inside +-margin), which holds; some pair's interval wholly beyond the margin, which
-  does not; else not decided. (Different by Welch's test is not unlike: a difference inside the
-  margin is alike.) Reports the pair furthest apart."""
+def figure_lower(figure: float, a: Sequence[float], alpha: float = ALPHA) -> dict[str, Any]:
+  """"figure < mean(a)" (one ensemble's errors below its members'): the one-sample test of
+  figure - mean(a), so the difference reads like every other one (what the claim says is better
+  minus what it is compared with)."""
+  test = one_sample(figure - np.asarray(a, float), 0.0)
+  return {**test, "alpha": alpha, "verdict": _verdict(test["difference"] < 0, test["p"], alpha)}
+
+
+def best_in_range(groups: dict[float, Sequence[float]], low: float, high: float,
+                  alpha: float = ALPHA) -> dict[str, Any]:
+  """"The best setting is in [low, high]": the best group inside (fewest mean errors) against
+  the best below and the best above, Welch; holds when both hold, does not hold when either is
+  decisive the other way, else not decided. Returns the deciding test (the failing one, else the
+  less decisive one), the verdict, the best setting and both tests."""
+  mean = lambda key: float(np.mean(groups[key]))
+  inside = [key for key in groups if low <= key <= high]
+  sides = ([key for key in groups if key < low], [key for key in groups if key > high])
+  best = min(inside, key=mean)
+  tests = [lower(groups[best], groups[min(side, key=mean)], alpha=alpha) for side in sides]
+  outcomes = [test["verdict"] for test in tests]
+  verdict = (FAILS if FAILS in outcomes else
+             HOLDS if all(outcome == HOLDS for outcome in outcomes) else UNDECIDED)
+  shown = ([test for test in tests if test["verdict"] == FAILS] if verdict == FAILS
+           else [max(tests, key=lambda test: test["p"])])[0]
+  return {**shown, "verdict": verdict, "best": best, "tests": tests}
+
+
+def alike(groups: dict[str, Sequence[float]], margin: float,
+          alpha: float = ALPHA) -> dict[str, Any]:
+  """"These groups are alike": two one-sided tests (TOST) per pair, at level `alpha`.
+
+  A pair is alike when both one-sided tests reject (its difference is above -margin and below
+  +margin): its TOST p is the larger of the two p's, and its (1 - 2 alpha) interval lies inside
+  +-margin. The claim holds when every pair is alike: an intersection-union test whose p
+  (`p_equivalence`) is the largest pair's TOST p. It does not hold when some pair is decisively
+  beyond the margin (a one-sided test that |difference| > margin rejects: `p_beyond`, the
+  smallest such p over pairs); else it is not decided. A pair different by Welch's test can
+  still be alike: a difference inside the margin is alike. `p` is the equivalence p, so "holds
+  only where p < alpha" reads the same here as for every other claim; the pair furthest apart
+  is reported with its Welch figures."""
   pairs = []
   for (name_a, a), (name_b, b) in itertools.combinations(groups.items(), 2):
     test = welch(a, b)
-    if test["se"] is None:  # No spread on a side: no interval.
-      half_width = math.inf
+    if test["se"] is None:  # No spread on a side: no interval, nothing decisive.
+      half_width, p_equivalence, p_beyond = math.inf, 1.0, 1.0
     else:
-      half_width = float(stats.t.ppf(1 - ALPHA, test["df"]) * test["se"])
-    pairs.append({**test, "pair": [name_a, name_b],
-                  "interval_90": [test["difference"] - half_width,
-                                  test["difference"] + half_width]})
-  widest = max(pairs, key=lambda p: max(abs(x) for x in p["interval_90"]))
-  if any(p["interval_90"][0] > margin or p["interval_90"][1] < -margin for p in pairs):
-    verdict = FAILS
-  elif all(-margin < p["interval_90"][0] and p["interval_90"][1] < margin for p in pairs):
-    verdict = HOLDS
-  else:
-    verdict = UNDECIDED
-  return {**widest, "test": f"two one-sided tests within ±{margin:g}; widest pair "
-                           f"{widest['pair'][0]} vs {widest['pair'][1]}, Welch",
-          "margin": margin, "pairs": pairs, "verdict": verdict}
+      t_dist = stats.t(test["df"])
+      half_width = float(t_dist.ppf(1 - alpha) * test["se"])
+      p_equivalence = float(max(t_dist.sf((test["difference"] + margin) / test["se"]),
+                                t_dist.cdf((test["difference"] - margin) / test["se"])))
+      p_beyond = float(t_dist.sf((abs(test["difference"]) - margin) / test["se"]))
+    pairs.append({**test, "pair": [name_a, name_b], "welch_p": test["p"],
+                  "p_equivalence": p_equivalence, "p_beyond": p_beyond,
+                  "interval": [test["difference"] - half_width, test["difference"] + half_width],
+                  "interval_level": 1 - 2 * alpha})
+  widest = max(pairs, key=lambda pair: pair["p_equivalence"])
+  p_equivalence = widest["p_equivalence"]
+  p_beyond = min(pair["p_beyond"] for pair in pairs)
+  verdict = FAILS if p_beyond < alpha else HOLDS if p_equivalence < alpha else UNDECIDED
+  return {**widest, "test": f"two one-sided tests within ±{margin:g}, every pair; least alike "
+                           f"pair {widest['pair'][0]} vs {widest['pair'][1]}",
+          "p": p_equivalence, "p_beyond": p_beyond, "margin": margin, "alpha": alpha,
+          "pairs": pairs, "verdict": verdict}
 
 
 def combined(last: dict[str, Any], tail: dict[str, Any]) -> str:
@@ -128,13 +167,22 @@ def combined(last: dict[str, Any], tail: dict[str, Any]) -> str:
 def describe(test: dict[str, Any], brief: bool = False) -> str:
   """'-34.2 ± 3.1 errors, Welch t = -11.0, df = 6.2, p = 3e-05, n = 5 / 5', or (brief)
   '-34.2 ± 3.1 errors (Welch, p = 3e-05, n = 5 / 5)'; the unit is the test's "unit" (default
-  errors)."""
+  errors); a level other than ALPHA is named (', at alpha = 0.025'). An equivalence test
+  (`alike`) shows its least alike pair's difference and interval and its own p."""
   unit = test.get("unit", "errors")
   se = "n/a" if test["se"] is None else f"{test['se']:.3g}"
   n = " / ".join(map(str, test["n"]))
+  level = f", at alpha = {test['alpha']:.3g}" if test.get("alpha", ALPHA) != ALPHA else ""
+  if "p_equivalence" in test:
+    low, high = test["interval"]
+    what = (f"{test['difference']:+.4g} ± {se} {unit} ({test['pair'][0]} - {test['pair'][1]}, "
+            f"the least alike pair; {100 * test['interval_level']:.0f}% interval {low:+.3g} to "
+            f"{high:+.3g}), two one-sided tests within ±{test['margin']:g}")
+    return f"{what}, p = {test['p']:.2g}, n = {n}{level}"
   if brief:
-    return f"{test['difference']:+.4g} ± {se} {unit} ({test['test']}, p = {test['p']:.2g}, n = {n})"
+    return (f"{test['difference']:+.4g} ± {se} {unit} ({test['test']}, p = {test['p']:.2g}, "
+            f"n = {n}{level})")
   df = "" if test["df"] is None else f", df = {test['df']:.1f}"
   t = "n/a" if test["t"] is None else f"{test['t']:.2f}"
   return (f"{test['difference']:+.4g} ± {se} {unit}, {test['test']} t = {t}{df}, "
-          f"p = {test['p']:.2g}, n = {n}")
+          f"p = {test['p']:.2g}, n = {n}{level}")
