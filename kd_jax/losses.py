@@ -123,3 +123,128 @@ def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
                              t_squared=t_squared)
 
   return loss_fn
+
+
+# ----------------------------------------------------------------------------- methods beyond the
+# paper: logit terms (DKD, DIST) and feature terms (FitNets, attention transfer, RKD). Each is the
+# method's distillation term alone, as its authors' code computes it, averaged over the batch; the
+# weighted sum with the hard-label term (and any warm-up) is the objective's.
+
+
+def _xlogy_kl(p: jax.Array, log_q: jax.Array) -> jax.Array:
+  """sum p * (log p - log q) over the last axis, with 0 * log 0 = 0 (torch's kl_div)."""
+  return jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_q, axis=-1)
+
+
+def dkd(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array, *,
+        alpha: float | jax.Array, beta: float | jax.Array,
+        temperature: float | jax.Array) -> jax.Array:
+  """Decoupled KD (Zhao et al. 2022): alpha * TCKD + beta * NCKD, batch means, each x T^2.
+
+  TCKD is the KL between the binary (target class, all others) distributions of teacher and
+  student at T; NCKD the KL between their distributions over the non-target classes, computed
+  as mdistiller's `dkd_loss` does (the target logit pushed down by 1000 before the softmax).
+  Logits [B, C] (an ensemble's: pass its mean logits), labels [B]."""
+  chex.assert_equal_shape([student_logits, teacher_logits])
+  chex.assert_shape(labels, student_logits.shape[:1])
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  target = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=student_logits.dtype)
+  binary = lambda p: jnp.stack([jnp.sum(p * target, -1), jnp.sum(p * (1 - target), -1)], -1)
+  p_student = binary(jax.nn.softmax(student_logits / temperature, axis=-1))
+  p_teacher = binary(jax.nn.softmax(teacher_logits / temperature, axis=-1))
+  tckd = _xlogy_kl(p_teacher, jnp.log(p_student)).mean() * temperature**2
+  masked = lambda logits: logits / temperature - 1000.0 * target
+  nckd = _xlogy_kl(jax.nn.softmax(masked(teacher_logits), axis=-1),
+                   jax.nn.log_softmax(masked(student_logits), axis=-1)).mean() * temperature**2
+  return alpha * tckd + beta * nckd
+
+
+def _norm(x: jax.Array, keepdims: bool = False) -> jax.Array:
+  """The L2 norm over the last axis, whose gradient at a zero vector is 0 (as torch's), not
+  jnp.linalg.norm's NaN."""
+  squares = jnp.sum(jnp.square(x), axis=-1, keepdims=keepdims)
+  positive = squares > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
+
+
+def _pearson_rows(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """Pearson correlation of each row of a with the same row of b (DIST's, with its eps)."""
+  a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
+  return jnp.sum(a * b, -1) / (_norm(a) * _norm(b) + eps)
+
+
+def dist(student_logits: jax.Array, teacher_logits: jax.Array, *, beta: float | jax.Array = 1.0,
+         gamma: float | jax.Array = 1.0, temperature: float | jax.Array = 1.0) -> jax.Array:
+  """DIST (Huang et al. 2022): beta * inter-class + gamma * intra-class relation, each x T^2.
+
+  Inter-class: 1 - the mean over examples of the Pearson correlation between the student's and
+  the teacher's class probabilities at T; intra-class: the same over classes of the columns
+  (each class's probabilities across the batch). Logits [B, C]."""
+  chex.assert_equal_shape([student_logits, teacher_logits])
+  p_student = jax.nn.softmax(student_logits / temperature, axis=-1)
+  p_teacher = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+  inter = 1 - _pearson_rows(p_student, p_teacher).mean()
+  intra = 1 - _pearson_rows(p_student.T, p_teacher.T).mean()
+  return temperature**2 * (beta * inter + gamma * intra)
+
+
+def fitnets(student_features: jax.Array, teacher_features: jax.Array) -> jax.Array:
+  """FitNets' hint loss (Romero et al. 2015): the mean squared error between the student's
+  features, projected to the teacher's shape (the objective's adapter), and the teacher's."""
+  chex.assert_equal_shape([student_features, teacher_features])
+  return jnp.mean(jnp.square(student_features - jax.lax.stop_gradient(teacher_features)))
+
+
+def attention_map(features: jax.Array, p: float = 2.0, eps: float = 1e-12) -> jax.Array:
+  """Attention transfer's map of NHWC features [B, H, W, C] (or [B, D]): the mean over channels
+  of |f|^p, flattened per example and L2-normalised (torch's F.normalize, eps 1e-12)."""
+  maps = jnp.mean(jnp.abs(features) ** p, axis=-1).reshape(features.shape[0], -1)
+  return maps / jnp.maximum(_norm(maps, keepdims=True), eps)
+
+
+def attention_transfer(student_features: jax.Array, teacher_features: jax.Array,
+                       p: float = 2.0) -> jax.Array:
+  """Attention transfer (Zagoruyko & Komodakis 2017): the mean squared difference of the two
+  attention maps (`attention_map`); the spatial sizes must agree, the channels need not."""
+  chex.assert_equal_shape_prefix([student_features, teacher_features],
+                                 student_features.ndim - 1)
+  return jnp.mean(jnp.square(attention_map(student_features, p)
+                             - attention_map(jax.lax.stop_gradient(teacher_features), p)))
+
+
+def _pairwise_distances(embeddings: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Euclidean distances [B, B] between rows, clamped at eps before the root, diagonal 0."""
+  squares = jnp.sum(embeddings**2, -1)
+  squared = squares[:, None] + squares[None, :] - 2 * embeddings @ embeddings.T
+  distances = jnp.sqrt(jnp.maximum(squared, eps))
+  return distances * (1 - jnp.eye(embeddings.shape[0], dtype=distances.dtype))
+
+
+def _smooth_l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  """torch's smooth_l1_loss (beta 1), mean over elements."""
+  difference = jnp.abs(a - b)
+  return jnp.mean(jnp.where(difference < 1, 0.5 * difference**2, difference - 0.5))
+
+
+def rkd(student_features: jax.Array, teacher_features: jax.Array, *,
+        distance_weight: float | jax.Array = 25.0,
+        angle_weight: float | jax.Array = 50.0) -> jax.Array:
+  """Relational KD (Park et al. 2019): distance_weight * the smooth-L1 gap between the two
+  batches' pairwise distances, each normalised by its mean off-diagonal distance, plus
+  angle_weight * the smooth-L1 gap between the cosines of the angles every triplet of examples
+  makes; features [B, ...] flattened per example, their sizes free to differ."""
+  student = student_features.reshape(student_features.shape[0], -1)
+  teacher = jax.lax.stop_gradient(teacher_features).reshape(teacher_features.shape[0], -1)
+  chex.assert_equal_shape_prefix([student, teacher], 1)
+  count = student.shape[0] * (student.shape[0] - 1)  # Off-diagonal pairs (all positive).
+  normalised = lambda d: d / (jnp.sum(d) / count)
+  distance = _smooth_l1(normalised(_pairwise_distances(student)),
+                        normalised(_pairwise_distances(teacher)))
+
+  def cosines(embeddings):
+    differences = embeddings[None, :, :] - embeddings[:, None, :]  # [B, B, D]: e_j - e_i.
+    unit = differences / jnp.maximum(_norm(differences, keepdims=True), 1e-12)
+    return jnp.einsum("ijd,ikd->ijk", unit, unit)
+
+  angle = _smooth_l1(cosines(student), cosines(teacher))
+  return distance_weight * distance + angle_weight * angle
