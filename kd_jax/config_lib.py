@@ -104,11 +104,17 @@ class Field:
   distillation: bool = False  # Set by add_distillation(); checked only in distillation runs.
   added: bool = False  # Added after the first runs were saved: a saved run without it held this.
   when: Callable[[ml_collections.ConfigDict], bool] | None = None  # Checked only where true.
+  # A per-member hyperparameter of the step that `sweep.<name>` can sweep (a loss term's).
+  sweepable: bool = False
 
 
 _distil = functools.partial(Field, used_by=DISTILLATION, distillation=True)
 _sgd = functools.partial(Field, added=True, when=lambda c: c.optimizer == "sgd_momentum")
 _sweep = functools.partial(Field, used_by=DISTILLATION, added=True, when=is_distillation)
+_term = functools.partial(Field, used_by=DISTILLATION, distillation=True, added=True)
+NONNEGATIVE = (lambda v: is_num(v) and v >= 0), "a number >= 0"
+TEMPERATURE = (is_temperature, "a number in [1e-19, 1e19]")
+WARMUP = at_least_0("0: the full weight from the first step")
 
 # Every field of base_config() then add_distillation(), in their order (that of saved configs
 # and docs/config_reference.md, which a test keeps current).
@@ -266,9 +272,63 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     _distil("teacher_dropout_seed", 0, int,
             (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
             "the key the teacher's dropout masks are drawn from", added=True),
+    # Loss terms beyond the paper's (kd_jax.losses.LOGIT_TERMS), added to alpha * soft + (1 -
+    # alpha) * hard as weight * min(epoch / warmup_epochs, 1) * term; weight 0 leaves one out.
+    _term("terms.dkd.weight", 0.0, float, NONNEGATIVE,
+          "Decoupled KD (Zhao et al. 2022): the term's weight (0: off)", sweepable=True),
+    _term("terms.dkd.alpha", 1.0, float, NONNEGATIVE, "DKD: weight of its target-class part "
+          "(TCKD)", sweepable=True),
+    _term("terms.dkd.beta", 8.0, float, NONNEGATIVE, "DKD: weight of its non-target part (NCKD)",
+          sweepable=True),
+    _term("terms.dkd.temperature", 4.0, float, TEMPERATURE, "DKD: its temperature",
+          sweepable=True),
+    _term("terms.dkd.warmup_epochs", 20, int, WARMUP,
+          "DKD: epochs over which its weight ramps up linearly (mdistiller's 20)"),
+    _term("terms.dist.weight", 0.0, float, NONNEGATIVE,
+          "DIST (Huang et al. 2022): the term's weight (0: off)", sweepable=True),
+    _term("terms.dist.beta", 1.0, float, NONNEGATIVE, "DIST: weight of its inter-class relation",
+          sweepable=True),
+    _term("terms.dist.gamma", 1.0, float, NONNEGATIVE, "DIST: weight of its intra-class relation",
+          sweepable=True),
+    _term("terms.dist.temperature", 1.0, float, TEMPERATURE, "DIST: its temperature",
+          sweepable=True),
+    _term("terms.dist.warmup_epochs", 0, int, WARMUP,
+          "DIST: epochs over which its weight ramps up linearly"),
 )}
+# Each sweepable field's `sweep.<name>`, derived: values of it to sweep, one member per value.
+FIELDS.update({f"sweep.{name}": _term(
+    f"sweep.{name}", (), tuple, (tuple_of(field.check[0]),
+                                 f"a tuple, each {field.check[1]} (empty: not swept)"),
+    f"values of {name} to sweep (empty: not swept)")
+    for name, field in list(FIELDS.items()) if field.sweepable})
+TERM_NAMES = tuple(losses.LOGIT_TERMS)  # Each term's fields are terms.<name>.*.
 # Fields added after the first runs were saved: a saved config without one held its default.
 ADDED_FIELDS = tuple(name for name, field in FIELDS.items() if field.added)
+
+
+def get_path(config: ml_collections.ConfigDict, name: str, default: Any = None) -> Any:
+  """config's value at dotted `name` ('terms.dkd.beta'), or `default` where it has none."""
+  value = config
+  for part in name.split("."):
+    if not isinstance(value, (dict, ml_collections.ConfigDict)) or part not in value:
+      return default
+    value = value[part]
+  return value
+
+
+def active_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The loss terms a distillation config adds (`TERM_NAMES` with a weight, or a swept one)."""
+  if not is_distillation(config):
+    return ()
+  return tuple(name for name in TERM_NAMES
+               if get_path(config, f"terms.{name}.weight", 0.0)
+               or any(get_path(config, f"sweep.terms.{name}.weight", ())))
+
+
+def term_hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The per-member hyperparameters of the config's active terms ('terms.dkd.beta', ...)."""
+  return tuple(name for name, field in FIELDS.items() if field.sweepable
+               and name.split(".")[1] in active_terms(config))
 
 
 def _set_defaults(config: ml_collections.ConfigDict, distillation: bool,

@@ -113,16 +113,41 @@ def hard_label_loss(logits: jax.Array, batch: dict, targets: Any,
 
 
 def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
-                           ensemble: str = "arithmetic", t_squared: bool = True) -> LossFn:
-  """A `LossFn` mixing the soft term against teacher logits with the hard-label term."""
+                           ensemble: str = "arithmetic", t_squared: bool = True,
+                           terms: tuple[str, ...] = (), warmup_epochs: dict[str, int] | None = None,
+                           steps_per_epoch: int = 1) -> LossFn:
+  """A `LossFn` mixing the soft term against teacher logits with the hard-label term, plus each
+  loss term of `terms` (`LOGIT_TERMS`) as hparams['terms.NAME.weight'] * its warm-up * the term
+  (its other numbers from hparams['terms.NAME.*']); every term's value is logged as
+  '<name>_loss'. The warm-up is mdistiller's: min(epoch / warmup_epochs[name], 1), epochs counted
+  from 1 (0 or absent: none), the epoch from hparams['step'] and `steps_per_epoch`."""
+  warmup_epochs = warmup_epochs or {}
 
   def loss_fn(logits, batch, teacher_logits, hparams):
-    return distillation_loss(logits, teacher_logits, batch["label"],
-                             temperature=hparams["temperature"], alpha=hparams["alpha"],
-                             soft_loss_name=soft_loss_name, ensemble=ensemble,
-                             t_squared=t_squared)
+    loss, parts = distillation_loss(logits, teacher_logits, batch["label"],
+                                    temperature=hparams["temperature"], alpha=hparams["alpha"],
+                                    soft_loss_name=soft_loss_name, ensemble=ensemble,
+                                    t_squared=t_squared)
+    for name in terms:
+      term_hparams = {key.split(".")[-1]: value for key, value in hparams.items()
+                      if key.startswith(f"terms.{name}.")}
+      weight = term_hparams.pop("weight")
+      value = LOGIT_TERMS[name](logits, teacher_logits, batch["label"], ensemble, **term_hparams)
+      if warmup_epochs.get(name):
+        epoch = hparams["step"] // steps_per_epoch + 1
+        weight = weight * jnp.minimum(epoch / warmup_epochs[name], 1.0)
+      loss, parts[f"{name}_loss"] = loss + weight * value, value
+    return loss, parts
 
   return loss_fn
+
+
+def ensemble_logits(teacher_logits: jax.Array, temperature: float | jax.Array,
+                    ensemble: str = "arithmetic") -> jax.Array:
+  """[B, M, C] teachers -> [B, C] logits whose softmax at `temperature` is the ensemble's
+  (`ensemble_log_probabilities` x T): one teacher's own logits up to a shift, which no softmax
+  sees. How a term written for one teacher's logits distils from an ensemble."""
+  return temperature * ensemble_log_probabilities(teacher_logits, temperature, ensemble)
 
 
 # ----------------------------------------------------------------------------- methods beyond the
@@ -248,3 +273,15 @@ def rkd(student_features: jax.Array, teacher_features: jax.Array, *,
 
   angle = _smooth_l1(cosines(student), cosines(teacher))
   return distance_weight * distance + angle_weight * angle
+
+
+# The logit terms a config adds by name (config.terms.NAME.*): (student logits [B, C], teacher
+# logits [B, M, C], labels [B], the ensemble's mean, the term's numbers) -> the term.
+LOGIT_TERMS: dict[str, Callable[..., jax.Array]] = {
+    "dkd": lambda student, teachers, labels, ensemble, *, alpha, beta, temperature: dkd(
+        student, ensemble_logits(teachers, temperature, ensemble), labels, alpha=alpha,
+        beta=beta, temperature=temperature),
+    "dist": lambda student, teachers, labels, ensemble, *, beta, gamma, temperature: dist(
+        student, ensemble_logits(teachers, temperature, ensemble), beta=beta, gamma=gamma,
+        temperature=temperature),
+}

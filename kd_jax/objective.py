@@ -68,8 +68,10 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
                       f"{run_inputs.num_train} training examples.")
   loss_fn, teacher = losses.hard_label_loss, NO_TEACHER
   if config_lib.is_distillation(config):
-    loss_fn = losses.make_distillation_loss(config.soft_loss, config.teacher_ensemble,
-                                            config.soft_t_squared)
+    terms = config_lib.active_terms(config)
+    loss_fn = losses.make_distillation_loss(
+        config.soft_loss, config.teacher_ensemble, config.soft_t_squared, terms,
+        {name: config.terms[name].warmup_epochs for name in terms}, steps_per_epoch)
     teacher = _teacher(config, run_inputs, mesh, members.member_batch, teacher_model)
   sampler, label_maps = steps.shuffled_batches, None
   if extension:  # The one place a kind of run (specialists) changes the objective.

@@ -26,8 +26,11 @@ Member = dict[str, Any]  # {index, seed, learning_rate[, temperature, alpha], ..
 
 
 def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The per-member hyperparameters of a run: the learning rate, and T and alpha to distil."""
-  return config_lib.SWEEPABLE if config_lib.is_distillation(config) else ("learning_rate",)
+  """The per-member hyperparameters of a run: the learning rate; T and alpha to distil, and the
+  numbers of its active loss terms ('terms.dkd.beta', ...)."""
+  if not config_lib.is_distillation(config):
+    return ("learning_rate",)
+  return config_lib.SWEEPABLE + config_lib.term_hparam_names(config)
 
 
 def members(config: ml_collections.ConfigDict) -> list[Member]:
@@ -41,7 +44,8 @@ def _members(config: ml_collections.ConfigDict,
              extension: extensions.Extension | None) -> list[Member]:
   names = hparam_names(config)
   sweep = config.get("sweep") or {}
-  grids = [tuple(sweep.get(name) or ()) or (config[name],) for name in names]
+  grids = [tuple(config_lib.get_path(sweep, name) or ()) or (config_lib.get_path(config, name),)
+           for name in names]
   listed = []
   for point in itertools.product(*grids):
     for offset in range(config.get("members", 1)):
@@ -84,7 +88,7 @@ def of(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   """The config's population, its hyperparameters replicated on `mesh`."""
   listed = _members(config, extension)
   hparams = {name: jnp.asarray([m[name] for m in listed], jnp.float32)
-             for name in config_lib.SWEEPABLE if name in listed[0]}  # hparam_names, in order.
+             for name in hparam_names(config) if name in listed[0]}
   if extension:
     hparams.update({name: jnp.asarray(v) for name, v in extension.hparams(config, listed).items()})
   return Population(members=listed,

@@ -105,7 +105,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
   """One optimizer update on a batch {'image': f32[B, H, W], 'label': i32[B], ...}.
 
   `targets_fn(teacher_variables, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
-  compares the student with. `key` drives the student's dropout only. A model with mutable
+  compares the student with (hparams with the state's 'step', for a loss term's warm-up). `key` drives the student's dropout only. A model with mutable
   collections (BatchNorm) has them updated from this batch (averaged across `axis_name`).
   """
   batch_targets = targets_fn(teacher_variables, batch)
@@ -119,7 +119,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
     else:
       logits, model_state = model.apply(variables, batch["image"], train=True,
                                         rngs={"dropout": key}), {}
-    loss, parts = loss_fn(logits, batch, batch_targets, hparams)
+    loss, parts = loss_fn(logits, batch, batch_targets, {**hparams, "step": state.step})
     return loss, (logits, parts, dict(model_state))
 
   (loss, (logits, parts, model_state)), grads = jax.value_and_grad(
