@@ -115,6 +115,8 @@ _term = functools.partial(Field, used_by=DISTILLATION, distillation=True, added=
 NONNEGATIVE = (lambda v: is_num(v) and v >= 0), "a number >= 0"
 TEMPERATURE = (is_temperature, "a number in [1e-19, 1e19]")
 WARMUP = at_least_0("0: the full weight from the first step")
+PATHS = (tuple_of(lambda v: isinstance(v, str) and v),
+         "a tuple of feature paths ('block_1', 'encoder/conv_0')")
 
 # Every field of base_config() then add_distillation(), in their order (that of saved configs
 # and docs/config_reference.md, which a test keeps current).
@@ -294,6 +296,27 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
           sweepable=True),
     _term("terms.dist.warmup_epochs", 0, int, WARMUP,
           "DIST: epochs over which its weight ramps up linearly"),
+    _term("terms.at.weight", 0.0, float, NONNEGATIVE,
+          "attention transfer (Zagoruyko & Komodakis 2017): the term's weight (0: off)",
+          sweepable=True),
+    _term("terms.at.student", (), tuple, PATHS, "AT: the student's features, by path "
+          "(kd_jax.features: the registry CNN's 'block_0', 'block_1', or a submodule's path)"),
+    _term("terms.at.teacher", (), tuple, PATHS,
+          "AT: the teacher's features, one per student feature, of the same spatial size"),
+    _term("terms.at.p", 2.0, float, (is_positive, "a positive number"), "AT: the maps' power",
+          sweepable=True),
+    _term("terms.at.warmup_epochs", 0, int, WARMUP, "AT: epochs over which its weight ramps up"),
+    _term("terms.rkd.weight", 0.0, float, NONNEGATIVE,
+          "relational KD (Park et al. 2019): the term's weight (0: off)", sweepable=True),
+    _term("terms.rkd.student", (), tuple, PATHS,
+          "RKD: the student's features (embeddings), by path"),
+    _term("terms.rkd.teacher", (), tuple, PATHS,
+          "RKD: the teacher's features, one per student feature (any sizes)"),
+    _term("terms.rkd.distance_weight", 25.0, float, NONNEGATIVE,
+          "RKD: weight of its distance part (the paper's 25)", sweepable=True),
+    _term("terms.rkd.angle_weight", 50.0, float, NONNEGATIVE,
+          "RKD: weight of its angle part (the paper's 50)", sweepable=True),
+    _term("terms.rkd.warmup_epochs", 0, int, WARMUP, "RKD: epochs over which its weight ramps up"),
 )}
 # Each sweepable field's `sweep.<name>`, derived: values of it to sweep, one member per value.
 FIELDS.update({f"sweep.{name}": _term(
@@ -301,19 +324,18 @@ FIELDS.update({f"sweep.{name}": _term(
                                  f"a tuple, each {field.check[1]} (empty: not swept)"),
     f"values of {name} to sweep (empty: not swept)")
     for name, field in list(FIELDS.items()) if field.sweepable})
-TERM_NAMES = tuple(losses.LOGIT_TERMS)  # Each term's fields are terms.<name>.*.
+TERM_NAMES = (*losses.LOGIT_TERMS, *losses.FEATURE_TERMS)  # Fields: terms.<name>.*.
 # Fields added after the first runs were saved: a saved config without one held its default.
 ADDED_FIELDS = tuple(name for name, field in FIELDS.items() if field.added)
 
 
 def get_path(config: ml_collections.ConfigDict, name: str, default: Any = None) -> Any:
   """config's value at dotted `name` ('terms.dkd.beta'), or `default` where it has none."""
-  value = config
   for part in name.split("."):
-    if not isinstance(value, (dict, ml_collections.ConfigDict)) or part not in value:
+    if not isinstance(config, (dict, ml_collections.ConfigDict)) or part not in config:
       return default
-    value = value[part]
-  return value
+    config = config[part]
+  return config
 
 
 def active_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -323,6 +345,12 @@ def active_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(name for name in TERM_NAMES
                if get_path(config, f"terms.{name}.weight", 0.0)
                or any(get_path(config, f"sweep.terms.{name}.weight", ())))
+
+
+def feature_pairs(config: ml_collections.ConfigDict) -> dict[str, tuple[tuple[str, str], ...]]:
+  """Per active feature term, its (student path, teacher path) pairs."""
+  return {name: tuple(zip(config.terms[name].student, config.terms[name].teacher))
+          for name in active_terms(config) if name in losses.FEATURE_TERMS}
 
 
 def term_hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -432,6 +460,13 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
             f"{default!r} with data.pipeline='memory' (it sets the grain pipeline)")
   if require_teacher or is_distillation(config):  # The same for the distillation fields.
     each_alone(distillation=True)
+    for name in active_terms(config):
+      if name in losses.FEATURE_TERMS:
+        term = config.terms[name]
+        check(f"terms.{name}.student", bool, f"the student's features for terms.{name} (its "
+              "weight is > 0): a tuple of feature paths ('block_1', 'encoder/conv_0')")
+        check(f"terms.{name}.teacher", lambda v, n=len(term.student): len(v) == n,
+              f"one teacher feature per student feature ({len(term.student)})")
     if config.teacher_dropout_masks:
       check("teacher_dropout_masks",
             lambda v: not config.data.jitter and config.cache_teacher_logits,

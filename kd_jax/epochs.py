@@ -93,11 +93,13 @@ def epoch_driver(config: ml_collections.ConfigDict, model: nn.Module) -> str:
 
 def make_step_fn(model: nn.Module, run_objective: objective.Objective,
                  max_norm: float) -> Callable:
-  """`steps.train_step` told the run's model, optimizer, loss, targets and max-norm: the step
+  """`steps.train_step` told the run's model, optimizer, loss, targets, max-norm and the
+  student features its loss terms read: the step
   both pipelines run (scanned in the compiled epoch, or called per streamed batch)."""
   return functools.partial(steps.train_step, model=model, optimizer=run_objective.optimizer,
                            loss_fn=run_objective.loss_fn,
-                           targets_fn=run_objective.teacher.targets_fn, max_norm=max_norm)
+                           targets_fn=run_objective.teacher.targets_fn, max_norm=max_norm,
+                           feature_paths=run_objective.student_features)
 
 
 def make_epoch_fn(step_fn: Callable, sampler: steps.Sampler, batch_size: int, max_shift: int,

@@ -115,15 +115,21 @@ def hard_label_loss(logits: jax.Array, batch: dict, targets: Any,
 def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
                            ensemble: str = "arithmetic", t_squared: bool = True,
                            terms: tuple[str, ...] = (), warmup_epochs: dict[str, int] | None = None,
-                           steps_per_epoch: int = 1) -> LossFn:
+                           steps_per_epoch: int = 1,
+                           feature_pairs: dict[str, tuple[tuple[str, str], ...]] | None = None
+                           ) -> LossFn:
   """A `LossFn` mixing the soft term against teacher logits with the hard-label term, plus each
-  loss term of `terms` (`LOGIT_TERMS`) as hparams['terms.NAME.weight'] * its warm-up * the term
-  (its other numbers from hparams['terms.NAME.*']); every term's value is logged as
-  '<name>_loss'. The warm-up is mdistiller's: min(epoch / warmup_epochs[name], 1), epochs counted
-  from 1 (0 or absent: none), the epoch from hparams['step'] and `steps_per_epoch`."""
-  warmup_epochs = warmup_epochs or {}
+  loss term of `terms` (`LOGIT_TERMS`, `FEATURE_TERMS`) as hparams['terms.NAME.weight'] * its
+  warm-up * the term (its other numbers from hparams['terms.NAME.*']); every term's value is
+  logged as '<name>_loss'. The warm-up is mdistiller's: min(epoch / warmup_epochs[name], 1),
+  epochs counted from 1 (0 or absent: none), the epoch from hparams['step'] and
+  `steps_per_epoch`. A feature term reads its (student path, teacher path) pairs of
+  `feature_pairs` in the student's `features` and the targets' (then {'logits', 'features'}:
+  one teacher's, [B, 1, ...])."""
+  warmup_epochs, feature_pairs = warmup_epochs or {}, feature_pairs or {}
 
-  def loss_fn(logits, batch, teacher_logits, hparams):
+  def loss_fn(logits, batch, targets, hparams, features=None):
+    teacher_logits = targets["logits"] if feature_pairs else targets
     loss, parts = distillation_loss(logits, teacher_logits, batch["label"],
                                     temperature=hparams["temperature"], alpha=hparams["alpha"],
                                     soft_loss_name=soft_loss_name, ensemble=ensemble,
@@ -132,7 +138,13 @@ def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
       term_hparams = {key.split(".")[-1]: value for key, value in hparams.items()
                       if key.startswith(f"terms.{name}.")}
       weight = term_hparams.pop("weight")
-      value = LOGIT_TERMS[name](logits, teacher_logits, batch["label"], ensemble, **term_hparams)
+      if name in LOGIT_TERMS:
+        value = LOGIT_TERMS[name](logits, teacher_logits, batch["label"], ensemble,
+                                  **term_hparams)
+      else:
+        value = FEATURE_TERMS[name](
+            [(features[student], targets["features"][teacher][:, 0])
+             for student, teacher in feature_pairs[name]], **term_hparams)
       if warmup_epochs.get(name):
         epoch = hparams["step"] // steps_per_epoch + 1
         weight = weight * jnp.minimum(epoch / warmup_epochs[name], 1.0)
@@ -284,4 +296,11 @@ LOGIT_TERMS: dict[str, Callable[..., jax.Array]] = {
     "dist": lambda student, teachers, labels, ensemble, *, beta, gamma, temperature: dist(
         student, ensemble_logits(teachers, temperature, ensemble), beta=beta, gamma=gamma,
         temperature=temperature),
+}
+# The feature terms (config.terms.NAME.student / .teacher name the features): ([(student feature,
+# teacher feature), ...], the term's numbers) -> the sum of the term over the pairs.
+FEATURE_TERMS: dict[str, Callable[..., jax.Array]] = {
+    "at": lambda pairs, *, p: sum(attention_transfer(s, t, p) for s, t in pairs),
+    "rkd": lambda pairs, *, distance_weight, angle_weight: sum(
+        rkd(s, t, distance_weight=distance_weight, angle_weight=angle_weight) for s, t in pairs),
 }

@@ -85,8 +85,9 @@ def dense_head(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
 
 class CNN(nn.Module):
   """A LeNet-5-like convnet with BatchNorm: per entry of `conv_features`, a 3x3 convolution,
-  BatchNorm, ReLU and 2x2 max-pooling; then `hidden_sizes` dense layers (ReLU, dropout) and the
-  logits. Its running statistics (`batch_stats`) are updated in training and used in eval mode.
+  BatchNorm, ReLU and 2x2 max-pooling (its output sown as feature `block_i`); then `hidden_sizes`
+  dense layers (ReLU, dropout) and the logits. Its running statistics (`batch_stats`) are updated
+  in training and used in eval mode.
   """
 
   conv_features: Sequence[int] = (16, 32)
@@ -105,6 +106,7 @@ class CNN(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                        name=f"norm_{i}")(x)
       x = max_pool_2x2(nn.relu(x))
+      self.sow("intermediates", f"block_{i}", x)  # A feature by name (kd_jax.features).
     return dense_head(self, x, train)
 
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from kd_jax import (checkpointing, config_lib, extensions, inputs, losses, parallelism,
-                    population, reporting, rundir, runs, steps, targets)
+from kd_jax import (checkpointing, config_lib, extensions, features, inputs, losses, models,
+                    parallelism, population, reporting, rundir, runs, steps, targets)
 from kd_jax.data import records
 from kd_jax.errors import CheckpointError, ConfigError
 
@@ -54,41 +54,47 @@ class Objective:
   teacher: Teacher
   sampler: steps.Sampler
   label_maps: jax.Array | None  # Members' own classes (an extension's): evaluation maps labels.
+  student_features: tuple[str, ...] = ()  # The student's features its loss terms read.
 
 
 def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
           members: population.Population, mesh: jax.sharding.Mesh,
           extension: extensions.Extension | None,
-          teacher_model: nn.Module | None = None) -> Objective:
+          teacher_model: nn.Module | None = None, student_model: nn.Module | None = None
+          ) -> Objective:
   """The optimizer, loss and targets of the config: hard labels, or distillation from its
   teacher (logits cached once when the transfer set is fixed); an extension's loss and sampler."""
   steps_per_epoch = run_inputs.num_train // config.batch_size
   if steps_per_epoch == 0:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
                       f"{run_inputs.num_train} training examples.")
-  loss_fn, teacher = losses.hard_label_loss, NO_TEACHER
+  loss_fn, teacher, pairs = losses.hard_label_loss, NO_TEACHER, {}
   if config_lib.is_distillation(config):
-    terms = config_lib.active_terms(config)
+    terms, pairs = config_lib.active_terms(config), config_lib.feature_pairs(config)
     loss_fn = losses.make_distillation_loss(
         config.soft_loss, config.teacher_ensemble, config.soft_t_squared, terms,
-        {name: config.terms[name].warmup_epochs for name in terms}, steps_per_epoch)
-    teacher = _teacher(config, run_inputs, mesh, members.member_batch, teacher_model)
+        {name: config.terms[name].warmup_epochs for name in terms}, steps_per_epoch, pairs)
+    teacher = _teacher(config, run_inputs, mesh, members.member_batch, teacher_model, pairs,
+                       student_model or models.model_from_config(config.model))
   sampler, label_maps = steps.shuffled_batches, None
   if extension:  # The one place a kind of run (specialists) changes the objective.
     loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
+  student_features = tuple(dict.fromkeys(s for term in pairs.values() for s, _ in term))
   return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
-                   label_maps)
+                   label_maps, student_features)
 
 
 def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
-             mesh: jax.sharding.Mesh, member_batch: int,
-             teacher_model: nn.Module | None) -> Teacher:
+             mesh: jax.sharding.Mesh, member_batch: int, teacher_model: nn.Module | None,
+             feature_pairs: dict[str, tuple[tuple[str, str], ...]],
+             student_model: nn.Module) -> Teacher:
   """Opens the teacher (all or `teacher_members` of a population) as `teacher_model` when given.
 
   Without jitter the transfer set is fixed, so its logits are computed once and the step
-  gathers them (config.cache_teacher_logits); with jitter the teacher runs inside the step.
-  Either way it runs in eval mode (running statistics, no dropout), unless
-  `teacher_dropout_masks` > 0 averages the cached targets over dropout masks.
+  gathers them (config.cache_teacher_logits); with jitter, or features for a loss term's
+  `feature_pairs` (one teacher's), the teacher runs inside the step. Either way it runs in eval
+  mode (running statistics, no dropout), unless `teacher_dropout_masks` > 0 averages the cached
+  targets over dropout masks.
   """
   teacher = runs.Run.open(config.teacher_workdir, mesh=mesh, model=teacher_model,
                           members=tuple(config.teacher_members) or None)
@@ -106,12 +112,15 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
                 "digest": checkpointing.combined_digest(
                     checkpointing.array_digests(teacher.variables["params"])),
                 "finished": finished}
-  cached = not config.data.jitter and config.cache_teacher_logits
+  teacher_features = tuple(dict.fromkeys(t for pairs in feature_pairs.values() for _, t in pairs))
+  if teacher_features:
+    _check_features(config, student_model, teacher, feature_pairs)
+  cached = not config.data.jitter and config.cache_teacher_logits and not teacher_features
   if run_inputs.streamed and cached:
     return Teacher(targets.cached_targets, None, None, provenance, teacher)
   if run_inputs.streamed or not cached:
-    return Teacher(targets.make_teacher_targets(teacher.model, member_batch), teacher.variables,
-                   None, provenance)
+    return Teacher(targets.make_teacher_targets(teacher.model, member_batch, teacher_features),
+                   teacher.variables, None, provenance)
   logits = cache_logits(teacher, run_inputs.train_data["image"], run_inputs.eval_batch, mesh,
                         member_batch, config.teacher_dropout_masks, config.teacher_dropout_seed)
   return Teacher(targets.cached_targets, None, logits, provenance)
@@ -137,6 +146,37 @@ def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_cla
         f"({teacher.config.model.get('num_classes', '?')} classes); the student's data has images "
         f"{input_shape} and {num_classes} classes (on the student's images the teacher "
         f"{'gives ' + classes if out else classes}). Distil from a teacher of the same dataset.")
+
+
+def _check_features(config: ml_collections.ConfigDict, student: nn.Module, teacher: runs.Run,
+                    feature_pairs: dict[str, tuple[tuple[str, str], ...]]) -> None:
+  """Refuses, before training, feature terms the models cannot serve: a teacher of several
+  members, a path a model does not have (ConfigError naming the field and the features there
+  are), or attention maps of different spatial sizes."""
+  if teacher.num_members != 1:
+    raise ConfigError(f"feature terms ({', '.join(feature_pairs)}) distil from one teacher; "
+                      f"{config.teacher_workdir} has {teacher.num_members} members: pick one "
+                      "with config.teacher_members=(i,).")
+  images = jax.ShapeDtypeStruct((2, *config.model.input_shape), jnp.float32)
+  variables = {"student": lambda x: student.init(jax.random.key(0), x, train=False),
+               "teacher": lambda x: steps.take_member(teacher.variables, 0)}
+  shapes = {}
+  for side, model in (("student", student), ("teacher", teacher.model)):
+    paths = {pair[side == "teacher"]: name for name, pairs in feature_pairs.items()
+             for pair in pairs}
+    try:
+      shapes[side] = jax.eval_shape(lambda x, model=model, side=side: features.apply(
+          model, variables[side](x), x, tuple(paths), train=False)[1], images)
+    except KeyError as e:
+      name = next((name for path, name in paths.items() if repr(path) in str(e)),
+                  next(iter(feature_pairs)))
+      raise ConfigError(f"config.terms.{name}.{side}: {e.args[0]}") from None
+  for student_path, teacher_path in feature_pairs.get("at", ()):
+    s, t = shapes["student"][student_path].shape, shapes["teacher"][teacher_path].shape
+    if s[1:-1] != t[1:-1]:
+      raise ConfigError(f"config.terms.at: the student's {student_path} {s[1:]} and the "
+                        f"teacher's {teacher_path} {t[1:]} differ in spatial size (attention "
+                        "maps compare them position by position)")
 
 
 def cache_logits(teacher: runs.Run, images: jax.Array, eval_batch: int, mesh: jax.sharding.Mesh,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from kd_jax import data, losses, models, parallelism, targets
+from kd_jax import data, features, losses, models, parallelism, targets
 
 Optimizer = Callable[[float | jax.Array], optax.GradientTransformation]
 
@@ -100,26 +100,33 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
                hparams: dict[str, jax.Array], teacher_variables: Any = None, *, model: nn.Module,
                optimizer: Optimizer, loss_fn: losses.LossFn = losses.hard_label_loss,
                targets_fn: targets.TargetsFn = targets.no_targets,
-               max_norm: float | None = None,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               max_norm: float | None = None, axis_name: str | None = None,
+               feature_paths: tuple[str, ...] = ()) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a batch {'image': f32[B, H, W], 'label': i32[B], ...}.
 
   `targets_fn(teacher_variables, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
-  compares the student with (hparams with the state's 'step', for a loss term's warm-up). `key` drives the student's dropout only. A model with mutable
-  collections (BatchNorm) has them updated from this batch (averaged across `axis_name`).
+  compares the student with (hparams with the state's 'step', for a loss term's warm-up), and
+  with `feature_paths` the student's features there (`kd_jax.features`) as its `features`. `key`
+  drives the student's dropout only. A model with mutable collections (BatchNorm) has them
+  updated from this batch (averaged across `axis_name`).
   """
   batch_targets = targets_fn(teacher_variables, batch)
   mutable = list(state.model_state)
 
   def objective(params):
     variables = {"params": params, **state.model_state}
-    if mutable:
+    extra = {}
+    if feature_paths:
+      logits, extra["features"], model_state = features.apply(
+          model, variables, batch["image"], feature_paths, train=True, rngs={"dropout": key},
+          mutable=mutable)
+    elif mutable:
       logits, model_state = model.apply(variables, batch["image"], train=True,
                                         rngs={"dropout": key}, mutable=mutable)
     else:
       logits, model_state = model.apply(variables, batch["image"], train=True,
                                         rngs={"dropout": key}), {}
-    loss, parts = loss_fn(logits, batch, batch_targets, {**hparams, "step": state.step})
+    loss, parts = loss_fn(logits, batch, batch_targets, {**hparams, "step": state.step}, **extra)
     return loss, (logits, parts, dict(model_state))
 
   (loss, (logits, parts, model_state)), grads = jax.value_and_grad(

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax import data, parallelism
+from kd_jax import data, features, parallelism
 
 TargetsFn = Callable[[Any, dict], Any]
 
@@ -42,12 +42,21 @@ def member_logits(model: nn.Module, member_variables: Any, images: jax.Array,
   return jnp.moveaxis(parallelism.map_members(apply, member_variables, member_batch), 0, 1)
 
 
-def make_teacher_targets(teacher: nn.Module, member_batch: int | None = None) -> TargetsFn:
-  """Targets from stacked teacher variables, computed on each batch inside the step."""
+def make_teacher_targets(teacher: nn.Module, member_batch: int | None = None,
+                         feature_paths: tuple[str, ...] = ()) -> TargetsFn:
+  """Targets from stacked teacher variables, computed on each batch inside the step: logits
+  [B, M, C], or with `feature_paths` {'logits': those, 'features': {path: [B, M, ...]}}."""
 
   def targets_fn(teacher_variables, batch):
-    return jax.lax.stop_gradient(member_logits(teacher, teacher_variables, batch["image"],
-                                               member_batch))
+    if not feature_paths:
+      return jax.lax.stop_gradient(member_logits(teacher, teacher_variables, batch["image"],
+                                                 member_batch))
+    apply = lambda variables: features.apply(teacher, variables, batch["image"], feature_paths,
+                                             train=False)[:2]
+    logits, member_features = parallelism.map_members(apply, teacher_variables, member_batch)
+    first_to_second = lambda x: jnp.moveaxis(x, 0, 1)
+    return jax.lax.stop_gradient({"logits": first_to_second(logits),
+                                  "features": jax.tree.map(first_to_second, member_features)})
 
   return targets_fn
 

@@ -93,7 +93,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   run_inputs = inputs.place(config, mesh)
   members = population.of(config, mesh, extension)
   model = models.model_from_config(config.model) if model is None else model
-  run_objective = objective.build(config, run_inputs, members, mesh, extension, teacher_model)
+  run_objective = objective.build(config, run_inputs, members, mesh, extension, teacher_model,
+                                  student_model=model)
   return Built(mesh, run_inputs, members, model, run_objective, extension)
 
 

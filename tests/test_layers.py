@@ -8,7 +8,7 @@ from conftest import REPO_ROOT
 
 # Bottom to top. A module may import any module of a lower layer, none of its own or a higher one.
 LAYERS = (
-    ("errors", "faults", "losses", "runtime"),
+    ("errors", "faults", "features", "losses", "runtime"),
     ("extensions", "parallelism", "preemption", "reporting"),
     ("data.records",),
     ("data", "data.streaming"),

@@ -109,7 +109,7 @@ def cnn_teacher(tiny_mnist_dir, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("name", ["dkd", "dist"])
+@pytest.mark.parametrize("name", ["dkd", "dist", "at", "rkd"])
 def test_method_configs_distil_by_name_from_a_cnn_teacher(name, cnn_teacher, tiny_mnist_dir,
                                                           tmp_path):
   config = kd_jax.configs.get(name, num_epochs=1, batch_size=32, eval_batch_size=40,
@@ -127,3 +127,17 @@ def test_a_method_config_distils_from_the_command_line(cnn_teacher, tiny_mnist_d
                        "--config.num_epochs=1", mnist_dir=tiny_mnist_dir)
   assert "dkd" in (tmp_path / "dkd" / "config.json").read_text()
   assert "train_dkd_loss" in (tmp_path / "dkd" / "metrics.jsonl").read_text(), result.stdout
+
+
+def test_feature_terms_refuse_what_the_models_cannot_serve(cnn_teacher, tiny_mnist_dir, tmp_path):
+  tiny = dict(num_epochs=1, batch_size=32, eval_batch_size=40,
+              data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
+  with pytest.raises(ConfigError, match=r"config.terms.at.teacher: no feature 'block_7'.*block_0"):
+    kd_jax.distill(kd_jax.configs.get("at", terms__at__teacher=("block_0", "block_7"), **tiny),
+                   tmp_path / "missing", teacher=cnn_teacher)
+  with pytest.raises(ConfigError, match="differ in spatial size"):
+    kd_jax.distill(kd_jax.configs.get("at", terms__at__teacher=("block_1", "block_0"), **tiny),
+                   tmp_path / "spatial", teacher=cnn_teacher)
+  with pytest.raises(ConfigError, match="config.terms.at.teacher=.*one teacher feature per"):
+    config_lib.validate(kd_jax.configs.get("at", terms__at__teacher=("block_1",),
+                                           teacher_workdir="t"))
