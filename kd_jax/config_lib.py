@@ -118,6 +118,67 @@ WARMUP = at_least_0("0: the full weight from the first step")
 PATHS = (tuple_of(lambda v: isinstance(v, str) and v),
          "a tuple of feature paths ('block_1', 'encoder/conv_0')")
 
+# Loss terms beyond the paper's (kd_jax.losses.LOGIT_TERMS and FEATURE_TERMS), added to alpha *
+# soft + (1 - alpha) * hard as weight * min(epoch / warmup_epochs, 1) * term; weight 0: left out.
+_TERM_FIELDS = (
+    _term("terms.dkd.weight", 0.0, float, NONNEGATIVE,
+          "Decoupled KD (Zhao et al. 2022): the term's weight (0: off)", sweepable=True),
+    _term("terms.dkd.alpha", 1.0, float, NONNEGATIVE, "DKD: weight of its target-class part "
+          "(TCKD)", sweepable=True),
+    _term("terms.dkd.beta", 8.0, float, NONNEGATIVE, "DKD: weight of its non-target part (NCKD)",
+          sweepable=True),
+    _term("terms.dkd.temperature", 4.0, float, TEMPERATURE, "DKD: its temperature",
+          sweepable=True),
+    _term("terms.dkd.warmup_epochs", 20, int, WARMUP,
+          "DKD: epochs over which its weight ramps up linearly (mdistiller's 20)"),
+    _term("terms.dist.weight", 0.0, float, NONNEGATIVE,
+          "DIST (Huang et al. 2022): the term's weight (0: off)", sweepable=True),
+    _term("terms.dist.beta", 1.0, float, NONNEGATIVE, "DIST: weight of its inter-class relation",
+          sweepable=True),
+    _term("terms.dist.gamma", 1.0, float, NONNEGATIVE, "DIST: weight of its intra-class relation",
+          sweepable=True),
+    _term("terms.dist.temperature", 1.0, float, TEMPERATURE, "DIST: its temperature",
+          sweepable=True),
+    _term("terms.dist.warmup_epochs", 0, int, WARMUP,
+          "DIST: epochs over which its weight ramps up linearly"),
+    _term("terms.fitnets.weight", 0.0, float, NONNEGATIVE,
+          "FitNets hints (Romero et al. 2015): the term's weight (0: off)", sweepable=True),
+    _term("terms.fitnets.student", (), tuple, PATHS, "FitNets: the student's features, by path, "
+          "each projected to its teacher feature's channels by a learned adapter"),
+    _term("terms.fitnets.teacher", (), tuple, PATHS,
+          "FitNets: the teacher's features, one per student feature, of its spatial size"),
+    _term("terms.fitnets.warmup_epochs", 0, int, WARMUP, "FitNets: epochs its weight ramps up"),
+    _term("terms.at.weight", 0.0, float, NONNEGATIVE,
+          "attention transfer (Zagoruyko & Komodakis 2017): the term's weight (0: off)",
+          sweepable=True),
+    _term("terms.at.student", (), tuple, PATHS, "AT: the student's features, by path "
+          "(kd_jax.features: the registry CNN's 'block_0', 'block_1', or a submodule's path)"),
+    _term("terms.at.teacher", (), tuple, PATHS,
+          "AT: the teacher's features, one per student feature, of the same spatial size"),
+    _term("terms.at.p", 2.0, float, (is_positive, "a positive number"), "AT: the maps' power",
+          sweepable=True),
+    _term("terms.at.warmup_epochs", 0, int, WARMUP, "AT: epochs its weight ramps up"),
+    _term("terms.rkd.weight", 0.0, float, NONNEGATIVE,
+          "relational KD (Park et al. 2019): the term's weight (0: off)", sweepable=True),
+    _term("terms.rkd.student", (), tuple, PATHS,
+          "RKD: the student's features (embeddings), by path"),
+    _term("terms.rkd.teacher", (), tuple, PATHS,
+          "RKD: the teacher's features, one per student feature (any sizes)"),
+    _term("terms.rkd.distance_weight", 25.0, float, NONNEGATIVE,
+          "RKD: weight of its distance part (the paper's 25)", sweepable=True),
+    _term("terms.rkd.angle_weight", 50.0, float, NONNEGATIVE,
+          "RKD: weight of its angle part (the paper's 50)", sweepable=True),
+    _term("terms.rkd.warmup_epochs", 0, int, WARMUP, "RKD: epochs its weight ramps up"),
+)
+
+
+def _sweeps(fields: tuple[Field, ...]) -> tuple[Field, ...]:
+  """Each sweepable field's `sweep.<name>`: values of it to sweep, one member per value."""
+  return tuple(_sweep(f"sweep.{f.name}", (), tuple, (
+      tuple_of(f.check[0]), f"a tuple, each {f.check[1]} (empty: not swept)"),
+      f"values of {f.name} to sweep (empty: not swept)") for f in fields if f.sweepable)
+
+
 # Every field of base_config() then add_distillation(), in their order (that of saved configs
 # and docs/config_reference.md, which a test keeps current).
 FIELDS: dict[str, Field] = {f.name: f for f in (
@@ -159,6 +220,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
           (tuple_of(is_positive),
            "a tuple of positive numbers float32 holds (empty: not swept)"),
           "learning rates to sweep (empty: not swept)", added=True),
+    *_sweeps(_TERM_FIELDS),
     Field("member_batch", 0, int, at_least_0("0: auto"),
           "members vmapped together (0: one at a time on CPU, all on accelerators)", added=True),
     # A user's module records its dataclass fields in model.fields (kd_jax.train(model=...)).
@@ -274,56 +336,8 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     _distil("teacher_dropout_seed", 0, int,
             (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
             "the key the teacher's dropout masks are drawn from", added=True),
-    # Loss terms beyond the paper's (kd_jax.losses.LOGIT_TERMS), added to alpha * soft + (1 -
-    # alpha) * hard as weight * min(epoch / warmup_epochs, 1) * term; weight 0 leaves one out.
-    _term("terms.dkd.weight", 0.0, float, NONNEGATIVE,
-          "Decoupled KD (Zhao et al. 2022): the term's weight (0: off)", sweepable=True),
-    _term("terms.dkd.alpha", 1.0, float, NONNEGATIVE, "DKD: weight of its target-class part "
-          "(TCKD)", sweepable=True),
-    _term("terms.dkd.beta", 8.0, float, NONNEGATIVE, "DKD: weight of its non-target part (NCKD)",
-          sweepable=True),
-    _term("terms.dkd.temperature", 4.0, float, TEMPERATURE, "DKD: its temperature",
-          sweepable=True),
-    _term("terms.dkd.warmup_epochs", 20, int, WARMUP,
-          "DKD: epochs over which its weight ramps up linearly (mdistiller's 20)"),
-    _term("terms.dist.weight", 0.0, float, NONNEGATIVE,
-          "DIST (Huang et al. 2022): the term's weight (0: off)", sweepable=True),
-    _term("terms.dist.beta", 1.0, float, NONNEGATIVE, "DIST: weight of its inter-class relation",
-          sweepable=True),
-    _term("terms.dist.gamma", 1.0, float, NONNEGATIVE, "DIST: weight of its intra-class relation",
-          sweepable=True),
-    _term("terms.dist.temperature", 1.0, float, TEMPERATURE, "DIST: its temperature",
-          sweepable=True),
-    _term("terms.dist.warmup_epochs", 0, int, WARMUP,
-          "DIST: epochs over which its weight ramps up linearly"),
-    _term("terms.at.weight", 0.0, float, NONNEGATIVE,
-          "attention transfer (Zagoruyko & Komodakis 2017): the term's weight (0: off)",
-          sweepable=True),
-    _term("terms.at.student", (), tuple, PATHS, "AT: the student's features, by path "
-          "(kd_jax.features: the registry CNN's 'block_0', 'block_1', or a submodule's path)"),
-    _term("terms.at.teacher", (), tuple, PATHS,
-          "AT: the teacher's features, one per student feature, of the same spatial size"),
-    _term("terms.at.p", 2.0, float, (is_positive, "a positive number"), "AT: the maps' power",
-          sweepable=True),
-    _term("terms.at.warmup_epochs", 0, int, WARMUP, "AT: epochs over which its weight ramps up"),
-    _term("terms.rkd.weight", 0.0, float, NONNEGATIVE,
-          "relational KD (Park et al. 2019): the term's weight (0: off)", sweepable=True),
-    _term("terms.rkd.student", (), tuple, PATHS,
-          "RKD: the student's features (embeddings), by path"),
-    _term("terms.rkd.teacher", (), tuple, PATHS,
-          "RKD: the teacher's features, one per student feature (any sizes)"),
-    _term("terms.rkd.distance_weight", 25.0, float, NONNEGATIVE,
-          "RKD: weight of its distance part (the paper's 25)", sweepable=True),
-    _term("terms.rkd.angle_weight", 50.0, float, NONNEGATIVE,
-          "RKD: weight of its angle part (the paper's 50)", sweepable=True),
-    _term("terms.rkd.warmup_epochs", 0, int, WARMUP, "RKD: epochs over which its weight ramps up"),
+    *_TERM_FIELDS,
 )}
-# Each sweepable field's `sweep.<name>`, derived: values of it to sweep, one member per value.
-FIELDS.update({f"sweep.{name}": _term(
-    f"sweep.{name}", (), tuple, (tuple_of(field.check[0]),
-                                 f"a tuple, each {field.check[1]} (empty: not swept)"),
-    f"values of {name} to sweep (empty: not swept)")
-    for name, field in list(FIELDS.items()) if field.sweepable})
 TERM_NAMES = (*losses.LOGIT_TERMS, *losses.FEATURE_TERMS)  # Fields: terms.<name>.*.
 # Fields added after the first runs were saved: a saved config without one held its default.
 ADDED_FIELDS = tuple(name for name, field in FIELDS.items() if field.added)
@@ -473,28 +487,10 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
             "0 unless the teacher's logits are cached once (data.jitter=0, "
             "cache_teacher_logits=True): masks are drawn once per image of a fixed transfer set")
   else:
-    for name in ("temperature", "alpha"):
+    for name in ("temperature", "alpha", *(f.name for f in _TERM_FIELDS if f.sweepable)):
       check(f"sweep.{name}", lambda v: not v,
             "an empty tuple: only a distillation run (one with config.teacher_workdir) has a "
             f"{name} to sweep")
   extension = extensions.of(config)
   if extension:
     extension.validate(config)
-
-
-# ----------------------------------------------------------------------------- reference
-
-def reference_markdown() -> str:
-  """docs/config_reference.md: every field with its default, type, readers and meaning."""
-  import json  # pylint: disable=g-import-not-at-top
-  lines = ["# Config reference", "",
-           "Generated from `kd_jax.config_lib` (`base_config()`, `add_distillation()` and "
-           "`FIELDS`) by `python scripts/config_reference.py`; a test keeps it current. Override "
-           "any field with `--config.FIELD=VALUE` or `kd_jax.configs.get(NAME, FIELD=VALUE)` "
-           "(nested: `model__hidden_sizes`).", "",
-           "| field | default | type | used by | meaning |", "|---|---|---|---|---|"]
-  for name, field in FIELDS.items():
-    shown = json.dumps(field.default).replace("|", "\\|")
-    lines.append(f"| `{name}` | `{shown}` | {field.type.__name__} | {field.used_by} | "
-                 f"{field.meaning} |")
-  return "\n".join(lines) + "\n"

@@ -125,10 +125,11 @@ def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
   epochs counted from 1 (0 or absent: none), the epoch from hparams['step'] and
   `steps_per_epoch`. A feature term reads its (student path, teacher path) pairs of
   `feature_pairs` in the student's `features` and the targets' (then {'logits', 'features'}:
-  one teacher's, [B, 1, ...])."""
+  one teacher's, [B, 1, ...]); FitNets projects each student feature first by its adapter
+  (`adapters[adapter_name('fitnets', i)]`, trained with the student)."""
   warmup_epochs, feature_pairs = warmup_epochs or {}, feature_pairs or {}
 
-  def loss_fn(logits, batch, targets, hparams, features=None):
+  def loss_fn(logits, batch, targets, hparams, features=None, adapters=None):
     teacher_logits = targets["logits"] if feature_pairs else targets
     loss, parts = distillation_loss(logits, teacher_logits, batch["label"],
                                     temperature=hparams["temperature"], alpha=hparams["alpha"],
@@ -142,9 +143,12 @@ def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
         value = LOGIT_TERMS[name](logits, teacher_logits, batch["label"], ensemble,
                                   **term_hparams)
       else:
+        adapt = lambda x, index, name=name: (
+            adapt_feature(x, adapters[adapter_name(name, index)]) if name in ADAPTED_TERMS
+            else x)
         value = FEATURE_TERMS[name](
-            [(features[student], targets["features"][teacher][:, 0])
-             for student, teacher in feature_pairs[name]], **term_hparams)
+            [(adapt(features[student], index), targets["features"][teacher][:, 0])
+             for index, (student, teacher) in enumerate(feature_pairs[name])], **term_hparams)
       if warmup_epochs.get(name):
         epoch = hparams["step"] // steps_per_epoch + 1
         weight = weight * jnp.minimum(epoch / warmup_epochs[name], 1.0)
@@ -297,9 +301,22 @@ LOGIT_TERMS: dict[str, Callable[..., jax.Array]] = {
         student, ensemble_logits(teachers, temperature, ensemble), beta=beta, gamma=gamma,
         temperature=temperature),
 }
+def adapter_name(term: str, index: int) -> str:
+  """The name of the adapter of pair `index` of feature term `term` ('fitnets_0')."""
+  return f"{term}_{index}"
+
+
+def adapt_feature(features: jax.Array, adapter: dict[str, jax.Array]) -> jax.Array:
+  """A learned linear map of the last axis (a 1x1 convolution of NHWC features): FitNets'
+  regressor, from the student's channels to the teacher's."""
+  return features @ adapter["kernel"] + adapter["bias"]
+
+
+ADAPTED_TERMS = ("fitnets",)  # Feature terms whose student features pass through an adapter.
 # The feature terms (config.terms.NAME.student / .teacher name the features): ([(student feature,
 # teacher feature), ...], the term's numbers) -> the sum of the term over the pairs.
 FEATURE_TERMS: dict[str, Callable[..., jax.Array]] = {
+    "fitnets": lambda pairs: sum(fitnets(s, t) for s, t in pairs),
     "at": lambda pairs, *, p: sum(attention_transfer(s, t, p) for s, t in pairs),
     "rkd": lambda pairs, *, distance_weight, angle_weight: sum(
         rkd(s, t, distance_weight=distance_weight, angle_weight=angle_weight) for s, t in pairs),

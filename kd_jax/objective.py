@@ -40,6 +40,8 @@ class Teacher:
   # Streamed runs whose logits `cache_logits_on_disk` writes once into the workdir (the pipeline
   # reads their rows with each batch): the teacher's run; None otherwise.
   to_cache_on_disk: runs.Run | None = None
+  # The adapters its features need on the student's side (`losses.adapter_name`: (in, out)).
+  adapter_shapes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 NO_TEACHER = Teacher(targets.no_targets, None, None)
@@ -55,6 +57,8 @@ class Objective:
   sampler: steps.Sampler
   label_maps: jax.Array | None  # Members' own classes (an extension's): evaluation maps labels.
   student_features: tuple[str, ...] = ()  # The student's features its loss terms read.
+  # The adapters a feature term trains beside the student: {name: (in features, out features)}.
+  adapter_shapes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
@@ -81,7 +85,7 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
     loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
   student_features = tuple(dict.fromkeys(s for term in pairs.values() for s, _ in term))
   return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
-                   label_maps, student_features)
+                   label_maps, student_features, teacher.adapter_shapes)
 
 
 def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
@@ -113,14 +117,14 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
                     checkpointing.array_digests(teacher.variables["params"])),
                 "finished": finished}
   teacher_features = tuple(dict.fromkeys(t for pairs in feature_pairs.values() for _, t in pairs))
-  if teacher_features:
-    _check_features(config, student_model, teacher, feature_pairs)
+  adapter_shapes = (_check_features(config, student_model, teacher, feature_pairs)
+                    if teacher_features else {})
   cached = not config.data.jitter and config.cache_teacher_logits and not teacher_features
   if run_inputs.streamed and cached:
     return Teacher(targets.cached_targets, None, None, provenance, teacher)
   if run_inputs.streamed or not cached:
     return Teacher(targets.make_teacher_targets(teacher.model, member_batch, teacher_features),
-                   teacher.variables, None, provenance)
+                   teacher.variables, None, provenance, adapter_shapes=adapter_shapes)
   logits = cache_logits(teacher, run_inputs.train_data["image"], run_inputs.eval_batch, mesh,
                         member_batch, config.teacher_dropout_masks, config.teacher_dropout_seed)
   return Teacher(targets.cached_targets, None, logits, provenance)
@@ -149,10 +153,13 @@ def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_cla
 
 
 def _check_features(config: ml_collections.ConfigDict, student: nn.Module, teacher: runs.Run,
-                    feature_pairs: dict[str, tuple[tuple[str, str], ...]]) -> None:
+                    feature_pairs: dict[str, tuple[tuple[str, str], ...]]
+                    ) -> dict[str, tuple[int, int]]:
   """Refuses, before training, feature terms the models cannot serve: a teacher of several
   members, a path a model does not have (ConfigError naming the field and the features there
-  are), or attention maps of different spatial sizes."""
+  are), or features a term compares position by position (AT's maps, FitNets' hints) of
+  different spatial sizes. Returns the shapes of the adapters FitNets trains (student channels
+  to teacher channels)."""
   if teacher.num_members != 1:
     raise ConfigError(f"feature terms ({', '.join(feature_pairs)}) distil from one teacher; "
                       f"{config.teacher_workdir} has {teacher.num_members} members: pick one "
@@ -171,12 +178,17 @@ def _check_features(config: ml_collections.ConfigDict, student: nn.Module, teach
       name = next((name for path, name in paths.items() if repr(path) in str(e)),
                   next(iter(feature_pairs)))
       raise ConfigError(f"config.terms.{name}.{side}: {e.args[0]}") from None
-  for student_path, teacher_path in feature_pairs.get("at", ()):
-    s, t = shapes["student"][student_path].shape, shapes["teacher"][teacher_path].shape
-    if s[1:-1] != t[1:-1]:
-      raise ConfigError(f"config.terms.at: the student's {student_path} {s[1:]} and the "
-                        f"teacher's {teacher_path} {t[1:]} differ in spatial size (attention "
-                        "maps compare them position by position)")
+  adapter_shapes = {}
+  for name in ("at", "fitnets"):
+    for index, (student_path, teacher_path) in enumerate(feature_pairs.get(name, ())):
+      s, t = shapes["student"][student_path].shape, shapes["teacher"][teacher_path].shape
+      if s[1:-1] != t[1:-1]:
+        raise ConfigError(f"config.terms.{name}: the student's {student_path} {s[1:]} and the "
+                          f"teacher's {teacher_path} {t[1:]} differ in spatial size (the term "
+                          "compares them position by position)")
+      if name == "fitnets":
+        adapter_shapes[losses.adapter_name(name, index)] = (s[-1], t[-1])
+  return adapter_shapes
 
 
 def cache_logits(teacher: runs.Run, images: jax.Array, eval_batch: int, mesh: jax.sharding.Mesh,

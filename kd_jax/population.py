@@ -97,10 +97,12 @@ def of(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def init_state(model: nn.Module, tx, seeds: list[int], mesh: jax.sharding.Mesh,
-               input_shape: tuple[int, ...]) -> steps.TrainState:
+               input_shape: tuple[int, ...],
+               adapter_shapes: dict[str, tuple[int, int]] | None = None) -> steps.TrainState:
   """Each member's initial state from its own seed (as its single run would), stacked."""
   replicated = parallelism.replicated(mesh)
   create = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx,
-                                     input_shape=input_shape), out_shardings=replicated)
+                                     input_shape=input_shape, adapter_shapes=adapter_shapes),
+                   out_shardings=replicated)
   state = steps.stack_members([create(jax.random.PRNGKey(seed)) for seed in seeds])
   return jax.device_put(state, replicated)

@@ -36,6 +36,14 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # The member's base key; per-epoch and per-step keys are folded in from it.
   # The model's other variable collections (BatchNorm's batch_stats); {} for a stateless model.
   model_state: Any = flax.struct.field(default_factory=dict)
+  # Parameters trained beside the model but no part of it (a feature term's adapters, {name:
+  # {'kernel', 'bias'}}): optimised with it, checkpointed for resuming, never in its variables.
+  adapters: Any = flax.struct.field(default_factory=dict)
+
+  @property
+  def trainable(self) -> Any:
+    """What the optimizer updates: the params, with the adapters beside them if there are any."""
+    return {"model": self.params, "adapters": self.adapters} if self.adapters else self.params
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -79,12 +87,21 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
 
 
 def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...] = data.IMAGE_SHAPE) -> TrainState:
+                       input_shape: tuple[int, ...] = data.IMAGE_SHAPE,
+                       adapter_shapes: dict[str, tuple[int, int]] | None = None) -> TrainState:
+  """A member's fresh state from its key; with `adapter_shapes` ({name: (in, out)}), linear
+  adapters initialised as flax's Dense would be, from a key of their own."""
   init_key, run_key = jax.random.split(rng)
   model_state = models.init_variables(model, init_key, input_shape)
   params = model_state.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=run_key, model_state=model_state)
+  adapters = {}
+  for index, (name, shape) in enumerate(sorted((adapter_shapes or {}).items())):
+    key = jax.random.fold_in(jax.random.fold_in(init_key, 1), index)
+    adapters[name] = {"kernel": nn.initializers.lecun_normal()(key, shape),
+                      "bias": jnp.zeros(shape[1:], jnp.float32)}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None, rng=run_key,
+                     model_state=model_state, adapters=adapters)
+  return state.replace(opt_state=tx.init(state.trainable))
 
 
 def stack_members(trees: list[Any]) -> Any:
@@ -113,9 +130,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
   batch_targets = targets_fn(teacher_variables, batch)
   mutable = list(state.model_state)
 
-  def objective(params):
+  def objective(trainable):
+    params = trainable["model"] if state.adapters else trainable
     variables = {"params": params, **state.model_state}
-    extra = {}
+    extra = {"adapters": trainable["adapters"]} if state.adapters else {}
     if feature_paths:
       logits, extra["features"], model_state = features.apply(
           model, variables, batch["image"], feature_paths, train=True, rngs={"dropout": key},
@@ -130,7 +148,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
     return loss, (logits, parts, dict(model_state))
 
   (loss, (logits, parts, model_state)), grads = jax.value_and_grad(
-      objective, has_aux=True)(state.params)
+      objective, has_aux=True)(state.trainable)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
              **parts}
   if axis_name is not None:
@@ -138,10 +156,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
     metrics = jax.lax.pmean(metrics, axis_name)
     model_state = jax.lax.pmean(model_state, axis_name)
   updates, opt_state = optimizer(hparams["learning_rate"]).update(grads, state.opt_state,
-                                                                  state.params)
-  params = models.apply_max_norm(optax.apply_updates(state.params, updates), max_norm)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       model_state=model_state), metrics
+                                                                  state.trainable)
+  trainable = optax.apply_updates(state.trainable, updates)
+  params, adapters = ((trainable["model"], trainable["adapters"]) if state.adapters
+                      else (trainable, state.adapters))
+  return state.replace(step=state.step + 1, params=models.apply_max_norm(params, max_norm),
+                       opt_state=opt_state, model_state=model_state, adapters=adapters), metrics
 
 
 Sampler = Callable[[jax.Array, dict[str, jax.Array], dict[str, jax.Array], int], jax.Array]

@@ -103,7 +103,8 @@ def fresh_state(config: ml_collections.ConfigDict, run: Built) -> steps.TrainSta
   model's logits are checked to be [B, num_classes] (`models.check_logits`)."""
   models.check_logits(run.model, tuple(config.model.input_shape), config.model.num_classes)
   state = population.init_state(run.model, run.objective.optimizer(config.learning_rate),
-                                run.population.seeds, run.mesh, tuple(config.model.input_shape))
+                                run.population.seeds, run.mesh, tuple(config.model.input_shape),
+                                run.objective.adapter_shapes)
   if run.extension:
     state = run.extension.initial_state(config, state, run.population.members, run.mesh)
   return state
@@ -178,8 +179,10 @@ def _refuse_mismatch(workdir: pathlib.Path, mismatch: str) -> None:
 
 
 def _resume_item(state: steps.TrainState) -> dict[str, Any]:
-  """What a checkpoint's `train` item holds beside the params: all that resuming needs."""
-  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+  """What a checkpoint's `train` item holds beside the params: all that resuming needs (and a
+  feature term's adapters, which only training reads)."""
+  return {"step": state.step, "opt_state": state.opt_state, "rng": state.rng,
+          **({"adapters": state.adapters} if state.adapters else {})}
 
 
 def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: steps.TrainState,
@@ -194,7 +197,8 @@ def _resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, state: ste
   train = restored["train"]
   state = steps.TrainState(step=train["step"], params=restored["params"],
                            opt_state=train["opt_state"], rng=train["rng"],
-                           model_state=restored.get("model_state", {}))
+                           model_state=restored.get("model_state", {}),
+                           adapters=train.get("adapters", {}))
   if int(state.step[0]) != step:
     raise CheckpointError(f"Checkpoint {step} in {workdir} holds step {int(state.step[0])}.")
   epoch = int(restored["meta"]["epoch"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import pathlib
@@ -274,3 +275,11 @@ class _FixtureTracker:
 
 def pytest_configure(config):
   config.pluginmanager.register(_FixtureTracker(), "kd_jax_fixture_tracker")
+
+
+def load_script(name: str):
+  """scripts/NAME.py as a module (the scripts are not a package)."""
+  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  return script

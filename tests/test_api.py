@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import kd_jax
 from kd_jax import checkpointing, data, export, models, preemption, reporting
-from conftest import REPO_ROOT, TINY_OVERRIDES, run_command, signal_after_epoch
+from conftest import REPO_ROOT
 
 CNN = {"model__name": "cnn", "model__conv_features": (4,), "model__hidden_sizes": (16,)}
 
@@ -170,25 +169,6 @@ def test_cnn_population_and_export(tiny_mnist_dir, tmp_path):
   images = data.load_idx_folder(tiny_mnist_dir, check_counts=False)["test_images"]
   np.testing.assert_allclose(export.load(tmp_path / "exported")(images),
                              population.predict(images), atol=1e-5)
-
-
-@pytest.mark.slow
-def test_cnn_resumes_bitwise_after_sigkill(tiny_mnist_dir, tmp_path):
-  args = ["--config=quick_teacher", *TINY_OVERRIDES, "--config.num_epochs=4",
-          "--config.model.name=cnn", "--config.model.conv_features=(4,)",
-          "--config.model.hidden_sizes=(16,)"]
-  run_command("train", f"--workdir={tmp_path / 'reference'}", *args, mnist_dir=tiny_mnist_dir)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(tiny_mnist_dir))
-  code, _, _ = signal_after_epoch([sys.executable, "-m", "kd_jax.train",
-                                   f"--workdir={tmp_path / 'killed'}", *args], env, 2,
-                                  signal.SIGKILL)
-  assert code == -signal.SIGKILL
-  run_command("train", f"--workdir={tmp_path / 'killed'}", *args, mnist_dir=tiny_mnist_dir)
-  reference, resumed = (kd_jax.load(tmp_path / name) for name in ("reference", "killed"))
-  assert resumed.step == reference.step == 4 * 15
-  for a, b in zip(jax.tree.leaves(reference.variables), jax.tree.leaves(resumed.variables)):
-    np.testing.assert_array_equal(a, b)  # batch_stats included.
 
 
 EVALUATE_ON_TWO_DEVICES = """

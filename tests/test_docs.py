@@ -2,7 +2,6 @@
 reference is current and describes every field, and the README stays a front page."""
 
 import html
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import pytest
 
 from kd_jax import config_lib, rundir
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_script
 
 
 def test_config_reference_describes_every_field_and_is_current():
@@ -19,15 +18,12 @@ def test_config_reference_describes_every_field_and_is_current():
   flat = rundir._flatten(defaults.to_dict())  # pylint: disable=protected-access
   assert set(flat) == set(config_lib.FIELDS), "describe new fields in config_lib.FIELDS"
   committed = (REPO_ROOT / "docs" / "config_reference.md").read_text()
-  assert committed == config_lib.reference_markdown(), (
+  assert committed == load_script("config_reference").reference_markdown(), (
       "docs/config_reference.md is stale: run python scripts/config_reference.py")
 
 
 def test_readme_tables_are_the_committed_results():
-  spec = importlib.util.spec_from_file_location("readme_claims",
-                                                REPO_ROOT / "scripts" / "readme_claims.py")
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script("readme_claims")
   readme = (REPO_ROOT / "README.md").read_text()
   for name in script.BLOCKS:
     block = script.current_block(readme, name)

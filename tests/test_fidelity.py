@@ -63,13 +63,13 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
       range(ensemble.seed, ensemble.seed + ensemble.members))  # Member 0 is the cpu_long teacher.
   for cell in ("paper_ensemble", "paper_ensemble_longer", "jittered_relabelled_ensemble"):
     assert long[f"cells/{cell}"].teacher_workdir == str(tmp_path / "teachers" / "ensemble3")
-  # decisive: the reproduction's cpu teachers (the same config, so one shared run), member 2
-  # in eval mode beside the same student under 10 dropout masks per image.
+  # decisive: configs/teacher_ensemble.py's three teachers (those of the first cpu
+  # reproduction, which shared the run; its power plan now trains six), member 2 in eval mode
+  # beside the same student under 10 dropout masks per image.
   decisive_config = fidelity.load_config("decisive")
   decisive = fidelity.stages(decisive_config, tmp_path)
   assert set(decisive) == {"teachers/ensemble3", "cells/paper", "cells/dropout_masks"}
-  assert decisive["teachers/ensemble3"].to_dict() == configs.module("reproduce").get_config(
-      "cpu").teacher.to_dict()
+  assert decisive["teachers/ensemble3"].to_dict() == configs.get("teacher_ensemble").to_dict()
   for run in decisive.values():
     config_lib.validate(run)
   masked = decisive["cells/dropout_masks"].to_dict()

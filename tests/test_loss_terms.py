@@ -2,6 +2,7 @@
 the paper's loss, their warm-up, ensembles, and a population sweeping a term's number."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 import kd_jax
-from kd_jax import checkpointing, config_lib, losses, parallelism, population, trainer
+from kd_jax import (checkpointing, config_lib, export, losses, parallelism, population,
+                    trainer)
 from kd_jax.errors import ConfigError
 from conftest import TINY_OVERRIDES, run_command, tiny_config
 
@@ -109,7 +111,8 @@ def cnn_teacher(tiny_mnist_dir, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("name", ["dkd", "dist", "at", "rkd"])
+@pytest.mark.slow  # Five CNN distillations: the fast tier keeps the loss terms' unit tests.
+@pytest.mark.parametrize("name", ["dkd", "dist", "fitnets", "at", "rkd"])
 def test_method_configs_distil_by_name_from_a_cnn_teacher(name, cnn_teacher, tiny_mnist_dir,
                                                           tmp_path):
   config = kd_jax.configs.get(name, num_epochs=1, batch_size=32, eval_batch_size=40,
@@ -129,6 +132,7 @@ def test_a_method_config_distils_from_the_command_line(cnn_teacher, tiny_mnist_d
   assert "train_dkd_loss" in (tmp_path / "dkd" / "metrics.jsonl").read_text(), result.stdout
 
 
+@pytest.mark.slow  # Needs the CNN teacher.
 def test_feature_terms_refuse_what_the_models_cannot_serve(cnn_teacher, tiny_mnist_dir, tmp_path):
   tiny = dict(num_epochs=1, batch_size=32, eval_batch_size=40,
               data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
@@ -141,3 +145,44 @@ def test_feature_terms_refuse_what_the_models_cannot_serve(cnn_teacher, tiny_mni
   with pytest.raises(ConfigError, match="config.terms.at.teacher=.*one teacher feature per"):
     config_lib.validate(kd_jax.configs.get("at", terms__at__teacher=("block_1",),
                                            teacher_workdir="t"))
+
+
+def _final_digests(workdir):
+  """The digests of the final checkpoint's arrays, by item and path (equal digests: equal bits)."""
+  last = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+             key=lambda p: int(p.name))
+  return json.loads((last / "meta" / "metadata").read_text())["digests"]
+
+
+@pytest.mark.slow  # Three CNN distillations and an export.
+def test_fitnets_adapters_train_resume_bitwise_and_stay_out_of_the_model(cnn_teacher,
+                                                                         tiny_mnist_dir,
+                                                                         tmp_path):
+  config = kd_jax.configs.get("fitnets", num_epochs=2, batch_size=32, eval_batch_size=40,
+                              model__conv_features=(4, 8), model__hidden_sizes=(16,),
+                              data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
+  run = kd_jax.distill(config, tmp_path / "full", teacher=cnn_teacher)
+  digests = _final_digests(tmp_path / "full")
+  # The adapter (8 student channels to the teacher's 12) is trained and checkpointed with its
+  # Adam moments, each array checksummed, in the item only resuming reads.
+  adapter = {path for path in digests["train"] if "adapters/fitnets_0" in path}
+  assert {"adapters/fitnets_0/kernel", "adapters/fitnets_0/bias"} <= adapter
+  assert any(path.startswith("opt_state") for path in adapter)
+  # Never part of the model: not in its variables, predictions or export.
+  assert not any("adapter" in path for name in ("params", "model_state")
+                 for path in digests[name])
+  assert set(run.variables) == {"params", "batch_stats"}
+  assert "fitnets_0" not in run.variables["params"]
+  export.export_run(tmp_path / "full", tmp_path / "exported")
+  images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+  np.testing.assert_allclose(export.load(tmp_path / "exported")(images), run.predict(images),
+                             rtol=1e-5, atol=1e-6)
+  # Killed before its last checkpoint: resumed, it ends bit for bit where the full run did,
+  # adapters included.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "full", resumed)
+  last = max((p for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()),
+             key=lambda p: int(p.name))
+  shutil.rmtree(last)
+  kd_jax.distill(config, resumed, teacher=cnn_teacher)
+  assert _final_digests(resumed) == digests

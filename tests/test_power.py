@@ -31,11 +31,11 @@ def test_power_grows_with_n_and_the_plan_takes_the_smallest_n_that_reaches_it():
 
 
 def test_an_equivalence_claim_needs_more_seeds_as_the_margin_narrows():
-  wide = power.planned_n(power.alike(0.0, 5.3, 3, 15.0, 0.025), range(2, 20), simulations=300)
-  narrow = power.planned_n(power.alike(0.0, 5.3, 3, 10.0, 0.025), range(2, 20), simulations=300)
+  wide = power.planned_n(power.alike(0.0, 5.3, 3, 15.0, 0.025), range(2, 20), simulations=150)
+  narrow = power.planned_n(power.alike(0.0, 5.3, 3, 10.0, 0.025), range(2, 20), simulations=150)
   assert wide["n"] < narrow["n"]
   # The simulation at the pilot's sd (5.3, margin 10, alpha 0.05): about 8% at n = 3.
-  assert power.power(power.alike(0.0, 5.3, 3, 10.0, 0.05), 3, simulations=500) < 0.2
+  assert power.power(power.alike(0.0, 5.3, 3, 10.0, 0.05), 3, simulations=300) < 0.2
 
 
 def test_the_cpu_profile_reaches_its_committed_power_plan():
