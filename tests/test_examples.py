@@ -41,3 +41,15 @@ def test_own_model_example_distils_a_batchnorm_module(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "variables: ['batch_stats', 'params']" in result.stdout
   assert "__main__:ConvStudent" in (tmp_path / "conv_student" / "config.json").read_text()
+
+
+@pytest.mark.e2e
+def test_feature_distillation_example_hints_a_users_batchnorm_convnet(tmp_path):
+  env = dict(os.environ, KD_JAX_EXAMPLE_TINY="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "feature_distillation.py"),
+                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "hint loss" in result.stdout
+  assert "variables: ['batch_stats', 'params']" in result.stdout  # No adapter in the student.
+  assert "__main__:ConvStudent" in (tmp_path / "student" / "config.json").read_text()

@@ -4,14 +4,15 @@ the paper's loss, their warm-up, ensembles, and a population sweeping a term's n
 import json
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import kd_jax
-from kd_jax import (checkpointing, config_lib, export, losses, parallelism, population,
-                    trainer)
+from kd_jax import (checkpointing, config_lib, export, features, losses, parallelism,
+                    population, trainer)
 from kd_jax.errors import ConfigError
 from conftest import TINY_OVERRIDES, run_command, tiny_config
 
@@ -186,3 +187,41 @@ def test_fitnets_adapters_train_resume_bitwise_and_stay_out_of_the_model(cnn_tea
   shutil.rmtree(last)
   kd_jax.distill(config, resumed, teacher=cnn_teacher)
   assert _final_digests(resumed) == digests
+
+
+def test_an_mlp_distils_through_its_hidden_layer(tiny_mnist_dir, teacher, tmp_path):
+  _, records = _train(tiny_config(tiny_mnist_dir, teacher, num_epochs=1,
+                                  model__hidden_sizes=(16,), terms__rkd__weight=1.0,
+                                  terms__rkd__student=("hidden_0",),
+                                  terms__rkd__teacher=("hidden_0",)), tmp_path / "rkd")
+  assert np.isfinite(records[-1]["train_rkd_loss"]) and records[-1]["train_rkd_loss"] > 0
+
+
+class _Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, *, train):
+    return nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+
+
+class _UserNet(nn.Module):
+  @nn.compact
+  def __call__(self, images, *, train):
+    x = _Block(name="stem")(images[..., None], train=train)
+    return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+
+def test_features_of_an_unedited_module_by_path_with_its_batchnorm_updated():
+  model, images = _UserNet(), jnp.ones((2, 28, 28))
+  variables = model.init(jax.random.key(0), images, train=False)
+  logits, found, state = features.apply(model, variables, images, ("stem", "stem/Conv_0"),
+                                        train=True, mutable=["batch_stats"])
+  expected, expected_state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  np.testing.assert_array_equal(logits, expected)  # Capturing changes nothing it computes.
+  assert jax.tree.all(jax.tree.map(np.array_equal, state, dict(expected_state)))
+  assert found["stem"].shape == (2, 28, 28, 4) and float(found["stem"].min()) >= 0  # Post-ReLU.
+  assert found["stem/Conv_0"].shape == (2, 28, 28, 4)
+  grad = jax.grad(lambda v: jnp.sum(features.apply(model, v, images, ("stem",), train=False)[1][
+      "stem"]))(variables)
+  assert float(jnp.abs(grad["params"]["stem"]["Conv_0"]["kernel"]).sum()) > 0
+  with pytest.raises(KeyError, match="no feature 'head'"):
+    features.apply(model, variables, images, ("head",), train=False)
