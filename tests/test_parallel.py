@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.
 SCRIPT = r"""
 import functools, json
 import jax, jax.numpy as jnp, numpy as np, optax
-from kd_jax import data, models, parallelism, steps
+from kd_jax import data, losses, models, parallelism, steps, targets
 from conftest import make_tiny_mnist
 
 assert jax.device_count() == 8
@@ -52,6 +52,40 @@ results["sharded_vs_single_dropout"] = max_diff(one.params, eight.params)
 results["moved"] = max_diff(one.params, steps.create_train_state(
     jax.random.PRNGKey(0), teacher, optax.adam(1.0)).params)
 
+# Feature terms (FitNets with its adapter, RKD over the batch's relations) with the teacher in the
+# step: the global batch's features, whatever the sharding.
+def sharded_distillation(num_devices):
+  mesh = parallelism.make_mesh(jax.devices()[:num_devices])
+  rep = parallelism.replicated(mesh)
+  teacher_model, student = models.MLP((64, 64)), models.MLP((32, 32))
+  teacher_variables = jax.tree.map(lambda x: x[None], {"params": steps.create_train_state(
+      jax.random.PRNGKey(1), teacher_model, optax.sgd(1.0)).params})
+  paths = ("hidden_0", "hidden_1")
+  loss_fn = losses.make_distillation_loss(
+      terms=("fitnets", "rkd"), feature_pairs={"fitnets": (paths[:1] * 2,),
+                                               "rkd": (paths[1:] * 2,)})
+  step_fn = functools.partial(steps.train_step, model=student, optimizer=optax.sgd,
+                              loss_fn=loss_fn, feature_paths=paths,
+                              targets_fn=targets.make_teacher_targets(teacher_model, None, paths))
+  epoch = jax.jit(functools.partial(steps.train_epoch, step_fn=step_fn, batch_size=32,
+                                    max_shift=2, batch_sharding=parallelism.batch_sharded(mesh)),
+                  out_shardings=rep)
+  fresh = steps.create_train_state(jax.random.PRNGKey(0), student, optax.sgd(1.0),
+                                   adapter_shapes={"fitnets_0": (32, 64)})
+  hparams = {"learning_rate": 0.01, "temperature": 4.0, "alpha": 0.5,
+             "terms.fitnets.weight": 0.1, "terms.rkd.weight": 1.0,
+             "terms.rkd.distance_weight": 25.0, "terms.rkd.angle_weight": 50.0}
+  train_data = {"image": jax.device_put(images, rep), "label": jax.device_put(labels, rep)}
+  state, _ = epoch(jax.device_put(fresh, rep), train_data, hparams,
+                   jax.device_put(teacher_variables, rep), jnp.int32(0))
+  return fresh, state
+
+fresh, one = sharded_distillation(1)
+_, eight = sharded_distillation(8)
+results["features_sharded_vs_single"] = max_diff((one.params, one.adapters),
+                                                 (eight.params, eight.adapters))
+results["adapters_moved"] = max_diff(one.adapters, fresh.adapters)
+
 # pmap with axis_name: same batches, gradients averaged with lax.pmean. Plain SGD here: Adam's
 # m / sqrt(v) turns rounding noise in near-zero gradients into full-size steps.
 model = models.MLP((64, 64))
@@ -85,3 +119,4 @@ def test_single_sharded_and_pmap_steps_agree():
   assert diffs["sharded_vs_single_dropout"] < 1e-5, diffs
   assert diffs["pmap_vs_single"] < 1e-5, diffs
   assert diffs["pmap_replicas_agree"] == 0.0, diffs
+  assert diffs["adapters_moved"] > 1e-3 and diffs["features_sharded_vs_single"] < 1e-5, diffs

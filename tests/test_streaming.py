@@ -188,6 +188,28 @@ def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir,
   assert not on_disk[np.setdiff1d(np.arange(480), chosen)].any()  # Rows never read stay empty.
 
 
+@pytest.mark.slow  # Two trainings: the full suite's.
+def test_a_streamed_run_distils_through_features_with_an_adapter(tiny_mnist_dir, tiny_records,
+                                                                tmp_path):
+  """Feature terms run the teacher inside the streamed step: FitNets (its adapter trained and
+  checkpointed) and RKD on the MLPs' hidden layers, a population of two."""
+  teacher = tmp_path / "teacher"
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, num_epochs=1,
+                                         model__hidden_sizes=(24,)), teacher)
+  config = tiny_config(tiny_mnist_dir, teacher, num_epochs=2, model__hidden_sizes=(16,),
+                       members=2, data__pipeline="grain", data__records_dir=str(tiny_records),
+                       terms__fitnets__weight=1.0, terms__fitnets__student=("hidden_0",),
+                       terms__fitnets__teacher=("hidden_0",), terms__rkd__weight=1.0,
+                       terms__rkd__student=("hidden_0",), terms__rkd__teacher=("hidden_0",))
+  trainer.train_and_evaluate(config, tmp_path / "student")
+  records = [json.loads(line) for line in
+             (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+  for name in ("fitnets", "rkd"):
+    losses = np.asarray(records[-1][f"train_{name}_loss"])
+    assert losses.shape == (2,) and np.all(np.isfinite(losses)) and np.all(losses > 0)
+  assert not (tmp_path / "student" / rundir.TEACHER_LOGITS_FILE).exists()  # Teacher in the step.
+
+
 NUM_EPOCHS = 3
 RESUME_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_epochs={NUM_EPOCHS}",
                "--config.model.hidden_sizes=(32,)", "--config.checkpoint.every_steps=4",
