@@ -112,8 +112,8 @@ def cnn_teacher(tiny_mnist_dir, tmp_path_factory):
   return workdir
 
 
-@pytest.mark.slow  # Five CNN distillations: the fast tier keeps the loss terms' unit tests.
-@pytest.mark.parametrize("name", ["dkd", "dist", "fitnets", "at", "rkd"])
+@pytest.mark.slow  # CNN distillations: the fast tier keeps the loss terms' unit tests.
+@pytest.mark.parametrize("name", ["dkd", "dist", "at", "rkd"])  # fitnets: the adapters' test.
 def test_method_configs_distil_by_name_from_a_cnn_teacher(name, cnn_teacher, tiny_mnist_dir,
                                                           tmp_path):
   config = kd_jax.configs.get(name, num_epochs=1, batch_size=32, eval_batch_size=40,
