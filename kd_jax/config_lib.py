@@ -30,6 +30,7 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "sgd_momentum")
 PIPELINES = ("memory", "grain")
 EPOCH_DRIVERS = ("auto", "scan", "steps")
+TEACHING = ("consistent", "fixed", "independent", "function_matching")
 SWEEPABLE = ("temperature", "alpha", "learning_rate")
 # Fields removed from the defaults, with the value they had in runs saved before (their old
 # default): such a run is the same run as one without them. (Specialists' fields moved to their
@@ -104,8 +105,7 @@ class Field:
   distillation: bool = False  # Set by add_distillation(); checked only in distillation runs.
   added: bool = False  # Added after the first runs were saved: a saved run without it held this.
   when: Callable[[ml_collections.ConfigDict], bool] | None = None  # Checked only where true.
-  # A per-member hyperparameter of the step that `sweep.<name>` can sweep (a loss term's).
-  sweepable: bool = False
+  sweepable: bool = False  # A per-member number of the step (a loss term's): sweep.<name>.
 
 
 _distil = functools.partial(Field, used_by=DISTILLATION, distillation=True)
@@ -115,8 +115,7 @@ _term = functools.partial(Field, used_by=DISTILLATION, distillation=True, added=
 NONNEGATIVE = (lambda v: is_num(v) and v >= 0), "a number >= 0"
 TEMPERATURE = (is_temperature, "a number in [1e-19, 1e19]")
 WARMUP = at_least_0("0: the full weight from the first step")
-PATHS = (tuple_of(lambda v: isinstance(v, str) and v),
-         "a tuple of feature paths ('block_1', 'encoder/conv_0')")
+PATHS = tuple_of(lambda v: isinstance(v, str) and v), "a tuple of feature paths ('block_1')"
 
 # Loss terms beyond the paper's (kd_jax.losses.LOGIT_TERMS and FEATURE_TERMS), added to alpha *
 # soft + (1 - alpha) * hard as weight * min(epoch / warmup_epochs, 1) * term; weight 0: left out.
@@ -333,6 +332,11 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
             "> 0: the soft targets average the teacher's tempered probabilities over this many "
             "dropout masks per image (train mode, cached once); 0: the teacher in eval mode",
             added=True),
+    _term("teaching", "consistent", str, one_of(TEACHING), "the teacher's view: consistent (the "
+          "student's), fixed (logits cached on un-augmented images), independent (another "
+          "jitter) or function_matching (the student's, mixed up)"),
+    _term("mixup_p", 1.0, float, (is_positive, "a positive number"),
+          "function_matching: mixup's weight a ~ Beta(p, p), a = max(a, 1 - a)"),
     _distil("teacher_dropout_seed", 0, int,
             (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
             "the key the teacher's dropout masks are drawn from", added=True),

@@ -69,11 +69,13 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: nn.Mo
     if run_objective.teacher.cached_logits is not None:  # Gathered by the step with its batch.
       train_data = {**train_data, "teacher_logits": run_objective.teacher.cached_logits}
     args = (train_data, members.hparams, run_objective.teacher.variables)
+    views = {"max_shift": config.data.jitter,
+             "independent_views": run_objective.independent_views}
     if epoch_driver(config, model) == "steps":
-      return SteppedEpochs.of(step_fn, run_objective.sampler, config.batch_size,
-                              config.data.jitter, mesh, members.member_batch, args)
-    return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size,
-                                        config.data.jitter, mesh, members.member_batch), args)
+      return SteppedEpochs.of(step_fn, run_objective.sampler, config.batch_size, mesh,
+                              members.member_batch, args, **views)
+    return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size, mesh,
+                                        members.member_batch, **views), args)
   return StreamedEpochs.start(config, workdir, step_fn, run_objective, run_inputs, members, mesh,
                               resumed)
 
@@ -99,17 +101,21 @@ def make_step_fn(model: nn.Module, run_objective: objective.Objective,
   return functools.partial(steps.train_step, model=model, optimizer=run_objective.optimizer,
                            loss_fn=run_objective.loss_fn,
                            targets_fn=run_objective.teacher.targets_fn, max_norm=max_norm,
-                           feature_paths=run_objective.student_features)
+                           feature_paths=run_objective.student_features,
+                           mixup_p=run_objective.mixup_p)
 
 
-def make_epoch_fn(step_fn: Callable, sampler: steps.Sampler, batch_size: int, max_shift: int,
-                  mesh: jax.sharding.Mesh, member_batch: int):
+def make_epoch_fn(step_fn: Callable, sampler: steps.Sampler, batch_size: int,
+                  mesh: jax.sharding.Mesh, member_batch: int, max_shift: int,
+                  independent_views: bool = False):
   """The jitted population epoch (state donated): (state, train_data, hparams,
-  teacher_variables, epoch) -> (state, per-member metrics)."""
+  teacher_variables, epoch) -> (state, per-member metrics); views jittered by up to `max_shift`
+  (the teacher's its own with `independent_views`)."""
   return jax.jit(
       functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
                         batch_size=batch_size, max_shift=max_shift,
-                        batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler),
+                        batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler,
+                        independent_views=independent_views),
       out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
 
 
@@ -152,15 +158,17 @@ class SteppedEpochs:
   sum_shapes: Any = None  # The epoch sums' shapes, known once compiled.
 
   @classmethod
-  def of(cls, step_fn: Callable, sampler: steps.Sampler, batch_size: int, max_shift: int,
-         mesh: jax.sharding.Mesh, member_batch: int, args: tuple[Any, ...]) -> SteppedEpochs:
+  def of(cls, step_fn: Callable, sampler: steps.Sampler, batch_size: int,
+         mesh: jax.sharding.Mesh, member_batch: int, args: tuple[Any, ...], max_shift: int,
+         independent_views: bool = False) -> SteppedEpochs:
     order_fn = jax.jit(functools.partial(steps.population_order, member_batch=member_batch,
                                          batch_size=batch_size, sampler=sampler),
                        out_shardings=parallelism.replicated(mesh))
     population_step = jax.jit(
         functools.partial(steps.population_indexed_step, member_batch=member_batch,
                           step_fn=step_fn, max_shift=max_shift,
-                          batch_sharding=parallelism.batch_sharded(mesh)),
+                          batch_sharding=parallelism.batch_sharded(mesh),
+                          independent_views=independent_views),
         out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
     return cls(order_fn, population_step, args, mesh)
 

@@ -93,15 +93,26 @@ def soft_loss(name: str, student_logits: jax.Array, teacher_logits: jax.Array,
   return soft_kl_divergence(student_logits, teacher_log_probs, temperature, t_squared)
 
 
+def mixed_cross_entropy(logits: jax.Array, batch: dict) -> jax.Array:
+  """The hard-label term of a batch, mixed as its images were (`batch['mix_weight']` a of each
+  image's own label, 1 - a of its neighbour's, `batch['mix_label']`), or plain."""
+  hard = hard_cross_entropy(logits, batch["label"])
+  if "mix_weight" not in batch:
+    return hard
+  weight = batch["mix_weight"]
+  return weight * hard + (1 - weight) * hard_cross_entropy(logits, batch["mix_label"])
+
+
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
                       *, temperature: float | jax.Array, alpha: float | jax.Array,
                       soft_loss_name: str = "soft_cross_entropy",
-                      ensemble: str = "arithmetic",
-                      t_squared: bool = True) -> tuple[jax.Array, dict]:
-  """alpha * soft + (1 - alpha) * hard; returns the total and both parts for logging."""
+                      ensemble: str = "arithmetic", t_squared: bool = True,
+                      hard: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """alpha * soft + (1 - alpha) * hard (the cross-entropy on `labels`, unless `hard` gives it:
+  a mixed batch's); returns the total and both parts for logging."""
   soft = soft_loss(soft_loss_name, student_logits, teacher_logits, temperature, ensemble,
                    t_squared)
-  hard = hard_cross_entropy(student_logits, labels)
+  hard = hard_cross_entropy(student_logits, labels) if hard is None else hard
   return alpha * soft + (1.0 - alpha) * hard, {"soft_loss": soft, "hard_loss": hard}
 
 
@@ -134,7 +145,7 @@ def make_distillation_loss(soft_loss_name: str = "soft_cross_entropy",
     loss, parts = distillation_loss(logits, teacher_logits, batch["label"],
                                     temperature=hparams["temperature"], alpha=hparams["alpha"],
                                     soft_loss_name=soft_loss_name, ensemble=ensemble,
-                                    t_squared=t_squared)
+                                    t_squared=t_squared, hard=mixed_cross_entropy(logits, batch))
     for name in terms:
       term_hparams = {key.split(".")[-1]: value for key, value in hparams.items()
                       if key.startswith(f"terms.{name}.")}

@@ -59,6 +59,8 @@ class Objective:
   student_features: tuple[str, ...] = ()  # The student's features its loss terms read.
   # The adapters a feature term trains beside the student: {name: (in features, out features)}.
   adapter_shapes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+  mixup_p: float = 0.0  # > 0: function matching, each batch mixed up (`data.mixup`).
+  independent_views: bool = False  # The teacher sees a jitter of its own.
 
 
 def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
@@ -84,8 +86,11 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   if extension:  # The one place a kind of run (specialists) changes the objective.
     loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
   student_features = tuple(dict.fromkeys(s for term in pairs.values() for s, _ in term))
+  teaching = config.get("teaching", "consistent") if config_lib.is_distillation(config) else ""
   return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
-                   label_maps, student_features, teacher.adapter_shapes)
+                   label_maps, student_features, teacher.adapter_shapes,
+                   mixup_p=config.mixup_p if teaching == "function_matching" else 0.0,
+                   independent_views=teaching == "independent")
 
 
 def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
@@ -119,7 +124,7 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   teacher_features = tuple(dict.fromkeys(t for pairs in feature_pairs.values() for _, t in pairs))
   adapter_shapes = (_check_features(config, student_model, teacher, feature_pairs)
                     if teacher_features else {})
-  cached = not config.data.jitter and config.cache_teacher_logits and not teacher_features
+  cached = _cached(config, run_inputs.streamed, bool(teacher_features))
   if run_inputs.streamed and cached:
     return Teacher(targets.cached_targets, None, None, provenance, teacher)
   if run_inputs.streamed or not cached:
@@ -150,6 +155,27 @@ def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_cla
         f"({teacher.config.model.get('num_classes', '?')} classes); the student's data has images "
         f"{input_shape} and {num_classes} classes (on the student's images the teacher "
         f"{'gives ' + classes if out else classes}). Distil from a teacher of the same dataset.")
+
+
+def _cached(config: ml_collections.ConfigDict, streamed: bool, features: bool) -> bool:
+  """Whether the teacher's logits are computed once (on the un-augmented transfer set) rather
+  than in the step, by `config.teaching`: always for fixed, for consistent when the views are
+  the images themselves (no jitter), never for independent and function_matching views; a
+  ConfigError for a mode these settings cannot serve."""
+  teaching = config.get("teaching", "consistent")
+  refuse = lambda why: ConfigError(f"config.teaching={teaching!r} {why}.")
+  if teaching == "fixed" and (not config.cache_teacher_logits or features):
+    raise refuse("caches the teacher's logits: it needs cache_teacher_logits=True and no "
+                 "feature terms (their features come from the teacher in the step)")
+  if teaching == "independent" and (not config.data.jitter or streamed):
+    raise refuse("gives the teacher a jitter of its own: it needs data.jitter > 0 and the "
+                 "memory pipeline (the grain pipeline jitters once, on the host)")
+  if teaching in ("independent", "function_matching") and config.teacher_dropout_masks:
+    raise refuse("runs the teacher in the step: teacher_dropout_masks needs cached logits")
+  if teaching == "fixed":
+    return True
+  return (teaching == "consistent" and not config.data.jitter and config.cache_teacher_logits
+          and not features)
 
 
 def _check_features(config: ml_collections.ConfigDict, student: nn.Module, teacher: runs.Run,

@@ -27,6 +27,9 @@ import optax
 from kd_jax import data, features, losses, models, parallelism, targets
 
 Optimizer = Callable[[float | jax.Array], optax.GradientTransformation]
+# Key streams folded off a step's keys for what came later, so the keys of the data order, jitter
+# and dropout (and every run saved before) stay as they were.
+MIXUP_STREAM, TEACHER_VIEW_STREAM = 2**31 - 1, 2**31 - 2
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -118,15 +121,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array,
                optimizer: Optimizer, loss_fn: losses.LossFn = losses.hard_label_loss,
                targets_fn: targets.TargetsFn = targets.no_targets,
                max_norm: float | None = None, axis_name: str | None = None,
-               feature_paths: tuple[str, ...] = ()) -> tuple[TrainState, dict[str, jax.Array]]:
+               feature_paths: tuple[str, ...] = (),
+               mixup_p: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a batch {'image': f32[B, H, W], 'label': i32[B], ...}.
 
   `targets_fn(teacher_variables, batch)` gives what `loss_fn(logits, batch, targets, hparams)`
   compares the student with (hparams with the state's 'step', for a loss term's warm-up), and
   with `feature_paths` the student's features there (`kd_jax.features`) as its `features`. `key`
-  drives the student's dropout only. A model with mutable collections (BatchNorm) has them
-  updated from this batch (averaged across `axis_name`).
+  drives the student's dropout (and, with `mixup_p` > 0, the batch's mixup, `data.mixup`, which
+  teacher and student then both see: function matching). A model with mutable collections
+  (BatchNorm) has them updated from this batch (averaged across `axis_name`).
   """
+  if mixup_p:
+    batch = {**batch, **data.mixup(jax.random.fold_in(key, MIXUP_STREAM), batch["image"],
+                                   batch["label"], mixup_p)}
   batch_targets = targets_fn(teacher_variables, batch)
   mutable = list(state.model_state)
 
@@ -189,17 +197,21 @@ def epoch_order(state: TrainState, train_data: dict[str, jax.Array],
 def indexed_step(state: TrainState, train_data: dict[str, jax.Array],
                  hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
                  step_in_epoch: jax.Array, indices: jax.Array, *, step_fn: Callable,
-                 max_shift: int, batch_sharding: jax.sharding.Sharding
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+                 max_shift: int, batch_sharding: jax.sharding.Sharding,
+                 independent_views: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """A member's step `step_in_epoch` of epoch `epoch` on the examples `indices`: the batch gathered
   from `train_data`, jittered and normalised, then `step_fn`; jitter and dropout keys are folded
   from (member key, epoch, step), so a resumed run sees exactly the data and masks an
-  uninterrupted one would."""
+  uninterrupted one would. With `independent_views` the teacher sees another jitter of the same
+  images (`teacher_image`, from a stream of its own)."""
   _, jitter_key, dropout_key = epoch_keys(state.rng, epoch)
   indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
   batch = {name: array[indices] for name, array in train_data.items()}
-  batch["image"] = data.normalize(data.jitter(jax.random.fold_in(jitter_key, step_in_epoch),
-                                              batch["image"], max_shift))
+  view = lambda key: data.normalize(data.jitter(jax.random.fold_in(key, step_in_epoch),
+                                                batch["image"], max_shift))
+  if independent_views:
+    batch["teacher_image"] = view(jax.random.fold_in(jitter_key, TEACHER_VIEW_STREAM))
+  batch["image"] = view(jitter_key)
   return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
                  teacher_variables)
 
@@ -216,7 +228,8 @@ def epoch_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
 def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
                 teacher_variables: Any, epoch: jax.Array, *, step_fn: Callable, batch_size: int,
                 max_shift: int, batch_sharding: jax.sharding.Sharding,
-                sampler: Sampler = shuffled_batches) -> tuple[TrainState, dict[str, jax.Array]]:
+                sampler: Sampler = shuffled_batches,
+                independent_views: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One member's epoch as a single lax.scan of `indexed_step`; returns epoch-mean metrics.
 
   `train_data` maps names to arrays indexed by example ('image' uint8 [N, H, W], 'label', and
@@ -230,7 +243,7 @@ def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: di
     step_in_epoch, indices = inputs
     return indexed_step(state, train_data, hparams, teacher_variables, epoch, step_in_epoch,
                         indices, step_fn=step_fn, max_shift=max_shift,
-                        batch_sharding=batch_sharding)
+                        batch_sharding=batch_sharding, independent_views=independent_views)
 
   steps = jnp.arange(batch_indices.shape[0])
   state, metrics = jax.lax.scan(body, state, (steps, batch_indices))

@@ -44,14 +44,16 @@ def member_logits(model: nn.Module, member_variables: Any, images: jax.Array,
 
 def make_teacher_targets(teacher: nn.Module, member_batch: int | None = None,
                          feature_paths: tuple[str, ...] = ()) -> TargetsFn:
-  """Targets from stacked teacher variables, computed on each batch inside the step: logits
-  [B, M, C], or with `feature_paths` {'logits': those, 'features': {path: [B, M, ...]}}."""
+  """Targets from stacked teacher variables, computed on each batch inside the step (on the
+  batch's `teacher_image`, a view of its own, where it has one): logits [B, M, C], or with
+  `feature_paths` {'logits': those, 'features': {path: [B, M, ...]}}."""
 
   def targets_fn(teacher_variables, batch):
+    images = batch.get("teacher_image", batch["image"])  # Its own view, when it has one.
     if not feature_paths:
-      return jax.lax.stop_gradient(member_logits(teacher, teacher_variables, batch["image"],
+      return jax.lax.stop_gradient(member_logits(teacher, teacher_variables, images,
                                                  member_batch))
-    apply = lambda variables: features.apply(teacher, variables, batch["image"], feature_paths,
+    apply = lambda variables: features.apply(teacher, variables, images, feature_paths,
                                              train=False)[:2]
     logits, member_features = parallelism.map_members(apply, teacher_variables, member_batch)
     first_to_second = lambda x: jnp.moveaxis(x, 0, 1)

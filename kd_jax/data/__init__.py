@@ -392,6 +392,19 @@ def jitter(key: jax.Array, images: jax.Array, max_shift: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
+def mixup(key: jax.Array, images: jax.Array, labels: jax.Array,
+          p: float | jax.Array) -> dict[str, jax.Array]:
+  """big_vision's mixup for distillation: one weight a ~ Beta(p, p) per batch, a = max(a, 1 - a),
+  each image mixed with its neighbour in the batch (the next, the last with the first): a * x_i
+  + (1 - a) * x_{i+1}. Returns the mixed 'image', 'mix_weight' a and 'mix_label' (the
+  neighbours' labels, for the hard term's share of 1 - a). Drawn from `key` alone, so a batch's
+  mixing is the same on any device layout and on resume."""
+  weight = jax.random.beta(key, p, p)
+  weight = jnp.maximum(weight, 1 - weight).astype(images.dtype)
+  return {"image": weight * images + (1 - weight) * jnp.roll(images, -1, axis=0),
+          "mix_weight": weight, "mix_label": jnp.roll(labels, -1, axis=0)}
+
+
 def epoch_batch_indices(key: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
   """A fresh permutation cut into [num_steps, batch_size]; the incomplete last batch is dropped.
 

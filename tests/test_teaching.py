@@ -1,0 +1,126 @@
+"""Teaching modes (config.teaching): what the teacher sees beside the student's view, and mixup."""
+
+import functools
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import kd_jax
+from kd_jax import data, losses, models, parallelism, steps
+from kd_jax.errors import ConfigError
+from conftest import make_tiny_mnist, tiny_config
+
+
+def test_mixup_is_big_visions_and_a_function_of_its_key():
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((6, 28, 28)), jnp.float32)
+  labels = jnp.arange(6)
+  key = jax.random.key(3)
+  mixed = data.mixup(key, images, labels, 1.0)
+  again = data.mixup(key, images, labels, 1.0)
+  assert jax.tree.all(jax.tree.map(np.array_equal, mixed, again))  # Deterministic per key.
+  a = float(mixed["mix_weight"])
+  assert 0.5 <= a <= 1.0
+  np.testing.assert_allclose(mixed["image"], a * images + (1 - a) * jnp.roll(images, -1, 0),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(mixed["mix_label"], [1, 2, 3, 4, 5, 0])
+  weights = [float(data.mixup(jax.random.key(k), images, labels, 1.0)["mix_weight"])
+             for k in range(200)]  # Beta(1, 1) folded onto [0.5, 1]: uniform there.
+  assert 0.7 < np.mean(weights) < 0.8 and min(weights) >= 0.5
+  # The hard term of a mixed batch: a of the own labels' cross-entropy, 1 - a of the neighbours'.
+  logits = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
+  expected = (a * losses.hard_cross_entropy(logits, labels)
+              + (1 - a) * losses.hard_cross_entropy(logits, jnp.roll(labels, -1)))
+  assert float(losses.mixed_cross_entropy(logits, {"label": labels, **mixed})) == pytest.approx(
+      float(expected), rel=1e-6)
+
+
+def _view_gap(independent: bool, mixup_p: float) -> dict[str, float]:
+  """One real indexed step whose targets are the images the teacher would read and whose loss
+  logs their largest difference from the student's."""
+  arrays = make_tiny_mnist(64, 8)
+  train_data = {"image": jnp.asarray(arrays["train_images"]),
+                "label": jnp.asarray(arrays["train_labels"], jnp.int32)}
+  probe_targets = lambda variables, batch: batch.get("teacher_image", batch["image"])
+
+  def probe_loss(logits, batch, targets, hparams):
+    gap = jnp.max(jnp.abs(targets - batch["image"]))
+    return losses.hard_cross_entropy(logits, batch["label"]), {"view_gap": gap}
+
+  model = models.MLP((8,))
+  step_fn = functools.partial(steps.train_step, model=model, optimizer=optax.sgd,
+                              loss_fn=probe_loss, targets_fn=probe_targets, mixup_p=mixup_p)
+  state = steps.create_train_state(jax.random.key(0), model, optax.sgd(0.1))
+  mesh = parallelism.make_mesh(jax.devices()[:1])
+  _, metrics = steps.indexed_step(state, train_data, {"learning_rate": 0.1}, None,
+                                  jnp.int32(0), jnp.int32(0), jnp.arange(32), step_fn=step_fn,
+                                  max_shift=2, batch_sharding=parallelism.batch_sharded(mesh),
+                                  independent_views=independent)
+  return float(metrics["view_gap"])
+
+
+def test_teacher_and_student_see_the_same_bytes_unless_independent():
+  assert _view_gap(independent=False, mixup_p=0.0) == 0.0  # consistent
+  assert _view_gap(independent=False, mixup_p=1.0) == 0.0  # function_matching: mixed, the same
+  assert _view_gap(independent=True, mixup_p=0.0) > 0.5  # independent: another jitter
+
+
+def _final_digests(workdir):
+  last = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+             key=lambda p: int(p.name))
+  return json.loads((last / "meta" / "metadata").read_text())["digests"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_mnist_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("teacher") / "run"
+  kd_jax.train(tiny_config(tiny_mnist_dir, num_epochs=1, model__hidden_sizes=(32,)), workdir)
+  return workdir
+
+
+def _config(tiny_mnist_dir, teacher, **overrides):
+  return tiny_config(tiny_mnist_dir, teacher, **{"num_epochs": 2, "model__hidden_sizes": (16,),
+                                                 "data__jitter": 2, **overrides})
+
+
+def test_function_matching_trains_otherwise_and_resumes_bit_for_bit(tiny_mnist_dir, teacher,
+                                                                     tmp_path):
+  kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"),
+                 tmp_path / "fm", teacher=teacher)
+  kd_jax.distill(_config(tiny_mnist_dir, teacher), tmp_path / "consistent", teacher=teacher)
+  digests = _final_digests(tmp_path / "fm")
+  assert digests["params"] != _final_digests(tmp_path / "consistent")["params"]
+  resumed = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "fm", resumed)
+  shutil.rmtree(max((p for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()),
+                    key=lambda p: int(p.name)))
+  kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"), resumed,
+                 teacher=teacher)
+  assert _final_digests(resumed) == digests  # Mixup's draws are the same on resume.
+
+
+def test_fixed_caches_the_teacher_on_unjittered_images_and_modes_refuse_what_they_cannot(
+    tiny_mnist_dir, teacher, tmp_path, capsys):
+  kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="fixed", num_epochs=1),
+                 tmp_path / "fixed", teacher=teacher)
+  assert "Cached the teacher's logits" in capsys.readouterr().out
+  for overrides, match in (({"teaching": "independent", "data__jitter": 0}, "data.jitter > 0"),
+                           ({"teaching": "fixed", "cache_teacher_logits": False},
+                            "cache_teacher_logits=True")):
+    with pytest.raises(ConfigError, match=f"config.teaching=.*{match}"):
+      kd_jax.distill(_config(tiny_mnist_dir, teacher, **overrides), tmp_path / "refused",
+                     teacher=teacher)
+
+
+@pytest.mark.slow  # Four trainings.
+@pytest.mark.parametrize("mode", ["consistent", "fixed", "independent", "function_matching"])
+def test_teaching_configs_distil_by_name(mode, tiny_mnist_dir, teacher, tmp_path):
+  config = kd_jax.configs.get(mode, num_epochs=1, batch_size=32, eval_batch_size=40,
+                              data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
+  run = kd_jax.distill(config, tmp_path / mode, teacher=teacher)
+  assert run.config.teaching == mode and np.isfinite(run.metrics[-1]["train_loss"])
