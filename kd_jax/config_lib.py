@@ -365,10 +365,12 @@ def active_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                or any(get_path(config, f"sweep.terms.{name}.weight", ())))
 
 
-def feature_pairs(config: ml_collections.ConfigDict) -> dict[str, tuple[tuple[str, str], ...]]:
-  """Per active feature term, its (student path, teacher path) pairs."""
-  return {name: tuple(zip(config.terms[name].student, config.terms[name].teacher))
-          for name in active_terms(config) if name in losses.FEATURE_TERMS}
+def loss_terms(config: ml_collections.ConfigDict
+               ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, str], ...]]]:
+  """The active terms, and per active feature term its (student path, teacher path) pairs."""
+  terms = active_terms(config)
+  return terms, {name: tuple(zip(config.terms[name].student, config.terms[name].teacher))
+                 for name in terms if name in losses.FEATURE_TERMS}
 
 
 def term_hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -20,9 +20,13 @@ from kd_jax import inputs, losses, parallelism, steps
 
 def _figures(totals: dict[str, Any], num_examples: int) -> dict[str, Any]:
   errors = int(totals["errors"])
-  return {"errors": errors, "accuracy": 1.0 - errors / num_examples,
-          "loss": float(totals["loss_sum"]) / num_examples,
-          "per_class_errors": [int(e) for e in totals["per_class_errors"]]}
+  figures = {"errors": errors, "accuracy": 1.0 - errors / num_examples,
+             "loss": float(totals["loss_sum"]) / num_examples,
+             "per_class_errors": [int(e) for e in totals["per_class_errors"]]}
+  if "teacher_agreements" in totals:  # A distilled run's test split: its fit to the teacher.
+    figures["teacher_agreement"] = int(totals["teacher_agreements"]) / num_examples
+    figures["teacher_kl"] = float(totals["teacher_kl_sum"]) / num_examples
+  return figures
 
 
 def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch: int,
@@ -40,7 +44,8 @@ def make_evaluator(model, batch_size: int, mesh: jax.sharding.Mesh, member_batch
 
   def run(member_variables: Any, split: Any) -> dict[str, Any]:
     if isinstance(split, inputs.DeviceSplit):
-      totals = evaluate_fn(member_variables, split.images, split.labels, split.mask, label_maps)
+      totals = evaluate_fn(member_variables, split.images, split.labels, split.mask, label_maps,
+                           split.teacher_log_probs)
     else:  # A streaming.StreamedSplit: batch by batch, the totals added up on the device.
       from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
       totals = None

@@ -26,6 +26,9 @@ class DeviceSplit(flax.struct.PyTreeNode):
   labels: jax.Array
   mask: jax.Array
   num_examples: int = flax.struct.field(pytree_node=False)
+  # A distilled run's test split: its teacher's log-probabilities at T = 1 [N, C], so that each
+  # evaluation also measures the student's agreement and KL with it (`steps.evaluate`).
+  teacher_log_probs: jax.Array | None = None
 
 
 def put_eval_split(images: np.ndarray, labels: np.ndarray, batch_size: int,

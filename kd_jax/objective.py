@@ -42,6 +42,9 @@ class Teacher:
   to_cache_on_disk: runs.Run | None = None
   # The adapters its features need on the student's side (`losses.adapter_name`: (in, out)).
   adapter_shapes: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+  # Its log-probabilities at T = 1 on the (padded) test split, computed once, so that every
+  # evaluation measures the student's fit to it (memory pipeline; None otherwise).
+  test_log_probs: jax.Array | None = None
 
 
 NO_TEACHER = Teacher(targets.no_targets, None, None)
@@ -74,9 +77,10 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   if steps_per_epoch == 0:
     raise ConfigError(f"config.batch_size={config.batch_size} is larger than the "
                       f"{run_inputs.num_train} training examples.")
-  loss_fn, teacher, pairs = losses.hard_label_loss, NO_TEACHER, {}
-  if config_lib.is_distillation(config):
-    terms, pairs = config_lib.active_terms(config), config_lib.feature_pairs(config)
+  loss_fn, teacher, teaching = losses.hard_label_loss, NO_TEACHER, ""
+  terms, pairs = config_lib.loss_terms(config)  # Empty without a teacher.
+  if config.get("teacher_workdir"):  # config_lib.is_distillation, read here with the rest.
+    teaching = config.get("teaching", "consistent")
     loss_fn = losses.make_distillation_loss(
         config.soft_loss, config.teacher_ensemble, config.soft_t_squared, terms,
         {name: config.terms[name].warmup_epochs for name in terms}, steps_per_epoch, pairs)
@@ -86,7 +90,6 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   if extension:  # The one place a kind of run (specialists) changes the objective.
     loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
   student_features = tuple(dict.fromkeys(s for term in pairs.values() for s, _ in term))
-  teaching = config.get("teaching", "consistent") if config_lib.is_distillation(config) else ""
   return Objective(steps.make_optimizer(config, steps_per_epoch), loss_fn, teacher, sampler,
                    label_maps, student_features, teacher.adapter_shapes,
                    mixup_p=config.mixup_p if teaching == "function_matching" else 0.0,
@@ -127,12 +130,19 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   cached = _cached(config, run_inputs.streamed, bool(teacher_features))
   if run_inputs.streamed and cached:
     return Teacher(targets.cached_targets, None, None, provenance, teacher)
-  if run_inputs.streamed or not cached:
+  if run_inputs.streamed:
     return Teacher(targets.make_teacher_targets(teacher.model, member_batch, teacher_features),
                    teacher.variables, None, provenance, adapter_shapes=adapter_shapes)
+  test_log_probs = losses.ensemble_log_probabilities(
+      runs.logits_of(teacher.model, teacher.variables, run_inputs.eval_splits["test"].images,
+                     run_inputs.eval_batch, mesh, member_batch), mean=config.teacher_ensemble)
+  if not cached:
+    return Teacher(targets.make_teacher_targets(teacher.model, member_batch, teacher_features),
+                   teacher.variables, None, provenance, adapter_shapes=adapter_shapes,
+                   test_log_probs=test_log_probs)
   logits = cache_logits(teacher, run_inputs.train_data["image"], run_inputs.eval_batch, mesh,
                         member_batch, config.teacher_dropout_masks, config.teacher_dropout_seed)
-  return Teacher(targets.cached_targets, None, logits, provenance)
+  return Teacher(targets.cached_targets, None, logits, provenance, test_log_probs=test_log_probs)
 
 
 def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_classes: int) -> None:

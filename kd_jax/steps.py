@@ -363,7 +363,8 @@ def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dic
 
 
 def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
-             label_maps: jax.Array | None = None, *, model: nn.Module, batch_size: int,
+             label_maps: jax.Array | None = None, teacher_log_probs: jax.Array | None = None,
+             *, model: nn.Module, batch_size: int,
              member_batch: int, batch_sharding: jax.sharding.Sharding,
              ensemble: str = "arithmetic") -> dict[str, dict[str, jax.Array]]:
   """Totals of `eval_counts` over a split padded to a multiple of `batch_size`.
@@ -371,12 +372,14 @@ def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: 
   `member_variables` are stacked [P, ...] ({'params': ..., and any other collections}); returns {'members': totals with a leading [P] axis,
   'ensemble': totals of the members' averaged probabilities}. With `label_maps` [P, C] (members
   that predict classes of their own, e.g. specialists) member p is scored on label_maps[p][labels]
-  and there is no ensemble.
+  and there is no ensemble. With `teacher_log_probs` [N, C] (a teacher's, at T = 1) each member
+  also counts its top-class agreements with the teacher and sums KL(teacher || member).
   """
   num_batches = images.shape[0] // batch_size
+  fit = teacher_log_probs is not None
 
   def body(totals, inputs):
-    batch_images, batch_labels, batch_mask = [
+    batch_images, batch_labels, batch_mask, *batch_teacher = [
         jax.lax.with_sharding_constraint(x, batch_sharding) for x in inputs]
     logits = targets.member_logits(model, member_variables, data.normalize(batch_images),
                                    member_batch)
@@ -389,6 +392,9 @@ def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: 
               jax.nn.log_softmax(logits), batch_labels, batch_mask),
           "ensemble": eval_counts(losses.ensemble_log_probabilities(logits, mean=ensemble),
                                   batch_labels, batch_mask)}
+    if fit:
+      counts["members"].update(jax.vmap(fit_counts, in_axes=(1, None, None))(
+          jax.nn.log_softmax(logits), batch_teacher[0], batch_mask))
     return jax.tree.map(jnp.add, totals, counts), None
 
   split = lambda x: x.reshape((num_batches, batch_size) + x.shape[1:])
@@ -397,7 +403,21 @@ def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: 
                                member_variables, images[:1].astype(jnp.float32)).shape[-1]
   zeros = {"loss_sum": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
            "per_class_errors": jnp.zeros(num_classes, jnp.int32)}
-  zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype), zeros),
+  member_zeros = {**zeros, **({"teacher_agreements": jnp.zeros((), jnp.int32),
+                                 "teacher_kl_sum": jnp.zeros((), jnp.float32)} if fit else {})}
+  zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype),
+                                   member_zeros),
            **({"ensemble": zeros} if label_maps is None else {})}
-  totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask)))
+  totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask),
+                                         *([split(teacher_log_probs)] if fit else [])))
   return totals
+
+
+def fit_counts(log_probs: jax.Array, teacher_log_probs: jax.Array,
+               mask: jax.Array) -> dict[str, jax.Array]:
+  """A member's top-class agreements with its teacher and summed KL(teacher || member) over the
+  real examples of a padded batch."""
+  agree = (jnp.argmax(log_probs, -1) == jnp.argmax(teacher_log_probs, -1)) & mask
+  kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - log_probs), -1)
+  return {"teacher_agreements": jnp.sum(agree.astype(jnp.int32)),
+          "teacher_kl_sum": jnp.sum(jnp.where(mask, kl, 0.0))}

@@ -95,6 +95,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
   model = models.model_from_config(config.model) if model is None else model
   run_objective = objective.build(config, run_inputs, members, mesh, extension, teacher_model,
                                   student_model=model)
+  if run_objective.teacher.test_log_probs is not None:  # Evaluations measure the fit to it.
+    test = run_inputs.eval_splits["test"].replace(
+        teacher_log_probs=run_objective.teacher.test_log_probs)
+    run_inputs = run_inputs.replace(eval_splits={**run_inputs.eval_splits, "test": test})
   return Built(mesh, run_inputs, members, model, run_objective, extension)
 
 
@@ -243,10 +247,12 @@ def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[s
   for name, values in train_metrics.items():
     record[f"train_{name}"] = float(values[0]) if single else [float(v) for v in values]
   for split, result in results.items():
-    for figure in ("loss", "errors", "accuracy"):
+    for figure in ("loss", "errors", "accuracy", "teacher_agreement", "teacher_kl"):
+      if figure not in result["members"][0]:  # The fit to a teacher: a distilled run's test.
+        continue
       values = [m[figure] for m in result["members"]]
       record[f"{split}_{figure}"] = values[0] if single else values
-      if not single and result["ensemble"]:
+      if not single and result["ensemble"] and figure in result["ensemble"]:
         record[f"ensemble_{split}_{figure}"] = result["ensemble"][figure]
   return record
 

@@ -124,3 +124,17 @@ def test_teaching_configs_distil_by_name(mode, tiny_mnist_dir, teacher, tmp_path
                               data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
   run = kd_jax.distill(config, tmp_path / mode, teacher=teacher)
   assert run.config.teaching == mode and np.isfinite(run.metrics[-1]["train_loss"])
+
+
+def test_each_evaluation_measures_the_fit_to_the_teacher_on_the_test_set(tiny_mnist_dir, teacher,
+                                                                         tmp_path):
+  """big_vision's evaluators: agreement and KL(teacher || student) on the test set at every
+  evaluation, the same figures `evaluate` reports for the final checkpoint."""
+  run = kd_jax.distill(_config(tiny_mnist_dir, teacher, members=2), tmp_path / "run",
+                       teacher=teacher)
+  last = run.metrics[-1]
+  assert len(last["test_teacher_agreement"]) == 2 and len(run.metrics) == 2
+  fit = run.evaluate()["transfer_fit"]
+  np.testing.assert_allclose(last["test_teacher_agreement"], fit["test_agreement"], atol=1e-9)
+  np.testing.assert_allclose(last["test_teacher_kl"], fit["test_kl"], rtol=1e-4)
+  assert "test_teacher_agreement" not in kd_jax.load(teacher).metrics[-1]  # No teacher, no fit.
