@@ -358,15 +358,12 @@ def get_path(config: ml_collections.ConfigDict, name: str, default: Any = None) 
 
 def active_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The loss terms a distillation config adds (`TERM_NAMES` with a weight, or a swept one)."""
-  if not is_distillation(config):
-    return ()
-  return tuple(name for name in TERM_NAMES
-               if get_path(config, f"terms.{name}.weight", 0.0)
-               or any(get_path(config, f"sweep.terms.{name}.weight", ())))
+  return tuple(name for name in TERM_NAMES if is_distillation(config) and (
+      get_path(config, f"terms.{name}.weight", 0.0)
+      or any(get_path(config, f"sweep.terms.{name}.weight", ()))))
 
 
-def loss_terms(config: ml_collections.ConfigDict
-               ) -> tuple[tuple[str, ...], dict[str, tuple[tuple[str, str], ...]]]:
+def loss_terms(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict[str, Any]]:
   """The active terms, and per active feature term its (student path, teacher path) pairs."""
   terms = active_terms(config)
   return terms, {name: tuple(zip(config.terms[name].student, config.terms[name].teacher))
