@@ -91,7 +91,8 @@ def fit_to_teacher(student_logits: jax.Array, teacher_logits: jax.Array,
   above the teacher's).
   """
   teacher = losses.ensemble_log_probabilities(teacher_logits, mean=ensemble)
-  student = jax.nn.log_softmax(student_logits)
-  agreement = jnp.mean(jnp.argmax(student, -1) == jnp.argmax(teacher, -1)[:, None], axis=0)
-  kl = jnp.mean(jnp.sum(jnp.exp(teacher)[:, None] * (teacher[:, None] - student), -1), axis=0)
-  return {"agreement": np.asarray(agreement), "kl": np.asarray(kl)}
+  mask = jnp.ones(teacher.shape[0], bool)
+  counts = jax.vmap(steps.fit_counts, in_axes=(1, None, None))(
+      jax.nn.log_softmax(student_logits), teacher, mask)  # The counts each evaluation sums.
+  return {"agreement": np.asarray(counts["teacher_agreements"]) / teacher.shape[0],
+          "kl": np.asarray(counts["teacher_kl_sum"]) / teacher.shape[0]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import inspect
 import os
 import pathlib
@@ -283,3 +284,11 @@ def load_script(name: str):
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
   return script
+
+
+def final_digests(workdir: pathlib.Path) -> dict:
+  """The digests of a run's newest checkpoint's arrays, by item and path (equal digests: equal
+  bits), as its meta recorded them."""
+  last = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+             key=lambda p: int(p.name))
+  return json.loads((last / "meta" / "metadata").read_text())["digests"]

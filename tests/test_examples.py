@@ -32,24 +32,25 @@ def test_quickstart_notebook_runs_and_its_last_cell_checks_what_it_shows(tmp_pat
   assert (tmp_path / "runs" / "distilled" / "eval.json").exists()
 
 
+def _run_example(name: str, workdir) -> str:
+  """examples/NAME.py at tiny settings into `workdir`; its stdout (a failure shows its stderr)."""
+  env = dict(os.environ, KD_JAX_EXAMPLE_TINY="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / f"{name}.py"),
+                           str(workdir)], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
 @pytest.mark.e2e
 def test_own_model_example_distils_a_batchnorm_module(tmp_path):
-  env = dict(os.environ, KD_JAX_EXAMPLE_TINY="1", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "own_model.py"),
-                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "variables: ['batch_stats', 'params']" in result.stdout
+  assert "variables: ['batch_stats', 'params']" in _run_example("own_model", tmp_path)
   assert "__main__:ConvStudent" in (tmp_path / "conv_student" / "config.json").read_text()
 
 
 @pytest.mark.e2e
 def test_feature_distillation_example_hints_a_users_batchnorm_convnet(tmp_path):
-  env = dict(os.environ, KD_JAX_EXAMPLE_TINY="1", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "feature_distillation.py"),
-                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "hint loss" in result.stdout
-  assert "variables: ['batch_stats', 'params']" in result.stdout  # No adapter in the student.
+  stdout = _run_example("feature_distillation", tmp_path)
+  assert "hint loss" in stdout
+  assert "variables: ['batch_stats', 'params']" in stdout  # No adapter in the student.
   assert "__main__:ConvStudent" in (tmp_path / "student" / "config.json").read_text()

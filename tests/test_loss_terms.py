@@ -14,7 +14,7 @@ import kd_jax
 from kd_jax import (checkpointing, config_lib, export, features, losses, parallelism,
                     population, trainer)
 from kd_jax.errors import ConfigError
-from conftest import TINY_OVERRIDES, run_command, tiny_config
+from conftest import TINY_OVERRIDES, final_digests, run_command, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
 
@@ -148,13 +148,6 @@ def test_feature_terms_refuse_what_the_models_cannot_serve(cnn_teacher, tiny_mni
                                            teacher_workdir="t"))
 
 
-def _final_digests(workdir):
-  """The digests of the final checkpoint's arrays, by item and path (equal digests: equal bits)."""
-  last = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
-             key=lambda p: int(p.name))
-  return json.loads((last / "meta" / "metadata").read_text())["digests"]
-
-
 @pytest.mark.slow  # Three CNN distillations and an export.
 def test_fitnets_adapters_train_resume_bitwise_and_stay_out_of_the_model(cnn_teacher,
                                                                          tiny_mnist_dir,
@@ -163,7 +156,7 @@ def test_fitnets_adapters_train_resume_bitwise_and_stay_out_of_the_model(cnn_tea
                               model__conv_features=(4, 8), model__hidden_sizes=(16,),
                               data__mnist_dir=str(tiny_mnist_dir), data__check_counts=False)
   run = kd_jax.distill(config, tmp_path / "full", teacher=cnn_teacher)
-  digests = _final_digests(tmp_path / "full")
+  digests = final_digests(tmp_path / "full")
   # The adapter (8 student channels to the teacher's 12) is trained and checkpointed with its
   # Adam moments, each array checksummed, in the item only resuming reads.
   adapter = {path for path in digests["train"] if "adapters/fitnets_0" in path}
@@ -186,7 +179,7 @@ def test_fitnets_adapters_train_resume_bitwise_and_stay_out_of_the_model(cnn_tea
              key=lambda p: int(p.name))
   shutil.rmtree(last)
   kd_jax.distill(config, resumed, teacher=cnn_teacher)
-  assert _final_digests(resumed) == digests
+  assert final_digests(resumed) == digests
 
 
 def test_an_mlp_distils_through_its_hidden_layer(tiny_mnist_dir, teacher, tmp_path):

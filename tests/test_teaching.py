@@ -1,7 +1,6 @@
 """Teaching modes (config.teaching): what the teacher sees beside the student's view, and mixup."""
 
 import functools
-import json
 import shutil
 
 import jax
@@ -13,7 +12,7 @@ import pytest
 import kd_jax
 from kd_jax import data, losses, models, parallelism, steps
 from kd_jax.errors import ConfigError
-from conftest import make_tiny_mnist, tiny_config
+from conftest import final_digests, make_tiny_mnist, tiny_config
 
 
 def test_mixup_is_big_visions_and_a_function_of_its_key():
@@ -70,12 +69,6 @@ def test_teacher_and_student_see_the_same_bytes_unless_independent():
   assert _view_gap(independent=True, mixup_p=0.0) > 0.5  # independent: another jitter
 
 
-def _final_digests(workdir):
-  last = max((p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
-             key=lambda p: int(p.name))
-  return json.loads((last / "meta" / "metadata").read_text())["digests"]
-
-
 @pytest.fixture(scope="module")
 def teacher(tiny_mnist_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("teacher") / "run"
@@ -93,15 +86,15 @@ def test_function_matching_trains_otherwise_and_resumes_bit_for_bit(tiny_mnist_d
   kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"),
                  tmp_path / "fm", teacher=teacher)
   kd_jax.distill(_config(tiny_mnist_dir, teacher), tmp_path / "consistent", teacher=teacher)
-  digests = _final_digests(tmp_path / "fm")
-  assert digests["params"] != _final_digests(tmp_path / "consistent")["params"]
+  digests = final_digests(tmp_path / "fm")
+  assert digests["params"] != final_digests(tmp_path / "consistent")["params"]
   resumed = tmp_path / "resumed"
   shutil.copytree(tmp_path / "fm", resumed)
   shutil.rmtree(max((p for p in (resumed / "checkpoints").iterdir() if p.name.isdigit()),
                     key=lambda p: int(p.name)))
   kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"), resumed,
                  teacher=teacher)
-  assert _final_digests(resumed) == digests  # Mixup's draws are the same on resume.
+  assert final_digests(resumed) == digests  # Mixup's draws are the same on resume.
 
 
 def test_fixed_caches_the_teacher_on_unjittered_images_and_modes_refuse_what_they_cannot(
