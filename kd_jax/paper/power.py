@@ -3,8 +3,9 @@
 Each claim is simulated as it will be decided: normal seeds drawn at the pilot's means and spread
 (or at an assumed effect), put through the same `kd_jax.paper.verdicts` function at the same
 level, with the same selection of "the best temperature" where the claim has one. The power at n
-is the share of simulated studies whose verdict is "holds"; the planned n is the smallest n in
-the search range that reaches POWER. A simulation, not a formula, because two of the tests are
+is the share of simulated studies that reach the verdict the assumed effect implies ("holds", or
+"does not hold" where the pilot points against the claim); the planned n is the smallest n in the
+search range that reaches POWER. A simulation, not a formula, because two of the tests are
 not textbook ones (the best of three temperatures against the best of the others; every pair of
 temperatures alike).
 
