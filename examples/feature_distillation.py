@@ -45,10 +45,11 @@ class ConvStudent(nn.Module):
 
 def main(workdir: str) -> None:
   tiny = bool(os.environ.get("KD_JAX_EXAMPLE_TINY"))
-  epochs = {"num_epochs": 1, "data__train_subset": 3000} if tiny else {}
-  teacher = kd_jax.train(
-      kd_jax.configs.get("quick_teacher", model__name="cnn", model__hidden_sizes=(128,),
-                         **epochs), workdir=f"{workdir}/cnn_teacher")
+  epochs = {"num_epochs": 1, "data__train_subset": 1000} if tiny else {}
+  widths = {"model__conv_features": (8, 16), "model__hidden_sizes": (32,)} if tiny else {
+      "model__hidden_sizes": (128,)}
+  teacher = kd_jax.train(kd_jax.configs.get("quick_teacher", model__name="cnn", **widths, **epochs),
+                         workdir=f"{workdir}/cnn_teacher")
   config = kd_jax.configs.get("fitnets", terms__fitnets__student=("block_b",),
                               terms__fitnets__teacher=("block_1",), alpha=0.5, **epochs)
   student = kd_jax.distill(config, teacher=teacher, workdir=f"{workdir}/student",

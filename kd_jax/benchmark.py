@@ -38,8 +38,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import (checkpointing, cli, config_lib, configs, data, epochs, models, parallelism,
-                    population, reporting, rundir, runtime, steps, trainer)
+from kd_jax import (checkpointing, cli, config_lib, configs, data, epochs, evaluation, models,
+                    parallelism, population, reporting, rundir, runtime, steps, trainer)
 
 
 
@@ -345,7 +345,7 @@ def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> d
   run, state, _ = _built(config, folder, teacher, mesh)
   split = run.inputs.eval_splits["test"]
   evaluate_fn = jax.jit(functools.partial(
-      steps.evaluate, model=run.model, batch_size=run.inputs.eval_batch, member_batch=1,
+      evaluation.evaluate, model=run.model, batch_size=run.inputs.eval_batch, member_batch=1,
       batch_sharding=parallelism.batch_sharded(mesh)))
   timing = _time(evaluate_fn, (state.variables, split.images, split.labels, split.mask), repeats)
   sizes = _layer_sizes(config.model)

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 
 from kd_jax import (faults, inputs, models, objective, parallelism, population, preemption,
-                    reporting, steps)
-from kd_jax.errors import CheckpointError
+                    reporting, steps, targets)
+from kd_jax.errors import CheckpointError, ConfigError
 
 SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
 
@@ -63,21 +63,42 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: nn.Mo
           resumed: dict[str, Any]) -> Epochs:
   """The driver of the run's pipeline, positioned where the checkpoint it resumes from (its meta,
   `resumed`; {} when fresh) left the data."""
-  step_fn = make_step_fn(model, run_objective, config.model.max_norm)
+  shared = shared_views(config, run_objective, members, run_inputs.streamed)
+  step_fn = make_step_fn(model, run_objective, config.model.max_norm, shared is not None)
   if not run_inputs.streamed:
     train_data = run_inputs.train_data
     if run_objective.teacher.cached_logits is not None:  # Gathered by the step with its batch.
       train_data = {**train_data, "teacher_logits": run_objective.teacher.cached_logits}
     args = (train_data, members.hparams, run_objective.teacher.variables)
     views = {"max_shift": config.data.jitter,
-             "independent_views": run_objective.independent_views}
+             "independent_views": run_objective.independent_views, "shared": shared}
+    store = run_objective.teacher.views_store
+    if store is not None:
+      if epoch_driver(config, model) == "steps":
+        raise ConfigError("config.teacher_views_dir needs the scanned epoch: set "
+                          "data.epoch_driver='scan' (this model's auto driver steps).")
+      return StoredViewsEpochs.of(step_fn, run_objective.sampler, config.batch_size, mesh,
+                                  members.member_batch, args, store, config.num_epochs, **views)
     if epoch_driver(config, model) == "steps":
       return SteppedEpochs.of(step_fn, run_objective.sampler, config.batch_size, mesh,
                               members.member_batch, args, **views)
     return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size, mesh,
                                         members.member_batch, **views), args)
   return StreamedEpochs.start(config, workdir, step_fn, run_objective, run_inputs, members, mesh,
-                              resumed)
+                              resumed, shared)
+
+
+def shared_views(config: ml_collections.ConfigDict, run_objective: objective.Objective,
+                 members: population.Population, streamed: bool) -> dict[str, Any] | None:
+  """`steps.shared_step`'s settings when the members share their batches (`data.shared_order`,
+  a streamed run of one member, or a run storing its teacher's outputs on its views, which one
+  member shares with itself): the views of the member seeded `config.seed`, and the
+  teacher's targets and mixup computed once per batch; None when each member has its own."""
+  if not (config.data.shared_order or (streamed and members.size == 1)
+          or run_objective.teacher.views_store is not None):
+    return None
+  return {"views_rng": steps.run_rng(config.seed), "targets_fn": run_objective.teacher.targets_fn,
+          "mixup_p": run_objective.mixup_p}
 
 
 def epoch_driver(config: ml_collections.ConfigDict, model: nn.Module) -> str:
@@ -93,29 +114,31 @@ def epoch_driver(config: ml_collections.ConfigDict, model: nn.Module) -> str:
   return "steps" if "conv_general_dilated" in str(program(images)) else "scan"
 
 
-def make_step_fn(model: nn.Module, run_objective: objective.Objective,
-                 max_norm: float) -> Callable:
+def make_step_fn(model: nn.Module, run_objective: objective.Objective, max_norm: float,
+                 given_targets: bool = False) -> Callable:
   """`steps.train_step` told the run's model, optimizer, loss, targets, max-norm and the
-  student features its loss terms read: the step
-  both pipelines run (scanned in the compiled epoch, or called per streamed batch)."""
-  return functools.partial(steps.train_step, model=model, optimizer=run_objective.optimizer,
-                           loss_fn=run_objective.loss_fn,
-                           targets_fn=run_objective.teacher.targets_fn, max_norm=max_norm,
-                           feature_paths=run_objective.student_features,
-                           mixup_p=run_objective.mixup_p)
+  student features its loss terms read: the step every driver runs (scanned in the compiled
+  epoch, or called per batch). With `given_targets` it takes targets computed before it (a
+  population sharing its batches, `steps.shared_step`, which also mixes them up)."""
+  return functools.partial(
+      steps.train_step, model=model, optimizer=run_objective.optimizer,
+      loss_fn=run_objective.loss_fn,
+      targets_fn=targets.given_targets if given_targets else run_objective.teacher.targets_fn,
+      max_norm=max_norm, feature_paths=run_objective.student_features,
+      mixup_p=0.0 if given_targets else run_objective.mixup_p)
 
 
 def make_epoch_fn(step_fn: Callable, sampler: steps.Sampler, batch_size: int,
                   mesh: jax.sharding.Mesh, member_batch: int, max_shift: int,
-                  independent_views: bool = False):
+                  independent_views: bool = False, shared: dict[str, Any] | None = None):
   """The jitted population epoch (state donated): (state, train_data, hparams,
   teacher_variables, epoch) -> (state, per-member metrics); views jittered by up to `max_shift`
-  (the teacher's its own with `independent_views`)."""
+  (the teacher's its own with `independent_views`), shared by the members with `shared`."""
   return jax.jit(
       functools.partial(steps.population_epoch, member_batch=member_batch, step_fn=step_fn,
                         batch_size=batch_size, max_shift=max_shift,
                         batch_sharding=parallelism.batch_sharded(mesh), sampler=sampler,
-                        independent_views=independent_views),
+                        independent_views=independent_views, shared=shared),
       out_shardings=parallelism.replicated(mesh), donate_argnums=(0,))
 
 
@@ -145,6 +168,58 @@ class CompiledEpochs:
 
 
 @dataclasses.dataclass
+class StoredViewsEpochs:
+  """The scanned epoch of members sharing their batches, with the teacher's outputs on each
+  epoch's views kept in `store` (`teacher_views_dir`, `objective.views_store`): an epoch stored
+  there already is read and runs no teacher; any other computes its outputs and stores them. Both
+  programs give the student the same float32 targets, so a run is the same bit for bit either
+  way."""
+
+  store_fn: Any  # make_epoch_fn's epoch that also returns its targets [steps, B, ...].
+  read_fn: Any  # make_epoch_fn's epoch that takes them in place of the teacher's variables.
+  args: tuple[Any, ...]  # (train data, hparams, teacher variables)
+  store: pathlib.Path
+  num_epochs: int
+  mesh: jax.sharding.Mesh
+
+  @classmethod
+  def of(cls, step_fn: Callable, sampler: steps.Sampler, batch_size: int,
+         mesh: jax.sharding.Mesh, member_batch: int, args: tuple[Any, ...],
+         store: pathlib.Path, num_epochs: int, max_shift: int, independent_views: bool,
+         shared: dict[str, Any]) -> StoredViewsEpochs:
+    make = lambda views: make_epoch_fn(step_fn, sampler, batch_size, mesh, member_batch,
+                                       max_shift, independent_views, {**shared, "views": views})
+    return cls(make("store"), make("read"), args, store, num_epochs, mesh)
+
+  def compiled(self, state: steps.TrainState) -> StoredViewsEpochs:
+    del state  # Each program compiles on its first epoch.
+    held = sum((self.store / f"epoch_{epoch:05d}.json").exists()
+               for epoch in range(self.num_epochs))
+    reporting.say(f"Teacher outputs on the views: {self.store} holds {held} of the run's "
+                  f"{self.num_epochs} epochs; the others are computed and stored there.")
+    return self
+
+  def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
+            guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]:
+    del loop, guard  # Signals are answered between epochs.
+    train_data, hparams, teacher_variables = self.args
+    stored = objective.stored_views(self.store, epoch)
+    if stored is not None:
+      stored = jax.device_put(stored, parallelism.replicated(self.mesh))
+      return self.read_fn(state, train_data, hparams, stored, jnp.int32(epoch))
+    state, metrics, outputs = self.store_fn(state, train_data, hparams, teacher_variables,
+                                            jnp.int32(epoch))
+    objective.store_views(self.store, epoch, np.asarray(jax.device_get(outputs)))
+    return state, metrics
+
+  def position(self) -> dict[str, Any]:
+    return {}
+
+  def close(self) -> None:
+    pass
+
+
+@dataclasses.dataclass
 class SteppedEpochs:
   """The memory pipeline's epochs as one compiled call per step, dispatched from Python: the
   scanned epoch's batches, jitter and dropout keys and updates, step by step, for models whose
@@ -160,15 +235,16 @@ class SteppedEpochs:
   @classmethod
   def of(cls, step_fn: Callable, sampler: steps.Sampler, batch_size: int,
          mesh: jax.sharding.Mesh, member_batch: int, args: tuple[Any, ...], max_shift: int,
-         independent_views: bool = False) -> SteppedEpochs:
+         independent_views: bool = False, shared: dict[str, Any] | None = None
+         ) -> SteppedEpochs:
     order_fn = jax.jit(functools.partial(steps.population_order, member_batch=member_batch,
-                                         batch_size=batch_size, sampler=sampler),
+                                         batch_size=batch_size, sampler=sampler, shared=shared),
                        out_shardings=parallelism.replicated(mesh))
     population_step = jax.jit(
         functools.partial(steps.population_indexed_step, member_batch=member_batch,
                           step_fn=step_fn, max_shift=max_shift,
                           batch_sharding=parallelism.batch_sharded(mesh),
-                          independent_views=independent_views),
+                          independent_views=independent_views, shared=shared),
         out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
     return cls(order_fn, population_step, args, mesh)
 
@@ -194,7 +270,7 @@ class SteppedEpochs:
     epoch = jnp.int32(epoch)
     indices = self.order_fn(state, train_data, hparams, epoch)
     sums = self._zero_sums(self.sum_shapes)
-    num_steps = indices.shape[1]
+    num_steps = indices.shape[-2]  # [P, steps, batch], or [steps, batch] when shared.
     for step_in_epoch in range(num_steps):
       state, sums = self.step_fn(state, sums, train_data, hparams, teacher_variables, epoch,
                                  jnp.int32(step_in_epoch), indices)
@@ -228,12 +304,12 @@ class StreamedEpochs:
   def start(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path, step_fn: Callable,
             run_objective: objective.Objective, run_inputs: inputs.Inputs,
             members: population.Population, mesh: jax.sharding.Mesh,
-            resumed: dict[str, Any]) -> StreamedEpochs:
-    """Streams for the run (one shared, or one per member), positioned where the checkpoint it
-    resumes from (its meta, `resumed`; {} when fresh) left them."""
+            resumed: dict[str, Any], shared: dict[str, Any] | None) -> StreamedEpochs:
+    """Streams for the run (one the members share, with `shared_views`' settings, or one per
+    member), positioned where the checkpoint it resumes from (its meta, `resumed`; {} when fresh)
+    left them."""
     from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
-    shared = config.data.shared_order or members.size == 1
-    seeds = [config.seed] if shared else members.seeds
+    seeds = [config.seed] if shared is not None else members.seeds
     position = resumed.get("stream", {})
     if resumed and len(position.get("iterators", ())) != len(seeds):
       raise CheckpointError(
@@ -262,11 +338,12 @@ class StreamedEpochs:
       raise
     population_step = jax.jit(functools.partial(
         steps.population_step, member_batch=members.member_batch, step_fn=step_fn,
-        shared_batch=shared),
+        shared=shared),
                               out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
     sums = position.get("sums")
     return cls(step_fn=population_step, iterators=iterators,
-               feed=streaming.device_batches(iterators, mesh, shared), args=(members.hparams, run_objective.teacher.variables),
+               feed=streaming.device_batches(iterators, mesh, shared is not None),
+               args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
                resume_step=position.get("step_in_epoch", 0), children_before=children_before,

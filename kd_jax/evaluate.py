@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 from absl import flags
 
-from kd_jax import (config_lib, data, evaluation, extensions, inputs, losses, parallelism,
+from kd_jax import (config_fields, data, evaluation, extensions, inputs, losses, parallelism,
                     population, reporting, rundir, runs)
 from kd_jax.errors import CheckpointError, ConfigError
 
@@ -68,7 +68,7 @@ def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                 f"{evaluation.errors_summary(result)} test errors, accuracy "
                 f"{100 * report['test_accuracy']:.2f}%, loss {report['test_loss']:.4f}; "
                 f"per class {report['per_class_errors']}.")
-  if config_lib.is_distillation(run_config) and splits is not None:  # Per member: lists.
+  if config_fields.is_distillation(run_config) and splits is not None:  # Per member: lists.
     report["transfer_fit"] = _transfer_fit(run, splits, mesh, teacher_model)  # Printed under it.
   if num_members > 1:
     report.update(num_members=num_members, ensemble_mean=ensemble,

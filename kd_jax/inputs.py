@@ -27,7 +27,7 @@ class DeviceSplit(flax.struct.PyTreeNode):
   mask: jax.Array
   num_examples: int = flax.struct.field(pytree_node=False)
   # A distilled run's test split: its teacher's log-probabilities at T = 1 [N, C], so that each
-  # evaluation also measures the student's agreement and KL with it (`steps.evaluate`).
+  # evaluation also measures the student's agreement and KL with it (`evaluation.evaluate`).
   teacher_log_probs: jax.Array | None = None
 
 

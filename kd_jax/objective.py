@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import pathlib
@@ -45,6 +46,8 @@ class Teacher:
   # Its log-probabilities at T = 1 on the (padded) test split, computed once, so that every
   # evaluation measures the student's fit to it (memory pipeline; None otherwise).
   test_log_probs: jax.Array | None = None
+  # `teacher_views_dir`'s folder for this run's views and teacher (`views_store`), or None.
+  views_store: pathlib.Path | None = None
 
 
 NO_TEACHER = Teacher(targets.no_targets, None, None)
@@ -79,13 +82,15 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
                       f"{run_inputs.num_train} training examples.")
   loss_fn, teacher, teaching = losses.hard_label_loss, NO_TEACHER, ""
   terms, pairs = config_lib.loss_terms(config)  # Empty without a teacher.
-  if config.get("teacher_workdir"):  # config_lib.is_distillation, read here with the rest.
+  if config.get("teacher_workdir"):  # config_fields.is_distillation, read here with the rest.
     teaching = config.get("teaching", "consistent")
     loss_fn = losses.make_distillation_loss(
         config.soft_loss, config.teacher_ensemble, config.soft_t_squared, terms,
         {name: config.terms[name].warmup_epochs for name in terms}, steps_per_epoch, pairs)
     teacher = _teacher(config, run_inputs, mesh, members.member_batch, teacher_model, pairs,
                        student_model or models.model_from_config(config.model))
+    teacher = dataclasses.replace(teacher, views_store=views_store(config, run_inputs, members,
+                                                                   teacher, bool(pairs)))
   sampler, label_maps = steps.shuffled_batches, None
   if extension:  # The one place a kind of run (specialists) changes the objective.
     loss_fn, sampler, label_maps = extension.objective(config, loss_fn, sampler, members.hparams)
@@ -94,6 +99,72 @@ def build(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
                    label_maps, student_features, teacher.adapter_shapes,
                    mixup_p=config.mixup_p if teaching == "function_matching" else 0.0,
                    independent_views=teaching == "independent")
+
+
+VIEWS_KEY_FILE = "views.json"  # In each folder of teacher_views_dir: what its key was made of.
+
+
+def views_store(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
+                members: population.Population, teacher: Teacher,
+                feature_terms: bool) -> pathlib.Path | None:
+  """`teacher_views_dir`'s folder for this run: named by a digest of the views (the seed whose
+  order, jitter and mixup the members share, the batch size, jitter, teaching mode, mixup and
+  the training data's fingerprint) and the teacher (a digest of all its variables, the members
+  used), so any run with the same views and teacher reads what another stored. None when unset;
+  a ConfigError for a run whose teacher outputs cannot be stored this way."""
+  if not config.get("teacher_views_dir"):
+    return None
+  refuse = lambda why: ConfigError(f"config.teacher_views_dir={config.teacher_views_dir!r} {why}.")
+  if run_inputs.streamed or jax.process_count() > 1:
+    raise refuse("needs the memory pipeline in one process")
+  if teacher.variables is None:
+    raise refuse("has nothing to store: the teacher's logits are cached once (a fixed transfer "
+                 "set)")
+  if feature_terms:
+    raise refuse("stores logits: feature terms read the teacher's features in the step")
+  if members.size > 1 and not config.data.shared_order:
+    raise refuse("needs members that share their batches: one member, or data.shared_order=True")
+  key = {"teacher": checkpointing.combined_digest(checkpointing.array_digests(teacher.variables)),
+         "teacher_members": list(config.teacher_members),
+         "views": {"seed": config.seed, "batch_size": config.batch_size,
+                   "jitter": config.data.jitter, "teaching": config.teaching,
+                   "mixup_p": config.mixup_p if config.teaching == "function_matching" else 0.0,
+                   "train_examples": run_inputs.num_train, "data": run_inputs.fingerprint}}
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  folder = pathlib.Path(config.teacher_views_dir) / digest
+  with reporting.written(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+  if not (folder / VIEWS_KEY_FILE).exists():
+    reporting.write_json(folder / VIEWS_KEY_FILE, key)
+  return folder
+
+
+def stored_views(folder: pathlib.Path, epoch: int) -> np.ndarray | None:
+  """The teacher's outputs on epoch `epoch`'s views, as `store_views` wrote them into `folder`;
+  None when they are not there, or fail the sha256 recorded beside them (with a notice)."""
+  path, record = folder / f"epoch_{epoch:05d}.npy", folder / f"epoch_{epoch:05d}.json"
+  try:
+    sha256 = json.loads(record.read_text())["sha256"]
+  except (OSError, json.JSONDecodeError, KeyError):  # Not stored, or cut off mid-write.
+    return None
+  if not path.exists() or records.file_digest(path)["sha256"] != sha256:
+    reporting.say(f"Note: {path} is missing or does not match its recorded sha256: computing "
+                  "the teacher's outputs on that epoch's views again.")
+    return None
+  return np.load(path)
+
+
+def store_views(folder: pathlib.Path, epoch: int, outputs: np.ndarray) -> None:
+  """Writes the teacher's outputs on epoch `epoch`'s views (temp file then rename) and their
+  sha256 after them, so a reader sees the whole file or none."""
+  path = folder / f"epoch_{epoch:05d}.npy"
+  partial = path.with_suffix(".tmp.npy")
+  with reporting.written(path):
+    np.save(partial, outputs)
+    partial.replace(path)
+  reporting.write_json(folder / f"epoch_{epoch:05d}.json",
+                       {"sha256": records.file_digest(path)["sha256"],
+                        "shape": list(outputs.shape), "dtype": str(outputs.dtype)})
 
 
 def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,

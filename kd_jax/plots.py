@@ -39,7 +39,8 @@ def test_errors(root: pathlib.Path, runs: Sequence[str]) -> None:
     return
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for run in runs:
-    records = reporting.read_metrics(root / run / rundir.METRICS_FILE)
+    records = [r for r in reporting.read_metrics(root / run / rundir.METRICS_FILE)
+               if "test_errors" in r]  # Epochs evaluated (`eval_every_epochs`).
     ax.plot([r["epoch"] for r in records], [np.mean(r["test_errors"]) for r in records],
             marker="o" if len(records) <= 40 else None, markersize=3, label=run)
   ax.set(xlabel="epoch", ylabel="test errors (of 10,000)", yscale="log",

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax import config_lib, extensions, parallelism, steps
+from kd_jax import config_fields, config_lib, extensions, parallelism, steps
 
 Member = dict[str, Any]  # {index, seed, learning_rate[, temperature, alpha], ...}
 
@@ -28,9 +28,9 @@ Member = dict[str, Any]  # {index, seed, learning_rate[, temperature, alpha], ..
 def hparam_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The per-member hyperparameters of a run: the learning rate; T and alpha to distil, and the
   numbers of its active loss terms ('terms.dkd.beta', ...)."""
-  if not config_lib.is_distillation(config):
+  if not config_fields.is_distillation(config):
     return ("learning_rate",)
-  return config_lib.SWEEPABLE + config_lib.term_hparam_names(config)
+  return config_fields.SWEEPABLE + config_lib.term_hparam_names(config)
 
 
 def members(config: ml_collections.ConfigDict) -> list[Member]:

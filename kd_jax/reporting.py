@@ -81,12 +81,12 @@ class MetricsWriter:
       kept = [r for r in read_metrics(self._path) if r["epoch"] <= keep_epochs_up_to]
       if len(kept) != len(lines):
         tmp = self._path.with_suffix(".jsonl.tmp")
-        with _written(self._path):
+        with written(self._path):
           tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
           tmp.replace(self._path)
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      with _written(self._tb_dir):
+      with written(self._tb_dir):
         self._tb = SummaryWriter(str(self._tb_dir))
     except ImportError:
       logging.info("tensorboardX is not installed: no TensorBoard events are written.")
@@ -98,12 +98,12 @@ class MetricsWriter:
     if not is_main_process():
       return
     record = {k: _to_python(v) for k, v in record.items()}
-    with _written(self._path):
+    with written(self._path):
       faults.point("write_metrics")
       with self._path.open("a") as f:
         f.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb is not None:
-      with _written(self._tb_dir):
+      with written(self._tb_dir):
         faults.point("write_tensorboard")
         for key, value in record.items():
           if isinstance(value, (int, float)) and key != "epoch":
@@ -120,7 +120,7 @@ class MetricsWriter:
     if tb is None:
       return
     try:
-      with _written(self._tb_dir):
+      with written(self._tb_dir):
         tb.close()
     finally:  # Failed or not, closed: tensorboardX's atexit hook would retry, with a traceback,
       events = getattr(getattr(tb, "file_writer", None), "event_writer", None)  # and its thread
@@ -138,7 +138,7 @@ def stage_timings(root: pathlib.Path) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _written(path: str | pathlib.Path) -> Iterator[None]:
+def written(path: str | pathlib.Path) -> Iterator[None]:
   """Turns an OS error while writing `path` (a full or read-only disk) into the one-line
   CheckpointError (exit 4) that commands print instead of a traceback."""
   try:
@@ -156,7 +156,7 @@ def write_json(path: str | pathlib.Path, payload: dict[str, Any]) -> None:
     return
   path = pathlib.Path(path)
   tmp = path.with_suffix(path.suffix + ".tmp")
-  with _written(path):
+  with written(path):
     faults.point(f"write_json:{path.name}")
     tmp.write_text(json.dumps(_to_python(payload), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from kd_jax import config_lib, faults, parallelism, reporting
+from kd_jax import config_fields, config_lib, faults, parallelism, reporting
 from kd_jax.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.json"
@@ -42,11 +42,13 @@ LOCK_FILE = ".lock"
 ASIDE_DIR = ".replaced"
 CORRUPTED_DIR = "corrupted_checkpoints"  # Checkpoints that failed their checksums, kept aside.
 RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
-# Fields that say where data lives or how often to save: they may change when a run resumes.
+# Fields that say where data (or the teacher's stored outputs) live, or how often to save or
+# evaluate: they may change when a run resumes.
 # How many members run vmapped together changes float rounding at most, like the device count.
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
                      "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch",
-                     "data.records_dir", "data.prefetch", "checkpoint.every_steps")
+                     "data.records_dir", "data.prefetch", "checkpoint.every_steps",
+                     "eval_every_epochs", "teacher_views_dir")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 
 
@@ -85,14 +87,14 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _defaults_for(saved: dict[str, Any]) -> dict[str, Any]:
-  """Defaults of the fields added to kd_jax since runs were first saved (config_lib.ADDED_FIELDS),
+  """Defaults of the fields added to kd_jax since runs were first saved (config_fields.ADDED_FIELDS),
   flattened: a run saved before one existed held, in effect, its default. Other missing fields
   stay missing, so validation names them rather than guessing."""
   defaults = config_lib.base_config()
   if "teacher_workdir" in saved:  # Distillation fields, also in a hard-label run that has them.
     defaults = config_lib.add_distillation(defaults)
   flat = _flatten(json.loads(defaults.to_json_best_effort()))
-  return {k: v for k, v in flat.items() if k in config_lib.ADDED_FIELDS}
+  return {k: v for k, v in flat.items() if k in config_fields.ADDED_FIELDS}
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -125,7 +127,7 @@ def config_differences(saved: ml_collections.ConfigDict,
   new = _flatten(json.loads(current.to_json_best_effort()))
   old = {**{k: v for k, v in _defaults_for(old).items() if k in new}, **old}
   old = {k: v for k, v in old.items()  # A field since removed, at its old default: the same run.
-         if not (k not in new and config_lib.REMOVED_FIELDS.get(k, object()) == v)}
+         if not (k not in new and config_fields.REMOVED_FIELDS.get(k, object()) == v)}
   return sorted(k for k in old.keys() | new.keys()
                 if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
 

@@ -1,4 +1,4 @@
-"""The pure functions of training and evaluation: step, compiled epoch, evaluation over a split.
+"""The pure functions of training: the step, the compiled epoch, a population's steps and epochs.
 
 The step is a pure function (state, batch, key, hparams, teacher_params) -> (state, metrics). It
 is told its loss (`losses.hard_label_loss` or a distillation loss) and where its targets come from
@@ -6,7 +6,9 @@ is told its loss (`losses.hard_label_loss` or a distillation loss) and where its
 losses, targets and data, never the step. It runs under jax.jit on a sharded mesh (XLA averages
 gradients across devices), under jax.pmap when given an `axis_name` (gradients and metrics
 averaged with lax.pmean), under jax.vmap and inside lax.scan — which is how one epoch becomes one
-compiled call, and how a population of members trains in that same call.
+compiled call, and how a population of members trains in that same call. Members that share
+their data (`data.shared_order`) share each step's batch, mixup and teacher targets (`shared_step`):
+the teacher runs once per batch for the whole population. (Evaluation: `kd_jax.evaluation`.)
 
 A population is a TrainState whose every leaf has a leading member axis [P, ...], with per-member
 hyperparameters `hparams` ({'learning_rate', and for distillation 'temperature', 'alpha'}, each
@@ -57,7 +59,8 @@ class TrainState(flax.struct.PyTreeNode):
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Optimizer:
   """learning_rate -> the config's optimizer; the rate may be a traced (swept) value.
 
-  "adam" (default): Adam with `lr_schedule` (constant or cosine). "sgd_momentum": the 2012
+  "adam" (default): Adam with `lr_schedule` (constant or cosine), after a linear warm-up of
+  `lr_warmup_epochs` from 0 (optax's warmup_cosine_decay_schedule). "sgd_momentum": the 2012
   dropout paper's recipe (Srivastava et al. 2014, appendix): momentum rising linearly from
   `sgd.momentum_start` to `sgd.momentum_end` over `sgd.momentum_epochs` epochs, the rate decayed by
   `sgd.decay_per_epoch` each epoch and scaled by (1 - momentum). The optimizer state does not
@@ -80,13 +83,26 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
 
     return optimizer
 
+  warmup_steps = config.get("lr_warmup_epochs", 0) * steps_per_epoch
+  total_steps = config.num_epochs * steps_per_epoch
+
   def optimizer(learning_rate):
-    if config.lr_schedule == "cosine":
-      learning_rate = optax.cosine_decay_schedule(learning_rate,
-                                                  config.num_epochs * steps_per_epoch)
+    if config.lr_schedule == "cosine" and warmup_steps:
+      learning_rate = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
+                                                         total_steps)
+    elif config.lr_schedule == "cosine":
+      learning_rate = optax.cosine_decay_schedule(learning_rate, total_steps)
+    elif warmup_steps:
+      learning_rate = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     return optax.adam(learning_rate)
 
   return optimizer
+
+
+def run_rng(seed: int) -> jax.Array:
+  """The base key (`TrainState.rng`) of the member seeded `seed`: its data order, views and
+  dropout come from it."""
+  return jax.random.split(jax.random.PRNGKey(seed))[1]
 
 
 def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
@@ -200,11 +216,22 @@ def indexed_step(state: TrainState, train_data: dict[str, jax.Array],
                  max_shift: int, batch_sharding: jax.sharding.Sharding,
                  independent_views: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """A member's step `step_in_epoch` of epoch `epoch` on the examples `indices`: the batch gathered
-  from `train_data`, jittered and normalised, then `step_fn`; jitter and dropout keys are folded
-  from (member key, epoch, step), so a resumed run sees exactly the data and masks an
-  uninterrupted one would. With `independent_views` the teacher sees another jitter of the same
-  images (`teacher_image`, from a stream of its own)."""
+  from `train_data`, jittered and normalised (`view_batch`), then `step_fn`; jitter and dropout
+  keys are folded from (member key, epoch, step), so a resumed run sees exactly the data and masks
+  an uninterrupted one would."""
   _, jitter_key, dropout_key = epoch_keys(state.rng, epoch)
+  batch = view_batch(train_data, indices, jitter_key, step_in_epoch, max_shift=max_shift,
+                     batch_sharding=batch_sharding, independent_views=independent_views)
+  return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
+                 teacher_variables)
+
+
+def view_batch(train_data: dict[str, jax.Array], indices: jax.Array, jitter_key: jax.Array,
+               step_in_epoch: jax.Array, *, max_shift: int, batch_sharding: jax.sharding.Sharding,
+               independent_views: bool = False) -> dict[str, jax.Array]:
+  """The examples `indices` of `train_data`, their images jittered by up to `max_shift` pixels
+  (key: `jitter_key` folded with the step) and normalised; with `independent_views` the teacher's
+  own jitter of the same images as 'teacher_image' (from a stream of its own)."""
   indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
   batch = {name: array[indices] for name, array in train_data.items()}
   view = lambda key: data.normalize(data.jitter(jax.random.fold_in(key, step_in_epoch),
@@ -212,16 +239,15 @@ def indexed_step(state: TrainState, train_data: dict[str, jax.Array],
   if independent_views:
     batch["teacher_image"] = view(jax.random.fold_in(jitter_key, TEACHER_VIEW_STREAM))
   batch["image"] = view(jitter_key)
-  return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), hparams,
-                 teacher_variables)
+  return batch
 
 
 def epoch_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Epoch means of per-step metrics [steps], and the in-epoch index of the first non-finite loss
-  (-1 if none: the host stops before saving)."""
+  """Epoch means of per-step metrics [steps, ...] (a member's, or [steps, P] a population's), and
+  the in-epoch index of the first non-finite loss (-1 if none: the host stops before saving)."""
   finite = jnp.isfinite(metrics["loss"])
-  means = jax.tree.map(jnp.mean, metrics)
-  means["first_nonfinite_step"] = jnp.where(finite.all(), -1, jnp.argmin(finite))
+  means = jax.tree.map(lambda values: jnp.mean(values, axis=0), metrics)
+  means["first_nonfinite_step"] = jnp.where(finite.all(axis=0), -1, jnp.argmin(finite, axis=0))
   return means
 
 
@@ -252,12 +278,18 @@ def train_epoch(state: TrainState, train_data: dict[str, jax.Array], hparams: di
 
 def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
                      hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array, *,
-                     member_batch: int, **epoch_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
+                     member_batch: int, shared: dict[str, Any] | None = None,
+                     **epoch_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_epoch` for every member of a population (states and hparams stacked on axis 0).
 
   Each member is exactly a single run with its own seed and settings; `member_batch` of them are
-  vmapped together (see `parallelism.map_members`). Metrics come back per member, [P].
+  vmapped together (see `parallelism.map_members`). With `shared` (`shared_step`'s views_rng,
+  targets_fn and mixup_p) the members share their batches: `shared_epoch`. Metrics come back per
+  member, [P].
   """
+  if shared is not None:
+    return shared_epoch(states, train_data, hparams, teacher_variables, epoch,
+                        member_batch=member_batch, **shared, **epoch_kwargs)
 
   def one_member(member):
     state, member_hparams = member
@@ -267,10 +299,95 @@ def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
   return parallelism.map_members(one_member, (states, hparams), member_batch)
 
 
+def shared_step(states: TrainState, batch: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                teacher_variables: Any, epoch: jax.Array, step_in_epoch: jax.Array, *,
+                views_rng: jax.Array, step_fn: Callable, targets_fn: targets.TargetsFn,
+                member_batch: int, mixup_p: float = 0.0, unroll: bool = False,
+                return_targets: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Every member's step on one batch they all see (`data.shared_order`), its mixup and the
+  teacher's targets computed once for all of them: a population costs one teacher forward and P
+  student steps. The mixup key is `views_rng`'s (the keys of the member seeded `config.seed`, whose
+  steps are then exactly its single run's); each member keeps its own dropout. `step_fn` takes the
+  targets where it would take teacher variables (`targets.given_targets`). Metrics [P] (and with
+  `return_targets` the batch's targets, for `shared_epoch` to store)."""
+  if mixup_p:
+    step_key = jax.random.fold_in(epoch_keys(views_rng, epoch)[2], step_in_epoch)
+    batch = {**batch, **data.mixup(jax.random.fold_in(step_key, MIXUP_STREAM), batch["image"],
+                                   batch["label"], mixup_p)}
+  batch_targets = targets_fn(teacher_variables, batch)
+
+  def one_member(member):
+    state, member_hparams = member
+    dropout_key = epoch_keys(state.rng, epoch)[2]
+    return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), member_hparams,
+                   batch_targets)
+
+  states, metrics = parallelism.map_members(one_member, (states, hparams), member_batch,
+                                            unroll=unroll)
+  return (states, metrics, batch_targets) if return_targets else (states, metrics)
+
+
+def shared_order(train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                 epoch: jax.Array, *, views_rng: jax.Array, batch_size: int,
+                 sampler: Sampler = shuffled_batches) -> jax.Array:
+  """The batches [steps, batch] of epoch `epoch` that every member of a shared-order population
+  reads: those of the member whose base key is `views_rng`."""
+  return sampler(epoch_keys(views_rng, epoch)[0], train_data, hparams, batch_size)
+
+
+def shared_indexed_step(states: TrainState, train_data: dict[str, jax.Array],
+                        hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
+                        step_in_epoch: jax.Array, indices: jax.Array, *, views_rng: jax.Array,
+                        max_shift: int, batch_sharding: jax.sharding.Sharding,
+                        independent_views: bool = False, **step_kwargs
+                        ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`indexed_step` for a shared-order population: the batch `indices` viewed once, with
+  `views_rng`'s jitter, then `shared_step`."""
+  jitter_key = epoch_keys(views_rng, epoch)[1]
+  batch = view_batch(train_data, indices, jitter_key, step_in_epoch, max_shift=max_shift,
+                     batch_sharding=batch_sharding, independent_views=independent_views)
+  return shared_step(states, batch, hparams, teacher_variables, epoch, step_in_epoch,
+                     views_rng=views_rng, **step_kwargs)
+
+
+def shared_epoch(states: TrainState, train_data: dict[str, jax.Array],
+                 hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array, *,
+                 views_rng: jax.Array, batch_size: int, sampler: Sampler = shuffled_batches,
+                 views: str = "", **step_kwargs) -> tuple[Any, ...]:
+  """`population_epoch` for a shared-order population, as one lax.scan over its shared batches
+  (`shared_indexed_step`); metrics per member, [P].
+
+  `views` (`teacher_views_dir`): "store" also returns the epoch's targets [steps, B, ...] as the
+  teacher gave them; "read" takes them in place of `teacher_variables` and runs no teacher.
+  """
+  batch_indices = shared_order(train_data, hparams, epoch, views_rng=views_rng,
+                               batch_size=batch_size, sampler=sampler)
+  stored = teacher_variables if views == "read" else None
+
+  def body(states, inputs):
+    step_in_epoch, indices, step_targets = inputs
+    kwargs = step_kwargs
+    if views == "read":
+      kwargs = {**step_kwargs, "targets_fn": lambda variables, batch: step_targets}
+    out = shared_indexed_step(states, train_data, hparams, teacher_variables, epoch,
+                              step_in_epoch, indices, views_rng=views_rng,
+                              return_targets=views == "store", **kwargs)
+    return out[0], out[1:]
+
+  steps = jnp.arange(batch_indices.shape[0])
+  states, (metrics, *epoch_targets) = jax.lax.scan(body, states, (steps, batch_indices, stored))
+  return (states, epoch_metrics(metrics), *epoch_targets)
+
+
 def population_order(states: TrainState, train_data: dict[str, jax.Array],
                      hparams: dict[str, jax.Array], epoch: jax.Array, *, member_batch: int,
-                     batch_size: int, sampler: Sampler) -> jax.Array:
-  """Every member's batches of epoch `epoch` (the stepped epoch's first call): [P, steps, batch]."""
+                     batch_size: int, sampler: Sampler, shared: dict[str, Any] | None = None
+                     ) -> jax.Array:
+  """Every member's batches of epoch `epoch` (the stepped epoch's first call): [P, steps, batch],
+  or with `shared` the batches [steps, batch] they share (`shared_order`)."""
+  if shared is not None:
+    return shared_order(train_data, hparams, epoch, views_rng=shared["views_rng"],
+                        batch_size=batch_size, sampler=sampler)
   return parallelism.map_members(
       lambda member: epoch_order(member[0], train_data, member[1], epoch, batch_size=batch_size,
                                  sampler=sampler), (states, hparams), member_batch)
@@ -279,10 +396,18 @@ def population_order(states: TrainState, train_data: dict[str, jax.Array],
 def population_indexed_step(states: TrainState, sums: dict[str, jax.Array],
                             train_data: dict[str, jax.Array], hparams: dict[str, jax.Array],
                             teacher_variables: Any, epoch: jax.Array, step_in_epoch: jax.Array,
-                            batch_indices: jax.Array, *, member_batch: int, **step_kwargs
+                            batch_indices: jax.Array, *, member_batch: int,
+                            shared: dict[str, Any] | None = None, **step_kwargs
                             ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One `indexed_step` of every member on its batch `batch_indices[member, step_in_epoch]` (the
-  stepped epoch's compiled call, the members unrolled), its metrics added to the epoch's sums."""
+  stepped epoch's compiled call, the members unrolled), its metrics added to the epoch's sums;
+  with `shared`, `shared_indexed_step` on the batch `batch_indices[step_in_epoch]` they share."""
+  if shared is not None:
+    states, metrics = shared_indexed_step(
+        states, train_data, hparams, teacher_variables, epoch, step_in_epoch,
+        batch_indices[step_in_epoch], member_batch=member_batch, unroll=True, **shared,
+        **step_kwargs)
+    return states, accumulate_metrics(sums, metrics, step_in_epoch)
 
   def one_member(member):
     state, member_hparams, member_indices = member
@@ -298,27 +423,30 @@ def population_step(states: TrainState, sums: dict[str, jax.Array] | None,
                     batch: dict[str, jax.Array],
                     hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
                     step_in_epoch: jax.Array, *, member_batch: int, step_fn: Callable,
-                    shared_batch: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+                    shared: dict[str, Any] | None = None
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of every member on a streamed batch (the grain pipeline's one compiled call per
   step), its metrics added to the epoch's running `sums` (`accumulate_metrics`).
 
-  `batch` holds uint8 images, already jittered on the host: one batch all members share, or with
-  `shared_batch=False` one per member, stacked [P, B, ...]. Dropout keys are those of
-  `train_epoch` (member key, epoch, step in epoch). Metrics come back per member, [P].
+  `batch` holds uint8 images, already jittered on the host: one per member, stacked [P, B, ...],
+  or with `shared` (`shared_step`'s views_rng, targets_fn and mixup_p, where `step_fn` takes given
+  targets) one batch all members share. Dropout keys are those of `train_epoch` (member key,
+  epoch, step in epoch). Metrics come back per member, [P].
   """
+  if shared is not None:
+    batch = {**batch, "image": data.normalize(batch["image"])}
+    states, metrics = shared_step(states, batch, hparams, teacher_variables, epoch, step_in_epoch,
+                                  step_fn=step_fn, member_batch=member_batch, **shared)
+    return states, accumulate_metrics(sums, metrics, step_in_epoch)
 
   def one_member(member):
-    if shared_batch:
-      (state, member_hparams), member_data = member, batch
-    else:
-      state, member_hparams, member_data = member
+    state, member_hparams, member_data = member
     member_data = {**member_data, "image": data.normalize(member_data["image"])}
     dropout_key = epoch_keys(state.rng, epoch)[2]
     return step_fn(state, member_data, jax.random.fold_in(dropout_key, step_in_epoch),
                    member_hparams, teacher_variables)
 
-  members = (states, hparams) if shared_batch else (states, hparams, batch)
-  states, metrics = parallelism.map_members(one_member, members, member_batch)
+  states, metrics = parallelism.map_members(one_member, (states, hparams, batch), member_batch)
   return states, accumulate_metrics(sums, metrics, step_in_epoch)
 
 
@@ -351,73 +479,3 @@ def mean_metrics(sums: dict[str, jax.Array], num_steps: int,
            if name != "first_nonfinite_step"}
   means["first_nonfinite_step"] = jnp.where(first_bad >= 0, first_bad - start, first_bad)
   return means
-
-
-def eval_counts(log_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  """Sums (not means) over the real examples of a padded batch, so totals add up exactly."""
-  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-  wrong = (jnp.argmax(log_probs, -1) != labels) & mask
-  per_class = jnp.zeros(log_probs.shape[-1], jnp.int32).at[labels].add(wrong.astype(jnp.int32))
-  return {"loss_sum": jnp.sum(jnp.where(mask, nll, 0.0)), "errors": jnp.sum(wrong),
-          "per_class_errors": per_class}
-
-
-def evaluate(member_variables: Any, images: jax.Array, labels: jax.Array, mask: jax.Array,
-             label_maps: jax.Array | None = None, teacher_log_probs: jax.Array | None = None,
-             *, model: nn.Module, batch_size: int,
-             member_batch: int, batch_sharding: jax.sharding.Sharding,
-             ensemble: str = "arithmetic") -> dict[str, dict[str, jax.Array]]:
-  """Totals of `eval_counts` over a split padded to a multiple of `batch_size`.
-
-  `member_variables` are stacked [P, ...] ({'params': ..., and any other collections}); returns {'members': totals with a leading [P] axis,
-  'ensemble': totals of the members' averaged probabilities}. With `label_maps` [P, C] (members
-  that predict classes of their own, e.g. specialists) member p is scored on label_maps[p][labels]
-  and there is no ensemble. With `teacher_log_probs` [N, C] (a teacher's, at T = 1) each member
-  also counts its top-class agreements with the teacher and sums KL(teacher || member).
-  """
-  num_batches = images.shape[0] // batch_size
-  fit = teacher_log_probs is not None
-
-  def body(totals, inputs):
-    batch_images, batch_labels, batch_mask, *batch_teacher = [
-        jax.lax.with_sharding_constraint(x, batch_sharding) for x in inputs]
-    logits = targets.member_logits(model, member_variables, data.normalize(batch_images),
-                                   member_batch)
-    if label_maps is not None:
-      counts = {"members": jax.vmap(eval_counts, in_axes=(1, 0, None))(
-          jax.nn.log_softmax(logits), label_maps[:, batch_labels], batch_mask)}
-    else:
-      counts = {
-          "members": jax.vmap(eval_counts, in_axes=(1, None, None))(
-              jax.nn.log_softmax(logits), batch_labels, batch_mask),
-          "ensemble": eval_counts(losses.ensemble_log_probabilities(logits, mean=ensemble),
-                                  batch_labels, batch_mask)}
-    if fit:
-      counts["members"].update(jax.vmap(fit_counts, in_axes=(1, None, None))(
-          jax.nn.log_softmax(logits), batch_teacher[0], batch_mask))
-    return jax.tree.map(jnp.add, totals, counts), None
-
-  split = lambda x: x.reshape((num_batches, batch_size) + x.shape[1:])
-  num_members = jax.tree.leaves(member_variables)[0].shape[0]
-  num_classes = jax.eval_shape(lambda v, x: targets.member_logits(model, v, x, member_batch),
-                               member_variables, images[:1].astype(jnp.float32)).shape[-1]
-  zeros = {"loss_sum": jnp.zeros((), jnp.float32), "errors": jnp.zeros((), jnp.int32),
-           "per_class_errors": jnp.zeros(num_classes, jnp.int32)}
-  member_zeros = {**zeros, **({"teacher_agreements": jnp.zeros((), jnp.int32),
-                                 "teacher_kl_sum": jnp.zeros((), jnp.float32)} if fit else {})}
-  zeros = {"members": jax.tree.map(lambda z: jnp.zeros((num_members,) + z.shape, z.dtype),
-                                   member_zeros),
-           **({"ensemble": zeros} if label_maps is None else {})}
-  totals, _ = jax.lax.scan(body, zeros, (split(images), split(labels), split(mask),
-                                         *([split(teacher_log_probs)] if fit else [])))
-  return totals
-
-
-def fit_counts(log_probs: jax.Array, teacher_log_probs: jax.Array,
-               mask: jax.Array) -> dict[str, jax.Array]:
-  """A member's top-class agreements with its teacher and summed KL(teacher || member) over the
-  real examples of a padded batch."""
-  agree = (jnp.argmax(log_probs, -1) == jnp.argmax(teacher_log_probs, -1)) & mask
-  kl = jnp.sum(jnp.exp(teacher_log_probs) * (teacher_log_probs - log_probs), -1)
-  return {"teacher_agreements": jnp.sum(agree.astype(jnp.int32)),
-          "teacher_kl_sum": jnp.sum(jnp.where(mask, kl, 0.0))}

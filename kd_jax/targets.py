@@ -5,6 +5,8 @@
                               student sees it (jittered or not)
   cached_targets              logits computed once per run by `teacher_logits` and gathered with
                               the batch (valid only when the transfer set is not jittered)
+  given_targets               targets computed before the step, once for a population sharing
+                              the batch (`steps.shared_step`), passed in place of the variables
 
 Teacher outputs are logits [B, M, C] for M teachers (a population teacher is an ensemble; a single
 teacher has M = 1), always under stop_gradient. The losses turn them into soft targets.
@@ -61,6 +63,12 @@ def make_teacher_targets(teacher: nn.Module, member_batch: int | None = None,
                                   "features": jax.tree.map(first_to_second, member_features)})
 
   return targets_fn
+
+
+def given_targets(batch_targets: Any, batch: dict) -> Any:
+  """The targets the step was given (in its teacher-variables argument), computed before it."""
+  del batch
+  return batch_targets
 
 
 def cached_targets(teacher_variables: Any, batch: dict) -> jax.Array:

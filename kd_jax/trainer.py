@@ -241,8 +241,9 @@ def _summary(config: ml_collections.ConfigDict, workdir: pathlib.Path, step: int
 def epoch_record(epoch: int, step: int, epoch_time: float, train_metrics: dict[str, np.ndarray],
                  results: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """One metrics.jsonl line. One member: scalars. A population: per-member lists in member order
-  plus the ensemble's figures as ensemble_<split>_<figure>."""
-  single = len(results["test"]["members"]) == 1
+  plus the ensemble's figures as ensemble_<split>_<figure>. An epoch not evaluated
+  (`eval_every_epochs`) has no `results` ({}) and no split figures."""
+  single = np.size(train_metrics["loss"]) == 1
   record = {"epoch": epoch, "step": step, "epoch_time_s": epoch_time}
   for name, values in train_metrics.items():
     record[f"train_{name}"] = float(values[0]) if single else [float(v) for v in values]
@@ -293,11 +294,14 @@ class EpochLoop:
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_time
         self._check_finite(train_metrics.pop("first_nonfinite_step"), step_before, epoch)
+        evaluated = (epoch + 1) % config.get("eval_every_epochs", 1) == 0 or (
+            epoch + 1 == config.num_epochs)
         results = {name: self.evaluator(state.variables, split)
-                   for name, split in self.eval_splits.items()}
+                   for name, split in self.eval_splits.items()} if evaluated else {}
         record = epoch_record(epoch + 1, int(state.step[0]), epoch_time, train_metrics, results)
         self.writer.write(record)
-        test_errors = evaluation.errors_summary(results["test"])
+        test_errors = evaluation.errors_summary(results["test"]) if evaluated else "-"
+        test_loss = f"{evaluation.headline(results['test'])['loss']:.4f}" if evaluated else "-"
         mean_loss = statistics.mean(np.atleast_1d(record["train_loss"]))
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.4f}", test_errors=test_errors)
@@ -306,14 +310,12 @@ class EpochLoop:
               f"  {name} {statistics.mean(np.atleast_1d(record[f'train_{name}_loss'])):.4f}"
               for name in ("soft", "hard") if f"train_{name}_loss" in record)
           bar.write(f"epoch {epoch + 1:3d}  train_loss {mean_loss:.4f}{parts}  test_loss "
-                    f"{evaluation.headline(results['test'])['loss']:.4f}  test_errors {test_errors}  "
-                    f"time {epoch_time:.1f}s")
+                    f"{test_loss}  test_errors {test_errors}  time {epoch_time:.1f}s")
         stopping = guard.requested()
         if (stopping or epoch + 1 == config.num_epochs
             or (epoch + 1) % config.checkpoint.every_epochs == 0):
-          self.save(state, {"epoch": epoch + 1,
-                            "test_errors": evaluation.headline(results["test"])["errors"],
-                            **driver.position()})
+          self.save(state, {"epoch": epoch + 1, "test_errors": evaluation.headline(
+              results["test"])["errors"] if evaluated else None, **driver.position()})
         if stopping and epoch + 1 < config.num_epochs:
           raise preemption.Preempted(
               f"{guard.signal_name or 'a signal on another process'}: saved checkpoint step "

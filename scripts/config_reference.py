@@ -1,4 +1,4 @@
-"""Writes docs/config_reference.md from kd_jax.config_lib.FIELDS, where each field is declared.
+"""Writes docs/config_reference.md from kd_jax.config_fields.FIELDS, where each field is declared.
 
   python scripts/config_reference.py
 
@@ -8,15 +8,15 @@ tests/test_docs.py fails when the committed page is not what `reference_markdown
 import json
 import pathlib
 
-from kd_jax.config_lib import FIELDS
+from kd_jax.config_fields import FIELDS
 
 
 def reference_markdown() -> str:
   """docs/config_reference.md: every field with its default, type, readers and meaning."""
   lines = ["# Config reference", "",
-           "Generated from `kd_jax.config_lib` (`base_config()`, `add_distillation()` and "
-           "`FIELDS`) by `python scripts/config_reference.py`; a test keeps it current. Override "
-           "any field with `--config.FIELD=VALUE` or `kd_jax.configs.get(NAME, FIELD=VALUE)` "
+           "Generated from `kd_jax.config_fields.FIELDS` (the table behind `base_config()` and "
+           "`add_distillation()`) by `python scripts/config_reference.py`; a test keeps it "
+           "current. Override any field with `--config.FIELD=VALUE` or `kd_jax.configs.get(NAME, FIELD=VALUE)` "
            "(nested: `model__hidden_sizes`).", "",
            "| field | default | type | used by | meaning |", "|---|---|---|---|---|"]
   for name, field in FIELDS.items():

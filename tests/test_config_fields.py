@@ -1,4 +1,4 @@
-"""config_lib.FIELDS declares every config field once: the defaults, the checks validate() makes of
+"""config_fields.FIELDS declares every config field once: the defaults, the checks validate() makes of
 each value alone, ADDED_FIELDS and the config reference all come from it."""
 
 import copy
@@ -9,11 +9,11 @@ import re
 import ml_collections
 import pytest
 
-from kd_jax import config_lib, rundir
+from kd_jax import config_fields, config_lib, rundir
 from kd_jax.errors import ConfigError
 from conftest import load_script
 
-FIELDS = config_lib.FIELDS
+FIELDS = config_fields.FIELDS
 CHECKED = [name for name, field in FIELDS.items() if field.check]
 # The fields of the first saved runs. Any other field must be declared added=True: a run saved
 # before it existed held its default, which loading that run fills in.
@@ -23,7 +23,8 @@ FIRST_RUN_FIELDS = {
     "data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir", "data.validation_size",
     "data.jitter", "data.check_counts", "checkpoint.every_epochs", "checkpoint.max_to_keep",
     "teacher_workdir", "temperature", "alpha", "soft_loss"}
-UNCHECKED = {"data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir", "data.check_counts"}
+UNCHECKED = {"data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir", "data.check_counts",
+             "teacher_views_dir"}
 # Values of another type than the declared one (and, for tuples, of the wrong elements).
 WRONG_TYPE = {int: ["ten", None, True, (1,)], float: ["x", None, True, (0.5,)],
               str: [7, None, True, ("mnist",)], bool: [1, "yes", None],
@@ -132,8 +133,8 @@ def test_conditional_checks_apply_only_where_their_field_is_read(name):
 
 
 def test_added_fields_come_from_the_table():
-  assert config_lib.ADDED_FIELDS == tuple(n for n, f in FIELDS.items() if f.added)
-  assert set(FIELDS) - set(config_lib.ADDED_FIELDS) == FIRST_RUN_FIELDS
+  assert config_fields.ADDED_FIELDS == tuple(n for n, f in FIELDS.items() if f.added)
+  assert set(FIELDS) - set(config_fields.ADDED_FIELDS) == FIRST_RUN_FIELDS
 
 
 @pytest.mark.parametrize("distill", [False, True])
@@ -142,7 +143,7 @@ def test_a_run_saved_before_the_added_fields_loads_with_their_defaults(distill, 
   if distill:
     config = config_lib.add_distillation(config)
     config.teacher_workdir = "runs/teacher"
-  old_run = {n: v for n, v in _leaves(config) if n not in config_lib.ADDED_FIELDS}
+  old_run = {n: v for n, v in _leaves(config) if n not in config_fields.ADDED_FIELDS}
   nested = rundir._unflatten(old_run)  # pylint: disable=protected-access
   (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(nested))
   assert rundir.load_config(tmp_path).to_dict() == config.to_dict()

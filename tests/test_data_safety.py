@@ -143,14 +143,18 @@ def test_every_reader_repairs_an_interrupted_overwrite(tiny_mnist_dir, tmp_path)
   new_run = [*STUDENT, "--config.learning_rate=0.01", "--overwrite"]
   # Killed while moving the old run aside, or between the new run's data.json and config.json.
   moving, before_config = "kill:set_aside:metrics.jsonl", "kill:write_json:population.json"
+  killed_runs = {}
+  for fault in (moving, before_config):  # One kill each; each reader repairs a copy of it.
+    killed_runs[fault] = tmp_path / f"killed_{len(killed_runs)}"
+    shutil.copytree(old, killed_runs[fault])
+    killed = run_command("train", *new_run, f"--workdir={killed_runs[fault]}", check=False,
+                         mnist_dir=tiny_mnist_dir, extra_env={"KD_JAX_FAULT": fault})
+    assert killed.returncode == -9 and (killed_runs[fault] / rundir.ASIDE_DIR).is_dir()
   for number, (fault, reader) in enumerate([(moving, "evaluate"), (moving, "export"),
                                             (before_config, "evaluate"),
                                             (before_config, "distill")]):
     workdir = tmp_path / f"case{number}"
-    shutil.copytree(old, workdir)
-    killed = run_command("train", *new_run, f"--workdir={workdir}", check=False,
-                         mnist_dir=tiny_mnist_dir, extra_env={"KD_JAX_FAULT": fault})
-    assert killed.returncode == -9 and (workdir / rundir.ASIDE_DIR).is_dir()
+    shutil.copytree(killed_runs[fault], workdir)
     args = {"evaluate": [f"--workdir={workdir}"],
             "export": [f"--workdir={workdir}", f"--out={tmp_path / f'exported{number}'}"],
             "distill": ["--config=quick_distill", *TINY_OVERRIDES,

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import run_command
-from kd_jax import config_lib, configs, population
+from kd_jax import config_fields, config_lib, configs, population
 from kd_jax.paper import fidelity
 from kd_jax.errors import CheckpointError, ConfigError
 
@@ -26,8 +26,8 @@ def test_cells_are_the_paper_student_with_a_few_fields_changed(tmp_path):
   names = list(runs)
   # Hard-label cells need no teacher: first; then the teachers; then every distilled cell.
   first_teacher = names.index("teachers/sqrt15")
-  assert all(not config_lib.is_distillation(runs[n]) for n in names[:first_teacher])
-  assert all(config_lib.is_distillation(runs[n]) for n in names[first_teacher + 2:])
+  assert all(not config_fields.is_distillation(runs[n]) for n in names[:first_teacher])
+  assert all(config_fields.is_distillation(runs[n]) for n in names[first_teacher + 2:])
   paper = runs["cells/paper"]
   assert (paper.temperature, paper.alpha, paper.data.jitter) == (20.0, 0.9, 0)  # The paper's.
   assert paper.members == config.seeds

@@ -13,6 +13,7 @@ LAYERS = (
     ("data.records",),
     ("data", "data.streaming"),
     ("models", "targets"),
+    ("config_fields",),
     ("config_lib", "steps"),
     ("configs", "population"),
     ("rundir",),

@@ -4,6 +4,7 @@ Most cases call the trainer in-process on the tiny IDX folder (no interpreter st
 the kill-and-resume and command cases run the real commands.
 """
 
+import functools
 import json
 import os
 import signal
@@ -12,9 +13,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from kd_jax import checkpointing, data, evaluate, models, parallelism, trainer
+from kd_jax import (checkpointing, data, evaluate, losses, models, parallelism, steps, targets,
+                    trainer)
 from conftest import TINY_OVERRIDES, run_command, signal_after_epoch, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
@@ -93,6 +96,62 @@ def test_member_of_a_temperature_sweep_equals_the_single_run(population_teacher,
   _assert_member_equals(sweep_params, 2, single_params, atol=0)
   assert [r["test_errors"][2] for r in records] == [r["test_errors"] for r in single_records]
   assert not np.allclose(sweep_params["output"]["kernel"][0], sweep_params["output"]["kernel"][2])
+
+
+@pytest.mark.parametrize("driver", ["scan", "steps"])
+def test_shared_order_member_is_its_single_run_and_the_others_differ(population_teacher,
+                                                                      tiny_mnist_dir, tmp_path,
+                                                                      driver):
+  """data.shared_order: every member sees the views (and mixup) of the member seeded `seed`, so
+  that member is exactly its single run; the others keep their own initialisation and dropout."""
+  fm = {"teaching": "function_matching", "data__epoch_driver": driver}
+  shared_params, records = _train(
+      _config(tiny_mnist_dir, population_teacher, seed=5, members=3, data__shared_order=True,
+              **fm), tmp_path / "shared")
+  single_params, single_records = _train(_config(tiny_mnist_dir, population_teacher, seed=5, **fm),
+                                         tmp_path / "single")
+  _assert_member_equals(shared_params, 0, single_params, atol=0)
+  assert [r["test_errors"][0] for r in records] == [r["test_errors"] for r in single_records]
+  kernels = shared_params["hidden_0"]["kernel"]
+  assert not np.allclose(kernels[0], kernels[1]) and not np.allclose(kernels[1], kernels[2])
+
+
+def test_shared_order_runs_the_teacher_once_per_batch_for_the_population():
+  """The compiled epoch's FLOPs (XLA's cost analysis, members vmapped so that each is counted):
+  three members sharing their batches cost one teacher forward and three student steps; with
+  their own batches, three of each."""
+  teacher, student = models.MLP((512, 512)), models.MLP((8,))
+  teacher_variables = steps.stack_members([models.init_variables(teacher, jax.random.key(1),
+                                                                 data.IMAGE_SHAPE)])
+  rng = np.random.default_rng(0)
+  train_data = {"image": jnp.asarray(rng.integers(0, 256, (64, 28, 28)), jnp.uint8),
+                "label": jnp.asarray(rng.integers(0, 10, 64), jnp.int32)}
+  teacher_targets = targets.make_teacher_targets(teacher)
+
+  def epoch_flops(num_members, shared):
+    tx = optax.adam(1e-3)
+    states = steps.stack_members([steps.create_train_state(jax.random.key(seed), student, tx)
+                                  for seed in range(num_members)])
+    hparams = {name: jnp.full(num_members, value)
+               for name, value in (("learning_rate", 1e-3), ("temperature", 4.0), ("alpha", 0.7))}
+    step_fn = functools.partial(
+        steps.train_step, model=student, optimizer=optax.adam,
+        loss_fn=losses.make_distillation_loss(),
+        targets_fn=targets.given_targets if shared else teacher_targets)
+    shared_settings = ({"views_rng": steps.run_rng(0), "targets_fn": teacher_targets,
+                        "mixup_p": 0.0} if shared else None)
+    epoch = jax.jit(functools.partial(
+        steps.population_epoch, member_batch=num_members, step_fn=step_fn, batch_size=32,
+        max_shift=1, batch_sharding=parallelism.batch_sharded(MESH), shared=shared_settings))
+    cost = epoch.lower(states, train_data, hparams, teacher_variables,
+                       jnp.int32(0)).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+  teacher_forward = 2 * 32 * (784 * 512 + 512 * 512 + 512 * 10)  # Per step, multiply-adds x 2.
+  own = epoch_flops(3, shared=False) - epoch_flops(1, shared=False)
+  shared = epoch_flops(3, shared=True) - epoch_flops(1, shared=True)
+  assert own > 2 * teacher_forward  # Two more members: two more teacher forwards (and steps).
+  assert shared < 0.2 * teacher_forward  # Two more members: two more student steps only.
 
 
 def test_cached_teacher_logits_equal_the_teacher_in_the_step(population_teacher, tiny_mnist_dir,

@@ -180,6 +180,10 @@ def test_specialist_configs_are_validated():
   config.model.num_classes = 3
   config_lib.validate(config)
   assert [m["subset"] for m in population.members(config)] == [0, 1]
+  config.data.shared_order = True  # Specialists read batches of their own classes.
+  with pytest.raises(ConfigError, match="data.shared_order=True .* False with an extension"):
+    config_lib.validate(config)
+  config.data.shared_order = False
   config.data.name = "mnist_pairs"
   with pytest.raises(ConfigError, match="model.input_shape"):
     config_lib.validate(config)

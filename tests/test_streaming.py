@@ -266,8 +266,7 @@ def test_grain_workers_stream_the_same_batches_and_survive_a_group_sigterm(
 
 
 def test_grain_settings_belong_to_the_grain_pipeline(tiny_mnist_dir, tiny_records, tmp_path):
-  for field, value in (("data__shared_order", True), ("data__grain_workers", 2),
-                       ("data__prefetch", 8)):
+  for field, value in (("data__grain_workers", 2), ("data__prefetch", 8)):
     with pytest.raises(ConfigError, match="with data.pipeline='memory'"):
       tiny_config(tiny_mnist_dir, **{field: value})
   with pytest.raises(ConfigError, match="mnist_pairs cannot be prepared"):

@@ -1,6 +1,7 @@
 """Teaching modes (config.teaching): what the teacher sees beside the student's view, and mixup."""
 
 import functools
+import json
 import shutil
 
 import jax
@@ -95,6 +96,36 @@ def test_function_matching_trains_otherwise_and_resumes_bit_for_bit(tiny_mnist_d
   kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"), resumed,
                  teacher=teacher)
   assert final_digests(resumed) == digests  # Mixup's draws are the same on resume.
+
+
+def test_teacher_outputs_on_the_views_are_stored_once_and_read_back_bit_for_bit(
+    tiny_mnist_dir, teacher, tmp_path, capsys):
+  """teacher_views_dir: a first run stores the teacher's outputs on each epoch's (mixed-up)
+  views, a second reads them instead of running the teacher (and computes again the one file
+  corrupted since); both are the run with the teacher in the step, bit for bit."""
+  fm = {"teaching": "function_matching"}
+  kd_jax.distill(_config(tiny_mnist_dir, teacher, **fm), tmp_path / "in_step", teacher=teacher)
+  expected = final_digests(tmp_path / "in_step")["params"]
+  stored = _config(tiny_mnist_dir, teacher, teacher_views_dir=str(tmp_path / "views"), **fm)
+  for name, held in (("first", 0), ("second", 2)):
+    capsys.readouterr()
+    kd_jax.distill(stored, tmp_path / name, teacher=teacher)
+    out = capsys.readouterr().out
+    assert f"holds {held} of the run's 2 epochs" in out
+    assert final_digests(tmp_path / name)["params"] == expected, name
+    [folder] = (tmp_path / "views").iterdir()
+    if name == "first":  # 15 steps of 32 images, one teacher, ten classes, float32.
+      assert np.load(folder / "epoch_00001.npy").shape == (15, 32, 1, 10)
+      (folder / "epoch_00000.npy").write_bytes(b"flipped" + (folder / "epoch_00000.npy")
+                                               .read_bytes()[7:])
+  assert "does not match its recorded sha256" in out  # Epoch 0 computed again, epoch 1 read.
+  key = json.loads((folder / "views.json").read_text())  # What the folder's name digests.
+  assert key["views"]["jitter"] == 2 and key["views"]["mixup_p"] == 1.0 and key["teacher"]
+  for overrides, match in (({"data__jitter": 0}, "nothing to store"),
+                           ({"members": 2}, "share their batches")):
+    with pytest.raises(ConfigError, match=f"teacher_views_dir=.*{match}"):
+      kd_jax.distill(_config(tiny_mnist_dir, teacher, teacher_views_dir=str(tmp_path / "v"),
+                             **overrides), tmp_path / "refused", teacher=teacher)
 
 
 def test_fixed_caches_the_teacher_on_unjittered_images_and_modes_refuse_what_they_cannot(

@@ -8,9 +8,11 @@ import numpy as np
 import optax
 import pytest
 
+import kd_jax
 from kd_jax import (config_lib, data, evaluation, inputs, losses, models, parallelism, runs, steps,
                     targets)
-from conftest import make_tiny_mnist
+from kd_jax.errors import ConfigError
+from conftest import make_tiny_mnist, tiny_config
 
 ADAM = optax.adam
 HPARAMS = {"learning_rate": 1e-3}
@@ -86,6 +88,39 @@ def test_sgd_momentum_follows_the_2012_schedule(batch):
     assert used["learning_rate"] == pytest.approx(0.1 * 0.998**(count // 2) * (1 - momentum),
                                                   rel=1e-5)
   assert np.isfinite(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_learning_rate_warms_up_linearly_then_follows_its_schedule(schedule):
+  """Adam's step under a constant gradient is the rate itself (m-hat = v-hat = 1): 0 at the first
+  step, half the peak halfway through the warm-up epoch, then the schedule from the peak."""
+  config = config_lib.base_config()
+  config.num_epochs, config.lr_warmup_epochs, config.lr_schedule = 4, 1, schedule
+  config_lib.validate(config)
+  tx = steps.make_optimizer(config, steps_per_epoch=10)(0.1)
+  params = jnp.zeros(2)
+  opt_state, rates = tx.init(params), []
+  for _ in range(40):
+    updates, opt_state = tx.update(jnp.ones(2), opt_state, params)
+    rates.append(-float(updates[0]))
+  assert rates[0] == 0.0
+  assert rates[5] == pytest.approx(0.05, rel=1e-5) and rates[10] == pytest.approx(0.1, rel=1e-5)
+  if schedule == "cosine":  # Half-way through the 30 decay steps: half the peak.
+    assert rates[25] == pytest.approx(0.05, rel=1e-4) and rates[39] < 0.001
+  else:
+    assert rates[39] == pytest.approx(0.1, rel=1e-5)
+  config.lr_warmup_epochs = 4
+  with pytest.raises(ConfigError, match="lr_warmup_epochs=4 .* fewer than num_epochs"):
+    config_lib.validate(config)
+
+
+def test_evaluation_every_k_epochs_logs_test_figures_then_and_after_the_last(tiny_mnist_dir,
+                                                                            tmp_path):
+  run = kd_jax.train(tiny_config(tiny_mnist_dir, num_epochs=5, eval_every_epochs=2,
+                                 model__hidden_sizes=(8,)), tmp_path / "run")
+  assert [("test_errors" in r) for r in run.metrics] == [False, True, False, True, True]
+  assert all(np.isfinite(r["train_loss"]) for r in run.metrics)
+  assert run.metrics[-1]["test_errors"] == run.evaluate()["test_errors"]
 
 
 def test_fit_to_teacher_measures_agreement_and_kl():

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 from absl import flags
 
-from kd_jax import checkpointing, cli, config_lib, configs, plots, reporting
+from kd_jax import checkpointing, cli, config_fields, configs, plots, reporting
 from kd_jax.paper import figures, stages as study
 from kd_jax.errors import CheckpointError, ConfigError
 
@@ -72,7 +72,7 @@ def stages(config: ml_collections.ConfigDict,
   teachers = {f"teachers/{name}": teacher for name, teacher in config.teachers.items()}
   cells = {f"cells/{name}": cell_config(config, root, tuple(changes))
            for name, changes in config.cells.items()}
-  alone = {k: v for k, v in cells.items() if not config_lib.is_distillation(v)}
+  alone = {k: v for k, v in cells.items() if not config_fields.is_distillation(v)}
   return {**alone, **teachers, **{k: v for k, v in cells.items() if k not in alone}}
 
 
@@ -117,7 +117,7 @@ def summarise(config: ml_collections.ConfigDict, root: pathlib.Path,
               for name in runs if name.startswith("teachers/")}
   alone = {run.num_epochs: cell_results(reports[name], run)[0]["test_errors"]["mean"]
            for name, run in runs.items()
-           if name.startswith("cells/") and not config_lib.is_distillation(run)
+           if name.startswith("cells/") and not config_fields.is_distillation(run)
            and not run.data.jitter}
   cells = {}
   for name, run in runs.items():

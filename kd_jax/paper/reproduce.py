@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import cli, config_lib, configs, data, models, plots, population, reporting, rundir
+from kd_jax import cli, config_fields, configs, data, models, plots, population, reporting, rundir
 from kd_jax.paper import bias_correction, power, report, stages, verdicts
 from kd_jax.paper.figures import PAPER
 from kd_jax.errors import ConfigError
@@ -99,7 +99,7 @@ def training_stages(config: ml_collections.ConfigDict,
     stages[f"regulariser/{name}"] = run
   # Students on hard labels need no teacher, so they come first (a long profile cut short then
   # holds finished stages), then the teachers, then everything distilled from them.
-  order = lambda item: 1 if item[0] == "teachers" else 2 * config_lib.is_distillation(item[1])
+  order = lambda item: 1 if item[0] == "teachers" else 2 * config_fields.is_distillation(item[1])
   return dict(sorted(stages.items(), key=order))
 
 

@@ -31,7 +31,8 @@ import optax
 
 import ml_collections
 
-from kd_jax import config_lib, extensions, losses, parallelism, reporting, rundir, runs, steps
+from kd_jax import (config_fields, config_lib, extensions, losses, parallelism, reporting, rundir,
+                    runs, steps)
 
 UNUSED_BIAS = -1e9
 
@@ -234,7 +235,7 @@ def combine(generalist_probs: jax.Array, specialist_probs: jax.Array, active: ja
 def _validate(config: ml_collections.ConfigDict) -> None:
   check = lambda *args: config_lib.check_field(config, *args)
   check("class_subsets", lambda v: isinstance(v, tuple) and v and all(
-      config_lib.is_class_tuple(config, tuple(s)) and s for s in v) and len(
+      config_fields.is_class_tuple(config, tuple(s)) and s for s in v) and len(
           {c for s in v for c in s}) == sum(len(s) for s in v),
         "a non-empty tuple of disjoint, non-empty tuples of class labels")
   check("init_workdir", lambda v: isinstance(v, str) and v,
@@ -242,7 +243,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   largest = max(len(s) for s in config.class_subsets)
   check("model.num_classes", lambda v: v == largest + 1,
         f"{largest + 1}: the largest class subset's size plus the dustbin")
-  if config_lib.is_distillation(config):
+  if config_fields.is_distillation(config):
     check("soft_loss", lambda v: v == "soft_cross_entropy",
           "soft_cross_entropy: a specialist's soft targets are probabilities summed into its "
           "classes and dustbin")
@@ -263,7 +264,7 @@ def _hparams(config: ml_collections.ConfigDict,
              members: list[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Each member's `class_map` [P, C] (`class_maps` of its subset), C the dataset's classes (for
   a dataset kd_jax does not know, those the generalist learnt)."""
-  num_classes = (config_lib.dataset_classes(config)
+  num_classes = (config_fields.dataset_classes(config)
                  or rundir.load_config(config.init_workdir).model.num_classes)
   maps = class_maps([tuple(s) for s in config.class_subsets], num_classes)
   return {"class_map": maps[[m["subset"] for m in members]]}
@@ -273,7 +274,7 @@ def _objective(config: ml_collections.ConfigDict, loss_fn: losses.LossFn, sample
                hparams: dict[str, Any]):
   dustbin = config.model.num_classes - 1
   return (specialist_loss(loss_fn, config.model.num_classes,
-                          soft_targets=config_lib.is_distillation(config)),
+                          soft_targets=config_fields.is_distillation(config)),
           half_subset_batches(dustbin), hparams["class_map"])
 
 

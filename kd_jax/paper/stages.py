@@ -215,8 +215,8 @@ def evaluated(run: pathlib.Path, ensemble: str = "arithmetic",
 
 def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
   """step and epoch [E], per-member test (and, when the run has them, validation) errors [E, P]
-  and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl."""
-  records = reporting.read_metrics(run / rundir.METRICS_FILE)
+  and a population's ensemble test errors [E, 1] from RUN/metrics.jsonl's evaluated epochs."""
+  records = [r for r in reporting.read_metrics(run / rundir.METRICS_FILE) if "test_errors" in r]
   as_matrix = lambda key: np.array([np.atleast_1d(r[key]) for r in records], float)
   return {"step": np.array([r["step"] for r in records]),
           "epoch": np.array([r["epoch"] for r in records]),
