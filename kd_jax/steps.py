@@ -60,7 +60,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
   """learning_rate -> the config's optimizer; the rate may be a traced (swept) value.
 
   "adam" (default): Adam with `lr_schedule` (constant or cosine), after a linear warm-up of
-  `lr_warmup_epochs` from 0 (optax's warmup_cosine_decay_schedule). "sgd_momentum": the 2012
+  `lr_warmup_epochs` from 0. "sgd_momentum": the 2012
   dropout paper's recipe (Srivastava et al. 2014, appendix): momentum rising linearly from
   `sgd.momentum_start` to `sgd.momentum_end` over `sgd.momentum_epochs` epochs, the rate decayed by
   `sgd.decay_per_epoch` each epoch and scaled by (1 - momentum). The optimizer state does not
@@ -87,9 +87,11 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> O
   total_steps = config.num_epochs * steps_per_epoch
 
   def optimizer(learning_rate):
-    if config.lr_schedule == "cosine" and warmup_steps:
-      learning_rate = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps,
-                                                         total_steps)
+    if config.lr_schedule == "cosine" and warmup_steps:  # optax's warmup_cosine_decay_schedule,
+      # whose `peak_value == 0` test a swept (traced) rate cannot answer.
+      learning_rate = optax.join_schedules(
+          [optax.linear_schedule(0.0, learning_rate, warmup_steps),
+           optax.cosine_decay_schedule(learning_rate, total_steps - warmup_steps)], [warmup_steps])
     elif config.lr_schedule == "cosine":
       learning_rate = optax.cosine_decay_schedule(learning_rate, total_steps)
     elif warmup_steps:

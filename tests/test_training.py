@@ -97,8 +97,12 @@ def test_learning_rate_warms_up_linearly_then_follows_its_schedule(schedule):
   config = config_lib.base_config()
   config.num_epochs, config.lr_warmup_epochs, config.lr_schedule = 4, 1, schedule
   config_lib.validate(config)
-  tx = steps.make_optimizer(config, steps_per_epoch=10)(0.1)
+  optimizer = steps.make_optimizer(config, steps_per_epoch=10)
+  tx = optimizer(0.1)
   params = jnp.zeros(2)
+  swept = jax.jit(lambda rate: optimizer(rate).update(  # A swept rate is traced: it compiles.
+      jnp.ones(2), optimizer(rate).init(params), params)[0])(jnp.float32(0.1))
+  assert float(swept[0]) == 0.0
   opt_state, rates = tx.init(params), []
   for _ in range(40):
     updates, opt_state = tx.update(jnp.ones(2), opt_state, params)
