@@ -221,7 +221,7 @@ def _time(fn: Callable, args: tuple, repeats: int, advance: Callable | None = No
   return {"seconds": statistics.median(times), "times_s": times, "compile_s": compile_s}
 
 
-def _data_folder(quick: bool, scratch: pathlib.Path) -> tuple[str, str]:
+def data_folder(quick: bool, scratch: pathlib.Path) -> tuple[str, str]:
   """(IDX folder, what it holds): $KD_JAX_MNIST_DIR's MNIST, else random images of MNIST's shape
   written as an IDX folder (timings do not depend on pixel values); --quick: 1,024 of them."""
   folder = None if quick else data.resolve_mnist_dir(None)
@@ -237,12 +237,13 @@ def _data_folder(quick: bool, scratch: pathlib.Path) -> tuple[str, str]:
   return str(scratch / "images"), "random images"
 
 
-def _random_teacher(workdir: pathlib.Path, mesh) -> pathlib.Path:
-  """A run directory holding an initialised (untrained) paper teacher: the distillation cases
-  open it as any teacher is opened."""
-  config = configs.get("paper_teacher")
+def random_teacher(workdir: pathlib.Path, mesh, members: int = 1) -> pathlib.Path:
+  """A run directory holding initialised (untrained) paper teachers, `members` of them (an
+  ensemble): the distillation cases open it as any teacher is opened."""
+  config = configs.get("paper_teacher", members=members, seed=1)
   model = models.model_from_config(config.model)
-  state = population.init_state(model, steps.make_optimizer(config, 1)(1.0), [1], mesh,
+  state = population.init_state(model, steps.make_optimizer(config, 1)(1.0),
+                                list(range(1, members + 1)), mesh,
                                 tuple(config.model.input_shape))
   workdir.mkdir(parents=True)
   rundir.save_config(workdir, config, population.members(config))
@@ -250,7 +251,7 @@ def _random_teacher(workdir: pathlib.Path, mesh) -> pathlib.Path:
   return workdir
 
 
-def _built(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path, mesh,
+def built_case(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path, mesh,
            **fields: Any) -> tuple[trainer.Built, steps.TrainState, Any]:
   """The case's run as the trainer sets it up (`trainer.build`): (run, fresh state, its
   memory-pipeline epoch driver)."""
@@ -265,7 +266,7 @@ def _built(config: ml_collections.ConfigDict, folder: str, teacher: pathlib.Path
   return run, trainer.fresh_state(config, run), driver
 
 
-def _time_epochs(driver: epochs.Epochs, state: steps.TrainState, repeats: int) -> dict:
+def time_epochs(driver: epochs.Epochs, state: steps.TrainState, repeats: int) -> dict:
   """Compiles the run's epoch driver, trains one epoch to warm up, then times `repeats` epochs."""
   start = time.perf_counter()
   driver = driver.compiled(state)
@@ -283,7 +284,7 @@ def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats:
   """Epoch time of `case` through the trainer's own set-up and epoch driver, its floor (the best
   of the ways its bare operations ran), and their ratio."""
   config = case.config
-  run, state, driver = _built(config, folder, teacher, mesh, members=case.members,
+  run, state, driver = built_case(config, folder, teacher, mesh, members=case.members,
                               member_batch=case.member_batch)
   num_steps = run.inputs.num_train // config.batch_size
   teacher_sizes = None  # Set when the teacher runs in the step: its forward is in the floor.
@@ -293,7 +294,7 @@ def time_training(case: Case, folder: str, teacher: pathlib.Path, mesh, repeats:
   elif run.objective.teacher.variables is not None:
     teacher_sizes = _layer_sizes(configs.get("paper_teacher").model)
     targets_used = "teacher in the step"
-  epoch = _time_epochs(driver, state, repeats)
+  epoch = time_epochs(driver, state, repeats)
   model_config = config.model
   if config.model.name not in models.MODELS:  # A user's convnet: the registry CNN's operations.
     model_config = configs.override(ml_collections.ConfigDict(config.to_dict()), model__name="cnn",
@@ -323,7 +324,7 @@ def population_memory(folder: str, teacher: pathlib.Path, mesh, num_members: int
   for name, member_batch in (("one at a time", 1), ("vmapped", num_members))[:1 if quick else 2]:
     totals = {}
     for size in (1, num_members):
-      _, state, driver = _built(config, folder, teacher, mesh, members=size,
+      _, state, driver = built_case(config, folder, teacher, mesh, members=size,
                                 member_batch=min(member_batch, size))
       analysis = driver.epoch_fn.lower(state, *driver.args,
                                        jnp.int32(0)).compile().memory_analysis()
@@ -342,7 +343,7 @@ def population_memory(folder: str, teacher: pathlib.Path, mesh, num_members: int
 def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> dict:
   """The paper teacher scored on the test set (eval batch 1000) against its forward matmuls."""
   config = configs.get("paper_teacher")
-  run, state, _ = _built(config, folder, teacher, mesh)
+  run, state, _ = built_case(config, folder, teacher, mesh)
   split = run.inputs.eval_splits["test"]
   evaluate_fn = jax.jit(functools.partial(
       evaluation.evaluate, model=run.model, batch_size=run.inputs.eval_batch, member_batch=1,
@@ -450,9 +451,9 @@ def main(argv):
 
 def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int, mesh,
              scratch: pathlib.Path) -> dict[str, Any]:
-  folder, source = _data_folder(quick, scratch)
+  folder, source = data_folder(quick, scratch)
   with runtime.quiet_logs():
-    teacher = _random_teacher(scratch / "teacher", mesh)
+    teacher = random_teacher(scratch / "teacher", mesh)
   results = {"machine": reporting.machine(), "quick": quick, "data": source, "repeats": repeats,
              "gemm_gflops": {name: gemm_rate(512 if quick else 4096, dtype, repeats)
                              for name, dtype in (("float32", jnp.float32),

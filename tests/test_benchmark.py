@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from conftest import run_command
+from conftest import load_script, run_command
 
 pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
@@ -39,3 +39,16 @@ def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):
   for memory in report["population_memory"].values():
     assert memory["bytes_per_member"] > 0 and memory["max_members"]["24 GiB"] >= 1
   assert "examples/s" in result.stdout and "ratio" in result.stdout  # The table.
+
+
+@pytest.mark.slow  # Compiles three populations distilled from a 3-teacher ensemble.
+def test_shared_teacher_timing_times_own_and_shared_batches_against_single_runs(tmp_path,
+                                                                               monkeypatch):
+  monkeypatch.delenv("KD_JAX_MNIST_DIR", raising=False)  # --quick: random images either way.
+  script = load_script("shared_teacher_timing")
+  results = script.main(["--quick", "--members", "1,2", f"--out={tmp_path / 'timing.json'}"])
+  assert [(c["members"], c["batches"]) for c in results["cases"]] == [
+      (1, "own"), (2, "own"), (2, "shared")]
+  assert results["cases"][0]["ratio_to_single_runs"] == 1.0
+  assert all(c["epoch_s"] > 0 for c in results["cases"]) and results["teachers"] == 3
+  assert "| 2 | shared |" in (tmp_path / "timing.md").read_text()
