@@ -20,9 +20,13 @@ from kd_jax import config_lib, configs, data
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # One persistent compilation cache for the session, fresh each time, shared by the in-process
-# runs and every command the tests start: most tests compile the same tiny programs, and XLA's
-# compile time, not training, dominates them. The compiled code is the same, cached or not.
-COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="kd_jax_xla_cache_"),
+# runs, both xdist workers (named by the controlling pytest's pid, the workers' parent) and every
+# command the tests start: most tests compile the same tiny programs, and XLA's compile time, not
+# training, dominates them. The compiled code is the same, cached or not.
+_CONTROLLER = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+_CACHE_DIR = pathlib.Path(tempfile.gettempdir()) / f"kd_jax_xla_cache_{_CONTROLLER}"
+_CACHE_DIR.mkdir(exist_ok=True)
+COMPILATION_CACHE = {"JAX_COMPILATION_CACHE_DIR": str(_CACHE_DIR),
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 os.environ.update(COMPILATION_CACHE)
@@ -127,7 +131,10 @@ def tiny_reproduction(tiny_mnist_dir, tmp_path_factory) -> tuple[pathlib.Path, s
 
 
 def pytest_sessionfinish(session, exitstatus):
+  """The controlling process removes the cache once every worker has finished."""
   del session, exitstatus
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return
   import shutil  # pylint: disable=import-outside-toplevel
   shutil.rmtree(COMPILATION_CACHE["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 

@@ -111,6 +111,7 @@ class TinyNet(nn.Module):
     return nn.Dense(10)(x)
 
 
+@pytest.mark.slow  # Two trainings of a user's module, in-process.
 def test_own_module_is_recorded_and_rebuilt(teacher, tiny_mnist_dir, tmp_path):
   student = kd_jax.distill(_config("quick_distill", tiny_mnist_dir), tmp_path / "own",
                            teacher=teacher, model=TinyNet(width=12))
@@ -150,6 +151,7 @@ def test_cnn_with_batchnorm_trains_checkpoints_and_evaluates_on_running_statisti
   assert report["model"].startswith("CNN 28x28 conv 4 (BatchNorm)")
 
 
+@pytest.mark.slow  # Two CNN distillations, in-process.
 def test_cnn_teacher_into_mlp_and_mlp_teacher_into_cnn(cnn_teacher, teacher, tiny_mnist_dir,
                                                       tmp_path):
   mlp = kd_jax.distill(_config("quick_distill", tiny_mnist_dir, data__jitter=1),
@@ -160,6 +162,7 @@ def test_cnn_teacher_into_mlp_and_mlp_teacher_into_cnn(cnn_teacher, teacher, tin
     assert run.evaluate()["transfer_fit"]["test_agreement"][0] > 0.3
 
 
+@pytest.mark.slow  # A CNN population trained and exported, in-process.
 def test_cnn_population_and_export(tiny_mnist_dir, tmp_path):
   population = kd_jax.train(_config("quick_teacher", tiny_mnist_dir, members=2, **CNN),
                             tmp_path / "population")

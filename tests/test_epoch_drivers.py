@@ -132,6 +132,7 @@ def test_stepped_run_resumed_from_an_epoch_checkpoint_is_bitwise_the_same(tmp_pa
   assert [r["train_loss"] for r in resumed_records] == [r["train_loss"] for r in records]
 
 
+@pytest.mark.slow  # A convnet trained in-process.
 def test_a_users_convnet_trains_under_auto_with_the_stepped_driver(tiny_mnist_dir, tmp_path,
                                                                    capsys):
   run = kd_jax.train(tiny_config(tiny_mnist_dir, num_epochs=1), tmp_path / "user",

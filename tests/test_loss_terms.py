@@ -88,6 +88,7 @@ def _train(config, workdir):
   return params, records
 
 
+@pytest.mark.slow  # A swept population and single runs, in-process.
 def test_a_population_sweeps_a_terms_number_in_one_program(tiny_mnist_dir, teacher, tmp_path):
   common = dict(num_epochs=2, model__hidden_sizes=(32,), data__jitter=1, alpha=0.0,
                 terms__dkd__weight=1.0, terms__dkd__warmup_epochs=2)

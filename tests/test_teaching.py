@@ -82,6 +82,7 @@ def _config(tiny_mnist_dir, teacher, **overrides):
                                                  "data__jitter": 2, **overrides})
 
 
+@pytest.mark.slow  # Three in-process distillations.
 def test_function_matching_trains_otherwise_and_resumes_bit_for_bit(tiny_mnist_dir, teacher,
                                                                      tmp_path):
   kd_jax.distill(_config(tiny_mnist_dir, teacher, teaching="function_matching"),
@@ -98,6 +99,7 @@ def test_function_matching_trains_otherwise_and_resumes_bit_for_bit(tiny_mnist_d
   assert final_digests(resumed) == digests  # Mixup's draws are the same on resume.
 
 
+@pytest.mark.slow  # Three in-process distillations.
 def test_teacher_outputs_on_the_views_are_stored_once_and_read_back_bit_for_bit(
     tiny_mnist_dir, teacher, tmp_path, capsys):
   """teacher_views_dir: a first run stores the teacher's outputs on each epoch's (mixed-up)
@@ -150,6 +152,7 @@ def test_teaching_configs_distil_by_name(mode, tiny_mnist_dir, teacher, tmp_path
   assert run.config.teaching == mode and np.isfinite(run.metrics[-1]["train_loss"])
 
 
+@pytest.mark.slow  # A distilled population and its evaluation, in-process.
 def test_each_evaluation_measures_the_fit_to_the_teacher_on_the_test_set(tiny_mnist_dir, teacher,
                                                                          tmp_path):
   """big_vision's evaluators: agreement and KL(teacher || student) on the test set at every

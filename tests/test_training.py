@@ -118,6 +118,7 @@ def test_learning_rate_warms_up_linearly_then_follows_its_schedule(schedule):
     config_lib.validate(config)
 
 
+@pytest.mark.slow  # A five-epoch run and its evaluation, in-process.
 def test_evaluation_every_k_epochs_logs_test_figures_then_and_after_the_last(tiny_mnist_dir,
                                                                             tmp_path):
   run = kd_jax.train(tiny_config(tiny_mnist_dir, num_epochs=5, eval_every_epochs=2,
