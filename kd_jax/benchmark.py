@@ -384,10 +384,7 @@ def peak_memory() -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
   machine = results["machine"]
-  lines = [f"{machine['device']} ({machine['host_cpu']}, "
-           f"{' '.join(machine.get('host_vector_extensions', []))}, "
-           f"{machine['num_devices']} device(s)), jax {machine['jax']}, "
-           f"{results['data']}",
+  lines = [f"{reporting.describe_machine(machine)}, {results['data']}",
            f"large GEMM: {results['gemm_gflops']['float32']:.0f} GFLOP/s float32, "
            f"{results['gemm_gflops']['bfloat16']:.0f} GFLOP/s bfloat16",
            f"{'case':<45} {'batch':>5} {'epoch s':>8} {'examples/s':>11} {'floor s':>8} "

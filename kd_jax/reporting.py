@@ -195,6 +195,18 @@ def machine() -> dict[str, Any]:
                              device.platform)}
 
 
+def describe_machine(machine_record: dict[str, Any]) -> str:
+  """The phrase every report uses to name the machine behind its numbers: device, host CPU,
+  cores, the vector extensions that decide XLA:CPU's kernels, device count when above one, and
+  jax (records written before a field existed show it as not recorded)."""
+  extensions = " ".join(machine_record.get("host_vector_extensions") or []) or \
+      "vector extensions not recorded"
+  devices = machine_record.get("num_devices", 1)
+  return (f"{machine_record['host_cpu']} ({machine_record.get('host_cores', '?')} cores, "
+          f"{extensions}), device {machine_record.get('device', 'cpu')}"
+          f"{f' × {devices}' if devices > 1 else ''}, jax {machine_record['jax']}")
+
+
 @functools.cache
 def code_version() -> str:
   """The git commit of the kd_jax checkout (with '-dirty' for uncommitted changes), or the

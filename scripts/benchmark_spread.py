@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
+from kd_jax import reporting
+
 
 def _each(records: list[dict], key: str, spec: str) -> str:
   return " / ".join(format(record[key], spec) for record in records)
@@ -20,10 +22,8 @@ def _each(records: list[dict], key: str, spec: str) -> str:
 def main(paths: list[str]) -> None:
   runs = [json.loads(open(path).read()) for path in paths]
   machine = runs[-1]["machine"]
-  extensions = " ".join(machine.get("host_vector_extensions", []))
   print("# Benchmark: epoch time against the floor, over runs\n")
-  print(f"{machine['host_cpu']} ({extensions or 'vector extensions not recorded'}), "
-        f"{machine['host_cores']} cores, jax {machine['jax']}; {len(runs)} runs "
+  print(f"{reporting.describe_machine(machine)}; {len(runs)} runs "
         f"({', '.join(paths)}), each the median of {runs[0]['repeats']} epochs after a warm-up; "
         f"data: {runs[0]['data']}. Written by `scripts/benchmark_spread.py`.\n")
   print("| case | batch | epoch s (per run) | ratio to floor (per run) | floor's way (per run) |")

@@ -78,10 +78,7 @@ def main() -> None:
   out.mkdir(parents=True, exist_ok=True)
   reporting.write_json(out / "results.json", summary)
   lines = [f"# CNN <-> MLP distillation on MNIST ({args.epochs} epochs each)", "",
-           f"Machine: {summary['machine']['host_cpu']} "
-           f"({' '.join(summary['machine']['host_vector_extensions'])}), "
-           f"{summary['machine']['host_cores']} cores, "
-           f"jax {summary['machine']['jax']}; code {summary['code_version']}.", ""]
+           f"Machine: {reporting.describe_machine(summary['machine'])}; code {summary['code_version']}.", ""]
   lines += stages.markdown_table(
       ["run", "model", "teacher", "test errors", "agreement with teacher (test)", "epoch (s)",
        "floor (s)", "floor's way", "ratio"],

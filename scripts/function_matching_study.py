@@ -107,8 +107,7 @@ def markdown(results: dict[str, Any]) -> str:
       f"epochs, {results['seeds']} seeds sharing their batches (mean ± sd of test errors of "
       "10,000 at the last epoch). Verdicts: Welch's test of the first minus the second "
       "(negative: fewer errors), holding only where p < 0.05 in the claimed direction. Machine: "
-      f"{machine['host_cpu']} ({machine['host_cores']} cores, "
-      f"{' '.join(machine['host_vector_extensions'])}), jax {machine['jax']}; code "
+      f"{reporting.describe_machine(machine)}; code "
       f"{results['code_version']}.", ""]
   rows = [[name, f"{c['test_errors']['mean']:.1f} ± {c['test_errors']['sd']:.1f} "
            f"({c['test_errors']['n']})", c["epochs"][-1],
@@ -155,12 +154,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--long_epochs", type=int, default=120,
                       help="the long function-matching cell (0: none)")
-  parser.add_argument("--tiny", action="store_true",
-                      help="the tests' settings: small batches of a small IDX folder")
+  stages.add_tiny_argument(parser)
   args = parser.parse_args(argv)
   root, out = pathlib.Path(args.workdir), pathlib.Path(args.out)
-  tiny = ({"batch_size": 32, "eval_batch_size": 40, "data__check_counts": False}
-          if args.tiny else {})
+  tiny = stages.tiny_overrides(args)
   runs = plan(root, args.epochs, args.seeds, args.long_epochs, tiny)
   timings = stages.run_stages(runs, root, command="function_matching", shared=("teachers",),
                               teachers_dir=pathlib.Path(args.teachers_dir)

@@ -96,8 +96,7 @@ def markdown(results: dict[str, Any]) -> str:
       "method is the shipped config (cross-entropy plus its term, the paper's soft term off); "
       "KD is T = 4, alpha = 0.9. Against KD: Welch's test of the method minus KD (negative: "
       "fewer errors), holding only where p < 0.05. Machine: "
-      f"{machine['host_cpu']} ({machine['host_cores']} cores, "
-      f"{' '.join(machine['host_vector_extensions'])}), jax {machine['jax']}; code "
+      f"{reporting.describe_machine(machine)}; code "
       f"{results['code_version']}.", ""]
   rows = []
   for name, entry in results["students"].items():
@@ -120,12 +119,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--methods", default=",".join(METHODS),
                       help=f"comma-separated, of {', '.join(METHODS)}")
-  parser.add_argument("--tiny", action="store_true",
-                      help="the tests' settings: small batches of a small IDX folder")
+  stages.add_tiny_argument(parser)
   args = parser.parse_args(argv)
   root, out = pathlib.Path(args.workdir), pathlib.Path(args.out)
-  tiny = ({"batch_size": 32, "eval_batch_size": 40, "data__check_counts": False}
-          if args.tiny else {})
+  tiny = stages.tiny_overrides(args)
   runs = plan(root, args.epochs, args.seeds, tiny, tuple(args.methods.split(",")))
   timings = stages.run_stages(runs, root, command="methods", shared=("teacher",),
                               teachers_dir=root / "teachers")

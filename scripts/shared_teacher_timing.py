@@ -57,8 +57,7 @@ def markdown(results: dict[str, Any]) -> str:
   machine = results["machine"]
   lines = [f"Epoch time of M 2x800 students distilled from an ensemble of {results['teachers']} "
            "paper teachers in the step (jitter 2), batch 128, median of "
-           f"{results['repeats']} epochs; {machine['host_cpu']} ({machine['host_cores']} cores, "
-           f"{' '.join(machine['host_vector_extensions'])}), jax {machine['jax']}, code "
+           f"{results['repeats']} epochs; {reporting.describe_machine(machine)}, code "
            f"{results['code_version']}.", "",
            "| M | batches | epoch (s) | / M single runs |", "|---|---|---|---|"]
   lines += [f"| {c['members']} | {c['batches']} | {c['epoch_s']:.2f} | "

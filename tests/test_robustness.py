@@ -151,6 +151,17 @@ def test_json_files_never_hold_nan(tmp_path):
                     parse_constant=lambda c: pytest.fail(c)) == {"loss": None, "list": [1.0, None]}
 
 
+def test_reports_name_the_machine_and_say_what_an_old_record_lacks():
+  here = reporting.describe_machine(reporting.machine())
+  assert reporting.machine()["host_cpu"] in here and "jax " in here and "×" not in here
+  old = {"device": "cpu", "host_cpu": "Some CPU", "host_cores": 2, "jax": "0.4"}
+  assert reporting.describe_machine(old) == (
+      "Some CPU (2 cores, vector extensions not recorded), device cpu, jax 0.4")
+  pod = {**old, "host_vector_extensions": ["avx2", "fma"], "num_devices": 8}
+  assert reporting.describe_machine(pod) == (
+      "Some CPU (2 cores, avx2 fma), device cpu × 8, jax 0.4")
+
+
 # ----------------------------------------------------------------------------- 3. the teacher
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from kd_jax import reporting
 from kd_jax.paper import stages, verdicts
 
 
@@ -31,8 +32,7 @@ def render_markdown(results: dict[str, Any]) -> str:
            "",
            f"Ours: mean ± sd over seeds (n = members); the paper's figures are single runs, typed "
            f"in from Hinton, Vinyals & Dean (2015) and labelled *paper*. Hardware: "
-           f"{machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, "
-           f"{machine['num_devices']} device(s)), jax {machine['jax']}. Code: "
+           f"{reporting.describe_machine(machine)}. Code: "
            f"`{results['code_version']}`. Wall time: {total_min:.1f} min in all "
            f"(per stage below). Schedules: teachers {results['schedule']['teacher_epochs']} "
            f"epochs, students {results['schedule']['student_epochs']} epochs (temperature "
@@ -177,7 +177,7 @@ def readme_claims(results: dict[str, Any], path: str) -> str:
   minutes = sum(results["wall_time_s"].values()) / 60
   lines = [README_BEGIN.format(path=path), "",
            f"The paper's claims (`kd_jax.reproduce --profile {results['profile']}`, "
-           f"{minutes:.0f} min on {machine['host_cpu']} with {machine['host_cores']} cores; all "
+           f"{minutes:.0f} min on {reporting.describe_machine(machine)}; all "
            f"figures, the sample sizes and their power plan in "
            f"`{pathlib.PurePosixPath(path).parent}/RESULTS.md`; how a verdict is reached: "
            "[Verdicts](docs/paper/index.md#verdicts)):", ""]
@@ -208,8 +208,7 @@ def readme_results(results: dict[str, Any], path: str, fidelity: dict[str, Any],
   members = len(teachers["values"])
   paper = e["table"]["paper"]
   lines = [RESULTS_BEGIN.format(path=path, fidelity=fidelity_path), "",
-           f"MNIST test errors out of 10,000 on a {machine['host_cores']}-core "
-           f"{machine['host_cpu']} CPU, jax {machine['jax']} (ours: mean ± sd over seeds, n in "
+           f"MNIST test errors out of 10,000 on {reporting.describe_machine(machine)} (ours: mean ± sd over seeds, n in "
            "brackets; the paper's figures are single runs). Two runs of the same configs: the "
            f"fidelity study (`{pathlib.PurePosixPath(fidelity_path).parent}`) and the "
            f"`{results['profile']}` reproduction (`{pathlib.PurePosixPath(path).parent}`, whose "

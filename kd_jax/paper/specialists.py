@@ -220,8 +220,7 @@ def render_markdown(report: dict[str, Any]) -> str:
   machine = report["machine"]
   lines = ["# Specialists for confusable classes (paper section 5)", "",
            f"Dataset: {report['dataset']} ({report['num_test_examples']} test pairs). Machine: "
-           f"{machine['device']} ({machine['host_cpu']}, {machine['host_cores']} cores, jax "
-           f"{machine['jax']}); code {report['code_version']}. Wall time: "
+           f"{reporting.describe_machine(machine)}; code {report['code_version']}. Wall time: "
            + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in
                        report["wall_time_s"].items())
            + f". Headline: {report['headline']}.", "",

@@ -13,6 +13,7 @@ no teacher; every reader still finds the stage at ROOT/<stage>.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -29,6 +30,9 @@ from absl import flags
 from kd_jax import api, checkpointing, config_lib, evaluate, reporting, rundir
 from kd_jax.errors import CheckpointError, ConfigError
 from kd_jax.paper import bias_correction
+
+# A study script's `--tiny` runs: small batches of a small IDX folder, so its test takes seconds.
+TINY_OVERRIDES = {"batch_size": 32, "eval_batch_size": 40, "data__check_counts": False}
 
 
 @contextlib.contextmanager
@@ -54,9 +58,7 @@ def record_code_version(root: pathlib.Path, name: str) -> None:
   ROOT/code_versions.json (once each), so a run resumed across commits or machines names them
   all."""
   versions = code_versions(root)
-  machine = reporting.machine()
-  entry = (f"{reporting.code_version()} on {machine['host_cpu']} "
-           f"({' '.join(machine['host_vector_extensions']) or 'no vector extensions listed'})")
+  entry = f"{reporting.code_version()} on {reporting.describe_machine(reporting.machine())}"
   if entry not in versions.setdefault(name, []):
     versions[name].append(entry)
     root.mkdir(parents=True, exist_ok=True)
@@ -126,6 +128,17 @@ def link_stage(root: pathlib.Path, name: str, config: ml_collections.ConfigDict,
   link.unlink(missing_ok=True)
   link.symlink_to(os.path.relpath(target, link.parent.absolute()), target_is_directory=True)
   return target
+
+
+def add_tiny_argument(parser: argparse.ArgumentParser) -> None:
+  """The `--tiny` option of a study script (read back with `tiny_overrides`)."""
+  parser.add_argument("--tiny", action="store_true",
+                      help="the tests' settings: small batches of a small IDX folder")
+
+
+def tiny_overrides(args: argparse.Namespace) -> dict[str, Any]:
+  """The config overrides `--tiny` asks for (none without it)."""
+  return dict(TINY_OVERRIDES) if args.tiny else {}
 
 
 def define_teachers_dir_flag() -> None:
