@@ -26,6 +26,11 @@ from kd_jax import (faults, inputs, models, objective, parallelism, population, 
 from kd_jax.errors import CheckpointError, ConfigError
 
 SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
+# Streamed runs: at most this many steps dispatched and not finished. Without a bound the host
+# queues every batch it has read (40 batches of 49 MB, measured, once reads got fast), and a
+# dataset streamed because it does not fit in memory runs out of it; two keep the device busy
+# while the host puts the next batch.
+STEPS_IN_FLIGHT = 2
 
 
 class Checkpointer(Protocol):
@@ -375,6 +380,8 @@ class StreamedEpochs:
       state, sums = self.step_fn(state, sums, batch, *self.args, jnp.int32(epoch),
                                  jnp.int32(step_in_epoch))
       done = step_in_epoch + 1
+      if done % STEPS_IN_FLIGHT == 0:
+        jax.block_until_ready(sums)
       if done % check_every or done == self.steps_per_epoch:
         continue  # The epoch's end is the loop's to save.
       if (np.asarray(jax.device_get(sums["first_nonfinite_step"])) >= 0).any():

@@ -3,7 +3,7 @@
   python scripts/grain_host_profile.py --records runs/pipelines/records --out results/grain/host_profile.json
 
 For --batches batches of 128 of a prepared MNIST folder (`python -m kd_jax.prepare`): the epoch
-order (grain's index shuffle of each position), the ArrayRecord reads, the decoding and the
+order (grain's index shuffle of each position), the ArrayRecord reads (`kd_jax.data.records.Reader`), the decoding and the
 jitter (max shift 2) of `kd_jax.data.streaming`'s reader, in milliseconds per batch (means). On a
 2-core CPU this host work runs on the cores that compute the step.
 """
@@ -15,7 +15,6 @@ import json
 import pathlib
 import time
 
-import grain
 import numpy as np
 
 from kd_jax import reporting
@@ -34,14 +33,14 @@ def main() -> None:
       paths=tuple(prepared.paths("train")), image_shape=prepared.image_shape,
       example_records=np.arange(num_train), seed=0, batch_size=128, num_epochs=1, max_shift=2,
       process_index=0, process_count=1)
-  source = grain.sources.ArrayRecordDataSource(list(stream.paths))
+  reader = records.Reader(stream.paths)
   parts = dict.fromkeys(("order", "read", "decode", "jitter"), 0.0)
   for step in range(args.batches + 1):  # The first batch warms up and is not counted.
     times = [time.perf_counter()]
     epoch, positions = stream.positions(step)
     examples = streaming.epoch_order(stream.seed, epoch, num_train, positions)
     times.append(time.perf_counter())
-    raw = source.__getitems__(stream.example_records[examples])
+    raw = reader.read(stream.example_records[examples])
     times.append(time.perf_counter())
     images, _ = records.decode_many(raw, stream.image_shape)
     times.append(time.perf_counter())

@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import pathlib
+import threading
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -205,6 +206,47 @@ def read_batches(prepared: Folder, split: str,
                           prepared.image_shape)
     finally:
       reader.close()
+
+
+class Reader:
+  """Random access to records by their index in a split (its shards end to end), a batch at a
+  time, for the streaming pipeline: each shard is asked once per batch for its records, in the
+  calling thread, without read-ahead. Measured on 2 cores, 128 random MNIST records: 1.8 ms, where
+  grain's ArrayRecordDataSource takes 7.8 ms (it reads in a thread pool of its own for every
+  batch, beside grain's reader threads). The shards open on the first read; threads share them
+  (ArrayRecord's readers are thread-safe, as grain's source assumes)."""
+
+  def __init__(self, paths: Iterable[str]):
+    self.paths = tuple(paths)
+    self._lock = threading.Lock()
+    self._opened: tuple[list[Any], np.ndarray] | None = None
+
+  def _open(self) -> tuple[list[Any], np.ndarray]:
+    if self._opened is not None:
+      return self._opened
+    with self._lock:
+      if self._opened is None:
+        from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+        readers = [array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0,"
+                                                         "max_parallelism:0")
+                   for path in self.paths]
+        self._opened = (readers, np.cumsum([0] + [reader.num_records() for reader in readers]))
+    return self._opened
+
+  def read(self, keys: np.ndarray) -> list[bytes]:
+    """The records at `keys` (indices into the split), in the order given."""
+    readers, starts = self._open()
+    keys = np.asarray(keys, np.int64)
+    if len(keys) and (keys.min() < 0 or keys.max() >= starts[-1]):
+      raise IndexError(f"record keys must lie in [0, {starts[-1]}): got {keys.min()} to "
+                       f"{keys.max()}")
+    shards = np.searchsorted(starts, keys, "right") - 1
+    raw: list[bytes] = [b""] * len(keys)
+    for shard in np.unique(shards):
+      where = np.flatnonzero(shards == shard)
+      for row, record in zip(where, readers[shard].read((keys[where] - starts[shard]).tolist())):
+        raw[row] = record
+    return raw
 
 
 def load_split(prepared: Folder, split: str) -> tuple[np.ndarray, np.ndarray]:
