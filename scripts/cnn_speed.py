@@ -3,6 +3,9 @@
   KD_JAX_MNIST_DIR=/path/to/mnist python scripts/cnn_speed.py --torch_python /path/to/venv/bin/python \
       --out results/cnn_speed
 
+(PyTorch's CPU build: `pip install torch --index-url https://download.pytorch.org/whl/cpu`; plain
+`pip install torch` pulls the CUDA wheels. Where only a local wheel is reachable, install that.)
+
 Each round trains `python -m kd_jax.train --config student --config.model.name=cnn
 --config.model.hidden_sizes='(256,)'` for --epochs epochs, then `scripts/torch_cnn_twin.py` (its
 twin: same layers, Adam, batch 128, in-memory data; PyTorch is not a kd_jax dependency, so it runs
