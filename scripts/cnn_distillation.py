@@ -78,7 +78,8 @@ def main() -> None:
   out.mkdir(parents=True, exist_ok=True)
   reporting.write_json(out / "results.json", summary)
   lines = [f"# CNN <-> MLP distillation on MNIST ({args.epochs} epochs each)", "",
-           f"Machine: {reporting.describe_machine(summary['machine'])}; code {summary['code_version']}.", ""]
+           f"Machine: {reporting.describe_machine(summary['machine'])}; code "
+           f"{summary['code_version']}.", ""]
   lines += stages.markdown_table(
       ["run", "model", "teacher", "test errors", "agreement with teacher (test)", "epoch (s)",
        "floor (s)", "floor's way", "ratio"],

@@ -83,7 +83,8 @@ def main() -> None:
       for i, r in enumerate(rounds))
   (out / "RESULTS.md").write_text(f"""# The registry CNN against its PyTorch twin
 
-{reporting.describe_machine(machine)}, PyTorch {torch_version} (CPU build); kd_jax {results['code_version']}.
+{reporting.describe_machine(machine)}, PyTorch {torch_version} (CPU build);
+kd_jax {results['code_version']}.
 Written by `scripts/cnn_speed.py`.
 
 The network: conv 16-32 3x3, BatchNorm, ReLU, 2x2 max-pool, dense 256, 10 logits; Adam, batch 128,

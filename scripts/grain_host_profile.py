@@ -3,8 +3,9 @@
   python scripts/grain_host_profile.py --records runs/pipelines/records --out results/grain/host_profile.json
 
 For --batches batches of 128 of a prepared MNIST folder (`python -m kd_jax.prepare`): the epoch
-order (grain's index shuffle of each position), the ArrayRecord reads (`kd_jax.data.records.Reader`), the decoding and the
-jitter (max shift 2) of `kd_jax.data.streaming`'s reader, in milliseconds per batch (means). On a
+order (grain's index shuffle of each position), the ArrayRecord reads
+(`kd_jax.data.records.Reader`), the decoding and the jitter (max shift 2) of
+`kd_jax.data.streaming`'s reader, in milliseconds per batch (means). On a
 2-core CPU this host work runs on the cores that compute the step.
 """
 

@@ -163,7 +163,8 @@ def summarise(config: ml_collections.ConfigDict, root: pathlib.Path,
 def render_markdown(results: dict[str, Any]) -> str:
   machine = results["machine"]
   lines = [f"# The distillation gap: ablation ({results['profile']} profile)", "",
-           f"Machine: {reporting.describe_machine(machine)}; code {results['code_version']}; wall time "
+           f"Machine: {reporting.describe_machine(machine)}; code {results['code_version']}; "
+           "wall time "
            f"{sum(results['wall_time_s'].values()) / 60:.1f} min. Test errors, mean ± "
            "sd over seeds; fit to the teacher on the transfer set (top-class agreement, "
            "KL(teacher || student) at T = 1) and on the test set; "

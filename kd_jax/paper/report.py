@@ -208,7 +208,8 @@ def readme_results(results: dict[str, Any], path: str, fidelity: dict[str, Any],
   members = len(teachers["values"])
   paper = e["table"]["paper"]
   lines = [RESULTS_BEGIN.format(path=path, fidelity=fidelity_path), "",
-           f"MNIST test errors out of 10,000 on {reporting.describe_machine(machine)} (ours: mean ± sd over seeds, n in "
+           f"MNIST test errors out of 10,000 on {reporting.describe_machine(machine)} (ours: "
+           "mean ± sd over seeds, n in "
            "brackets; the paper's figures are single runs). Two runs of the same configs: the "
            f"fidelity study (`{pathlib.PurePosixPath(fidelity_path).parent}`) and the "
            f"`{results['profile']}` reproduction (`{pathlib.PurePosixPath(path).parent}`, whose "
