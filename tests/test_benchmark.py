@@ -10,6 +10,7 @@ from conftest import load_script, run_command
 pytestmark = pytest.mark.slow  # Every test here starts processes (see conftest.py).
 
 
+@pytest.mark.optimized  # Times its cases several ways each: running dominates.
 def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):
   out = tmp_path / "bench.json"
   result = run_command("benchmark", "--quick", f"--out={out}", timeout=600)

@@ -22,6 +22,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.optimized  # 60,000 images: training dominates.
 def test_pipeline_teacher_distilled_beats_student_alone(tmp_path):
   """The main job on real MNIST: a teacher of 2 epochs on all 60,000 images, then the 2x800
   distilled from it and the 2x800 alone, 5 epochs each on a class-balanced 10% of the training

@@ -308,6 +308,7 @@ def _synthetic_examples(count, shape):
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_AS"), reason="needs RLIMIT_AS (Linux)")
 @pytest.mark.slow
+@pytest.mark.optimized  # 280,000 images: training dominates.
 def test_dataset_larger_than_the_address_space_trains_streamed(tmp_path):
   """3.4 GB of images under a 3 GiB address-space cap (RLIMIT_AS, set in the child before it
   starts): the grain run trains and evaluates; the memory pipeline, which must hold the dataset,
