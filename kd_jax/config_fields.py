@@ -284,6 +284,9 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("data.grain_workers", 0, int, at_least_0("0: threads"),
           "grain: worker processes decoding and batching (0: threads of this process)", added=True),
     Field("data.prefetch", 2, int, POSITIVE, "grain: batches read ahead of the step", added=True),
+    Field("data.steps_per_call", 1, int, POSITIVE, "grain: streamed batches one compiled call "
+          "steps through (a scan over them: one dispatch for several steps; checkpoints and "
+          "signal checks still fall on their steps)", added=True),
     Field("data.shared_order", False, bool, BOOL, "a population's members share their batches "
           "(the order and views of the member seeded `seed`; grain: one stream), so each batch's "
           "mixup and teacher forward are computed once for all of them; each keeps its own "

@@ -142,7 +142,7 @@ def validate(config: ml_collections.ConfigDict, require_teacher: bool = False) -
   else:
     check("checkpoint.every_steps", lambda v: v == 0, "0 with data.pipeline='memory' (its "
           "epoch is one compiled call; checkpoints fall between epochs)")
-    for name in ("data.grain_workers", "data.prefetch"):  # Not ignored.
+    for name in ("data.grain_workers", "data.prefetch", "data.steps_per_call"):  # Not ignored.
       default = FIELDS[name].default
       check(name, lambda v, default=default: v == default,
             f"{default!r} with data.pipeline='memory' (it sets the grain pipeline)")

@@ -26,11 +26,11 @@ from kd_jax import (faults, inputs, models, objective, parallelism, population, 
 from kd_jax.errors import CheckpointError, ConfigError
 
 SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
-# Streamed runs: at most this many steps dispatched and not finished. Without a bound the host
-# queues every batch it has read (40 batches of 49 MB, measured, once reads got fast), and a
-# dataset streamed because it does not fit in memory runs out of it; two keep the device busy
-# while the host puts the next batch.
-STEPS_IN_FLIGHT = 2
+# Streamed runs: at most this many compiled calls dispatched and not finished. Without a bound
+# the host queues every batch it has read (40 batches of 49 MB, measured, once reads got fast),
+# and a dataset streamed because it does not fit in memory runs out of it; two keep the device
+# busy while the host puts the next batch.
+CALLS_IN_FLIGHT = 2
 
 
 class Checkpointer(Protocol):
@@ -290,17 +290,19 @@ class SteppedEpochs:
 
 @dataclasses.dataclass
 class StreamedEpochs:
-  """The grain pipeline's epochs: one compiled step per batch streamed from the records (the
-  step the memory pipeline scans), checkpoints within epochs every `checkpoint.every_steps`
-  with the iterators' state and the epoch's running metric sums, so a run killed mid-epoch
-  resumes exactly."""
+  """The grain pipeline's epochs: the step the memory pipeline scans, compiled once per batch
+  streamed from the records (or scanned over `data.steps_per_call` of them in a row),
+  checkpoints within epochs every `checkpoint.every_steps` with the iterators' state and the
+  epoch's running metric sums, so a run killed mid-epoch resumes exactly."""
 
   step_fn: Any  # steps.population_step, jitted: the step and the epoch's sums in one call.
+  steps_fn: Any  # _population_steps, jitted: several steps in one call.
   iterators: list[Any]
-  feed: Any  # streaming.device_batches over the iterators.
+  feed: Callable[[int | None], dict[str, jax.Array]]  # streaming.next_batches on the iterators.
   args: tuple[Any, ...]  # (hparams, teacher variables)
   steps_per_epoch: int
   every_steps: int
+  steps_per_call: int
   resume_step: int = 0
   resume_sums: dict[str, Any] | None = None
   children_before: frozenset[int] = frozenset()  # Child processes from before grain's workers.
@@ -341,16 +343,18 @@ class StreamedEpochs:
     except BaseException:
       streaming.close_iterators(iterators, children_before)
       raise
-    population_step = jax.jit(functools.partial(
-        steps.population_step, member_batch=members.member_batch, step_fn=step_fn,
-        shared=shared),
-                              out_shardings=parallelism.replicated(mesh), donate_argnums=(0, 1))
+    step_settings = dict(member_batch=members.member_batch, step_fn=step_fn, shared=shared)
+    compile_call = functools.partial(jax.jit, out_shardings=parallelism.replicated(mesh),
+                                     donate_argnums=(0, 1))
     sums = position.get("sums")
-    return cls(step_fn=population_step, iterators=iterators,
-               feed=streaming.device_batches(iterators, mesh, shared is not None),
+    return cls(step_fn=compile_call(functools.partial(steps.population_step, **step_settings)),
+               steps_fn=compile_call(functools.partial(_population_steps, **step_settings)),
+               iterators=iterators,
+               feed=functools.partial(streaming.next_batches, iterators, mesh, shared is not None),
                args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
+               steps_per_call=config.data.steps_per_call,
                resume_step=position.get("step_in_epoch", 0), children_before=children_before,
                resume_sums=None if sums is None else {
                    name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
@@ -365,22 +369,32 @@ class StreamedEpochs:
     """Steps through the rest of epoch `epoch`; returns epoch-mean metrics as the compiled epoch
     does (stopping early, before any save, once a loss is non-finite).
 
-    Every `every_steps` steps it checkpoints; every `every_steps` (else SIGNAL_CHECK_STEPS) steps
-    it asks whether any process was signalled, and if so checkpoints and stops: an epoch of a
-    large dataset is too long to finish inside a scheduler's grace period.
+    Every `every_steps` steps it checkpoints; every `every_steps` (else about
+    SIGNAL_CHECK_STEPS) steps it asks whether any process was signalled, and if so checkpoints
+    and stops: an epoch of a large dataset is too long to finish inside a scheduler's grace
+    period. A call of several steps ends at each of those points, so they fall where they would
+    step by step.
     """
     start, sums = self.resume_step, self.resume_sums
     self.resume_step, self.resume_sums = 0, None
-    check_every = self.every_steps or SIGNAL_CHECK_STEPS
-    for step_in_epoch in range(start, self.steps_per_epoch):
-      batch = next(self.feed)
+    chunked = self.steps_per_call > 1
+    # SIGNAL_CHECK_STEPS rounded up to a multiple of steps_per_call.
+    check_every = self.every_steps or -(-SIGNAL_CHECK_STEPS // self.steps_per_call) * (
+        self.steps_per_call)
+    done, calls = start, 0  # Steps of the epoch done, compiled calls made.
+    while done < self.steps_per_epoch:
+      count = min(self.steps_per_call, self.steps_per_epoch - done,
+                  check_every - done % check_every)
+      batch = self.feed(count if chunked else None)
       if sums is None:  # Zeros shaped like the step's sums: one compiled step for every call.
-        sums = steps.zero_sums(jax.eval_shape(self.step_fn, state, None, batch, *self.args,
-                                              jnp.int32(epoch), jnp.int32(step_in_epoch))[1])
-      state, sums = self.step_fn(state, sums, batch, *self.args, jnp.int32(epoch),
-                                 jnp.int32(step_in_epoch))
-      done = step_in_epoch + 1
-      if done % STEPS_IN_FLIGHT == 0:
+        one_batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                                 batch) if chunked else batch
+        sums = steps.zero_sums(jax.eval_shape(self.step_fn, state, None, one_batch, *self.args,
+                                              jnp.int32(epoch), jnp.int32(done))[1])
+      state, sums = (self.steps_fn if chunked else self.step_fn)(
+          state, sums, batch, *self.args, jnp.int32(epoch), jnp.int32(done))
+      done, calls = done + count, calls + 1
+      if calls % CALLS_IN_FLIGHT == 0:
         jax.block_until_ready(sums)
       if done % check_every or done == self.steps_per_epoch:
         continue  # The epoch's end is the loop's to save.
@@ -413,3 +427,20 @@ class StreamedEpochs:
       stream["sums"] = {name: np.asarray(value).tolist()
                         for name, value in jax.device_get(sums).items()}
     return {"stream": stream}
+
+
+def _population_steps(states: steps.TrainState, sums: dict[str, jax.Array],
+                      batches: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                      teacher_variables: Any, epoch: jax.Array, first_step: jax.Array,
+                      **step_settings) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+  """`steps.population_step` over streamed batches stacked [k, ...], steps `first_step` ... in
+  one compiled call (a scan): a call per step pays the dispatch each step, the scanned epoch
+  does not (`data.steps_per_call`)."""
+  def one_step(carry, batch_and_step):
+    batch, step_in_epoch = batch_and_step
+    return steps.population_step(*carry, batch, hparams, teacher_variables, epoch, step_in_epoch,
+                                 **step_settings), None
+
+  count = jax.tree.leaves(batches)[0].shape[0]
+  step_numbers = first_step + jnp.arange(count, dtype=jnp.int32)
+  return jax.lax.scan(one_step, (states, sums), (batches, step_numbers))[0]

@@ -62,14 +62,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split across the `data` axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def member_batch_sharded(mesh: Mesh) -> NamedSharding:
-  """[P, B, ...] member-stacked batches: the batch dimension split across the `data` axis."""
-  return NamedSharding(mesh, P(None, DATA_AXIS))
+def batch_sharded(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+  """The batch dimension split across the `data` axis: the first, or the one after
+  `leading_axes` whole ones (members [P, B, ...], a streamed chunk of steps [k, P, B, ...])."""
+  return NamedSharding(mesh, P(*[None] * leading_axes, DATA_AXIS))
 
 
 def put_replicated(host_array: np.ndarray, mesh: Mesh) -> jax.Array:

@@ -44,10 +44,12 @@ CORRUPTED_DIR = "corrupted_checkpoints"  # Checkpoints that failed their checksu
 RUN_DIRS = (CHECKPOINT_DIR, TENSORBOARD_DIR, CORRUPTED_DIR)
 # Fields that say where data (or the teacher's stored outputs) live, or how often to save or
 # evaluate: they may change when a run resumes.
-# How many members run vmapped together changes float rounding at most, like the device count.
+# How many members run vmapped together changes float rounding at most, like the device count;
+# how many streamed steps one call scans changes nothing (tests/test_streaming.py).
 RESUMABLE_CHANGES = ("data.mnist_dir", "data.tfds_data_dir", "data.tfds_manual_dir",
                      "checkpoint.every_epochs", "checkpoint.max_to_keep", "member_batch",
                      "data.records_dir", "data.prefetch", "checkpoint.every_steps",
+                     "data.steps_per_call",
                      "eval_every_epochs", "teacher_views_dir")
 TMP_MARKER = ".orbax-checkpoint-tmp"
 

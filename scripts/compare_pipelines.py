@@ -29,6 +29,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs of each pipeline, alte
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Quick teachers through each pipeline.")
 _TIMING_ONLY = flags.DEFINE_bool("timing_only", False, "Only the alternated teacher epochs: "
                                  "OUT/timing.json (the machine, each pair, the ratios).")
+_STEPS_PER_CALL = flags.DEFINE_list(
+    "steps_per_call", ["1"], "The grain runs' data.steps_per_call, each timed (--timing_only): "
+    "1,8 times a call per step against scans of 8 streamed steps, alternated in one run.")
 _MARGIN = flags.DEFINE_float("margin", 15.0, "Test errors within which the pipelines count as "
                              "alike (two one-sided tests).")
 
@@ -56,20 +59,28 @@ def main(argv):
   # Epoch times: 2 epochs per run (the first includes compilation and the first reads), the
   # pipelines alternated so that drift in the machine's speed falls on both.
   timing_epochs = 2
-  timings = {"memory": [], "grain": []}
+  steps_per_call = [int(k) for k in _STEPS_PER_CALL.value]
+  variants = {"memory": ("memory", {})} | {
+      "grain" if k == 1 else f"grain, {k} steps per call": ("grain", {"data.steps_per_call": k})
+      for k in (steps_per_call if _TIMING_ONLY.value else [1])}
+  timings = {name: [] for name in variants}
   for repeat in range(_REPEATS.value):
-    for pipeline in ("memory", "grain"):
-      workdir = root / f"teacher_epoch_{pipeline}_{repeat}"
-      trainer.train_and_evaluate(config("teacher", pipeline, num_epochs=timing_epochs), workdir)
-      timings[pipeline].append(_epoch_times(workdir)[-1])
-  ratios = [g / m for g, m in zip(timings["grain"], timings["memory"])]
+    for name, (pipeline, fields) in variants.items():
+      workdir = root / f"teacher_epoch_{name.replace(', ', '_').replace(' ', '_')}_{repeat}"
+      trainer.train_and_evaluate(config("teacher", pipeline, num_epochs=timing_epochs, **fields),
+                                 workdir)
+      timings[name].append(_epoch_times(workdir)[-1])
+  over_memory = {name: [t / m for t, m in zip(times, timings["memory"])]
+                 for name, times in timings.items() if name != "memory"}
   if _TIMING_ONLY.value:
     out.mkdir(parents=True, exist_ok=True)
     reporting.write_json(out / "timing.json", {
         "machine": reporting.machine(), "code_version": reporting.code_version(),
-        "teacher_epoch_s": timings, "grain_over_memory": ratios})
-    print(f"grain / memory: {', '.join(f'{r:.2f}' for r in ratios)}")
+        "teacher_epoch_s": timings, "over_memory": over_memory})
+    for name, ratios in over_memory.items():
+      print(f"{name} / memory: {', '.join(f'{r:.2f}' for r in ratios)}")
     return
+  ratios = over_memory["grain"]
 
   # Errors of quick teachers, one run per seed, through each pipeline.
   errors = {"memory": [], "grain": []}

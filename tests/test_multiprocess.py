@@ -34,14 +34,15 @@ def _records(workdir):
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_dir, tmp_path,
                                                                     pipeline):
   """The memory pipeline (every process holds the data) and the grain pipeline (each process
-  streams its half of every global batch) alike."""
+  streams its half of every global batch, the two processes 4 steps to a call) alike."""
   single, multi = tmp_path / "single", tmp_path / "multi"
-  args = ARGS
+  args, multi_args = ARGS, []
   if pipeline == "grain":
     folder = tmp_path / "records"
     arrays = make_tiny_mnist()
     records.write_arrays(folder, "mnist", 10, "tiny", arrays, num_shards=2)
     args = [*ARGS, "--config.data.pipeline=grain", f"--config.data.records_dir={folder}"]
+    multi_args = ["--config.data.steps_per_call=4"]
   run_command("train", f"--workdir={single}", *args, mnist_dir=tiny_mnist_dir, devices=4)
 
   port = _free_port()
@@ -49,7 +50,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_mnist_d
              JAX_PLATFORMS="cpu", KD_JAX_MNIST_DIR=str(tiny_mnist_dir))
   processes = [
       subprocess.Popen([sys.executable, "-m", "kd_jax.train", f"--workdir={multi}", *args,
-                        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                        *multi_args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                         f"--process_id={i}"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
       for i in range(2)]

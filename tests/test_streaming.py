@@ -171,6 +171,29 @@ def test_population_members_with_their_own_streams_are_their_single_runs(tiny_mn
 
 
 @pytest.mark.slow  # Two trainings: the full suite's.
+def test_steps_scanned_several_to_a_call_are_the_steps_one_to_a_call(tiny_mnist_dir, tiny_records,
+                                                                     tmp_path):
+  """data.steps_per_call=4 with checkpoints every 6 steps (calls of 4, 2, 4, 2, 3 steps in each
+  15-step epoch) trains a population bit for bit as a call per step does, checkpoints included."""
+  common = dict(data__pipeline="grain", data__records_dir=str(tiny_records), data__jitter=1,
+                num_epochs=2, model__hidden_sizes=(16,), members=2, checkpoint__every_steps=6,
+                checkpoint__max_to_keep=10)
+  one = trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, **common), tmp_path / "one")
+  four = trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, data__steps_per_call=4, **common),
+                                    tmp_path / "four")
+  assert one["test_errors"] == four["test_errors"]
+  manager = checkpointing.open_manager(tmp_path / "four", read_only=True)
+  assert manager.all_steps() == checkpointing.open_manager(tmp_path / "one",
+                                                           read_only=True).all_steps()
+  for a, b in zip(jax.tree.leaves(_params(tmp_path / "one")),
+                  jax.tree.leaves(_params(tmp_path / "four"))):
+    np.testing.assert_array_equal(a, b)
+  assert _records_of(tmp_path / "one") == [dict(r, epoch_time_s=k["epoch_time_s"]) for r, k in
+                                           zip(_records_of(tmp_path / "four"),
+                                               _records_of(tmp_path / "one"))]
+
+
+@pytest.mark.slow  # Two trainings: the full suite's.
 def test_cached_teacher_logits_on_disk_equal_the_in_memory_cache(tiny_mnist_dir, tiny_records,
                                                                  tmp_path):
   teacher = tmp_path / "teacher"
@@ -225,12 +248,15 @@ RESUME_ARGS = ["--config=configs/teacher.py", *TINY_OVERRIDES, f"--config.num_ep
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise(tiny_mnist_dir, tiny_records, tmp_path):
   """Killed right after the checkpoint at step 8 of epoch 2 (global step 23), the rerun restores
-  the iterator and the epoch's metric sums there and ends as the uninterrupted run, bit for bit."""
+  the iterator and the epoch's metric sums there and ends as the uninterrupted run, bit for bit.
+  The killed run scanned 3 steps to a call (calls of 3 and 1 between checkpoints every 4), its
+  rerun and the reference one: the same steps either way."""
   args = [*RESUME_ARGS, f"--config.data.records_dir={tiny_records}"]
   reference, killed = tmp_path / "reference", tmp_path / "killed"
   run_command("train", f"--workdir={reference}", *args, mnist_dir=tiny_mnist_dir)
-  result = run_command("train", f"--workdir={killed}", *args, mnist_dir=tiny_mnist_dir,
-                       check=False, extra_env={"KD_JAX_FAULT": "kill:step_checkpoint:23"})
+  result = run_command("train", f"--workdir={killed}", *args, "--config.data.steps_per_call=3",
+                       mnist_dir=tiny_mnist_dir, check=False,
+                       extra_env={"KD_JAX_FAULT": "kill:step_checkpoint:23"})
   assert result.returncode == -9, result.stderr[-2000:]
   assert checkpointing.open_manager(killed, read_only=True).latest_step() == 23
   resumed = run_command("train", f"--workdir={killed}", *args, mnist_dir=tiny_mnist_dir)
@@ -272,7 +298,8 @@ def test_grain_workers_stream_the_same_batches_and_survive_a_group_sigterm(
 
 
 def test_grain_settings_belong_to_the_grain_pipeline(tiny_mnist_dir, tiny_records, tmp_path):
-  for field, value in (("data__grain_workers", 2), ("data__prefetch", 8)):
+  for field, value in (("data__grain_workers", 2), ("data__prefetch", 8),
+                       ("data__steps_per_call", 4)):
     with pytest.raises(ConfigError, match="with data.pipeline='memory'"):
       tiny_config(tiny_mnist_dir, **{field: value})
   with pytest.raises(ConfigError, match="mnist_pairs cannot be prepared"):

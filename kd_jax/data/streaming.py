@@ -290,28 +290,30 @@ def eval_batches(split: StreamedSplit, prefetch: int = 2) -> Iterator[dict[str, 
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
-              member_axis: bool = False) -> dict[str, jax.Array]:
+              leading_axes: int = 0) -> dict[str, jax.Array]:
   """This process's share of a batch -> global arrays sharded over the mesh's `data` axis (the
-  batch axis, after the member axis of stacked member streams)."""
-  sharding = (parallelism.member_batch_sharded(mesh) if member_axis
-              else parallelism.batch_sharded(mesh))
+  batch axis, after `leading_axes` others: members, steps of a chunk)."""
+  sharding = parallelism.batch_sharded(mesh, leading_axes)
   return {name: jax.make_array_from_process_local_data(sharding, array)
           for name, array in batch.items()}
 
 
-def device_batches(iterators: list[Iterator[dict[str, np.ndarray]]], mesh: jax.sharding.Mesh,
-                   shared: bool) -> Iterator[dict[str, jax.Array]]:
-  """The next global batch on device: one stream's, or the member streams' stacked [P, B, ...]."""
-  while True:
-    try:
-      batches = [next(iterator) for iterator in iterators]
-    except StopIteration:
-      return
-    if shared:
-      yield put_batch(batches[0], mesh)
-    else:
-      yield put_batch({name: np.stack([b[name] for b in batches]) for name in batches[0]}, mesh,
-                      member_axis=True)
+def _stacked(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {name: np.stack([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def next_batches(iterators: list[Iterator[dict[str, np.ndarray]]], mesh: jax.sharding.Mesh,
+                 shared: bool, steps: int | None = None) -> dict[str, jax.Array]:
+  """The next global batch on device: one stream's [B, ...], or the member streams' stacked
+  [P, B, ...]; with `steps`, that many batches in a row stacked [steps, ...] (one compiled call
+  steps through them). StopIteration once a stream ends."""
+  def host_batch():
+    batches = [next(iterator) for iterator in iterators]
+    return batches[0] if shared else _stacked(batches)
+  leading_axes = 0 if shared else 1
+  if steps is None:
+    return put_batch(host_batch(), mesh, leading_axes)
+  return put_batch(_stacked([host_batch() for _ in range(steps)]), mesh, leading_axes + 1)
 
 
 def stream_logits(split: StreamedSplit, logits_fn, mesh: jax.sharding.Mesh,
