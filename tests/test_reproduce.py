@@ -8,10 +8,10 @@ import pytest
 
 from conftest import make_tiny_mnist, run_command, snapshot
 from kd_jax import (checkpointing, config_lib, configs, data, models, parallelism, population,
-                    preemption, rundir)
+                    preemption, reporting, rundir)
 from kd_jax.paper import bias_correction, fidelity, reproduce, stages, verdicts
 from kd_jax.paper.figures import PAPER
-from kd_jax.errors import ConfigError, DataError
+from kd_jax.errors import CheckpointError, ConfigError, DataError
 
 
 # ----------------------------------------------------------------------------- transfer sets
@@ -246,6 +246,21 @@ def test_verdict_windows_are_the_last_epoch_and_the_last_tenth_of_the_epochs(tmp
   np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=True), [80, 180])
   write(range(1, 20))  # The last line lost: the last one written stands for it.
   np.testing.assert_array_equal(stages.curve_errors(tmp_path, tail=False), [81, 181])
+
+
+def test_a_stage_names_the_code_that_worked_on_it_not_code_that_was_refused(tmp_path):
+  """A refusal (here a workdir holding another config) trains nothing: its code version is not
+  the stage's, though its seconds are counted; a stage stopped mid-run or finished names it."""
+  with pytest.raises(CheckpointError):
+    with stages.timed_stage(tmp_path, "refused"):
+      raise CheckpointError("runs/x already holds a run with a different config")
+  with pytest.raises(KeyboardInterrupt):
+    with stages.timed_stage(tmp_path, "stopped"):
+      raise KeyboardInterrupt
+  with stages.timed_stage(tmp_path, "finished"):
+    pass
+  assert set(stages.code_versions(tmp_path)) == {"stopped", "finished"}
+  assert set(reporting.stage_timings(tmp_path)) == {"refused", "stopped", "finished"}
 
 
 def test_a_shared_teacher_link_is_kept_or_refused_never_silently_moved(tmp_path):

@@ -98,16 +98,20 @@ def _direction(difference: float) -> str:
 
 
 def plan(pilot: dict[str, Any], earlier_looks: dict[str, int], margin: float,
-         paper_accuracy: float, simulations: int = SIMULATIONS) -> dict[str, dict[str, Any]]:
-  """Per claim (keyed as `kd_jax.paper.reproduce.claims` keys them): the effect assumed (the
-  pilot's means and sds, from a reproduction's results.json `pilot`), the level (ALPHA over its
-  looks: the earlier ones in `earlier_looks` plus this one), the verdict that effect implies, the
-  smallest n per group reaching POWER, and the config field that n goes to."""
+         paper_accuracy: float, simulations: int = SIMULATIONS,
+         keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+  """Per claim (keyed as `kd_jax.paper.reproduce.claims` keys them; only `keys` if given): the
+  effect assumed (the pilot's means and sds, from a reproduction's results.json `pilot`), the
+  level (ALPHA over its looks: the earlier ones in `earlier_looks` plus this one), the verdict
+  that effect implies, the smallest n per group reaching POWER, and the config field that n goes
+  to."""
   e = pilot["experiments"]
   entries = {}
 
   def add(key: str, study_of: Callable[[float], Study], expected: str, assumed: str,
           candidates: Sequence[int], field: str) -> None:
+    if keys is not None and key not in keys:
+      return
     looks = earlier_looks.get(key, 0) + 1
     alpha = level(looks)
     entries[key] = {"assumed": assumed, "looks": looks, "alpha": alpha, "expected": expected,
@@ -155,7 +159,7 @@ def plan(pilot: dict[str, Any], earlier_looks: dict[str, int], margin: float,
   pooled = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in hot])))
   add("large_student_alike", lambda alpha: alike(0.0, pooled, len(hot), margin, alpha),
       verdicts.HOLDS, f"{tags[-1]}: the {len(hot)} temperatures above 8 truly alike (equal "
-      f"means), sd {pooled:.1f} (the pilot's pooled), margin ±{margin:g}", range(3, 21),
+      f"means), sd {pooled:.1f} (the pilot's pooled), margin ±{margin:g}", range(3, 41),
       "temperature_sweep.seeds_by_size[0]")
   mythical = e["mythical"]
   accuracy = mythical["corrected"]["accuracy_on_classes"]["values"]
@@ -175,3 +179,15 @@ def plan(pilot: dict[str, Any], earlier_looks: dict[str, int], margin: float,
               regulariser["hard_subset"]["final_test_errors"]["values"],
               "test errors, soft against hard targets on the subset", "seeds")
   return entries
+
+
+def to_decide(results: dict[str, Any], earlier_looks: dict[str, int], margin: float,
+              paper_accuracy: float, simulations: int = SIMULATIONS) -> dict[str, dict[str, Any]]:
+  """For each claim a reproduction's results.json left undecided: the n per group a further run
+  would need, planned as `plan` plans one with this study as its pilot and one look more (its
+  own, after `earlier_looks` and this study's)."""
+  undecided = [c["key"] for c in results["claims"] if c["verdict"] == verdicts.UNDECIDED]
+  if not undecided:
+    return {}
+  looks = {key: earlier_looks.get(key, 0) + 1 for key in undecided}
+  return plan(results, looks, margin, paper_accuracy, simulations, keys=undecided)

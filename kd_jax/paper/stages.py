@@ -38,11 +38,18 @@ TINY_OVERRIDES = {"batch_size": 32, "eval_batch_size": 40, "data__check_counts":
 @contextlib.contextmanager
 def timed_stage(root: pathlib.Path, name: str) -> Iterator[None]:
   """Adds the wall time of the block to stage `name` in ROOT/timings.json, however it ends, and
-  the code version and CPU it ran on to ROOT/code_versions.json (`record_code_version`)."""
-  record_code_version(root, name)
+  the code version and CPU it ran on to ROOT/code_versions.json (`record_code_version`) unless
+  it was refused (a config or checkpoint error: that code trained nothing)."""
   start = time.perf_counter()
   try:
     yield
+  except (ConfigError, CheckpointError):
+    raise
+  except BaseException:  # A signal or a failure mid-run: the code worked on the stage.
+    record_code_version(root, name)
+    raise
+  else:
+    record_code_version(root, name)
   finally:  # A stage stopped by a signal resumes later: its time so far counts too.
     timings = reporting.stage_timings(root)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
