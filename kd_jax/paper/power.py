@@ -150,11 +150,15 @@ def plan(pilot: dict[str, Any], earlier_looks: dict[str, int], margin: float,
   small, large = sizes[tags[0]]["by_temperature"], sizes[tags[-1]]["by_temperature"]
   means = {float(t): _stats(s["values"])[0] for t, s in small.items()}
   sds = {float(t): _stats(s["values"])[1] for t, s in small.items()}
-  add("small_student_temperature", lambda alpha: best_inside(means, sds, 2.5, 4.0, alpha),
-      verdicts.HOLDS, f"{tags[0]}: every T at the pilot's mean ± sd (T = 2.5 "
-      f"{means[2.5]:.0f} ± {sds[2.5]:.0f}, the best outside T = 2 {means[2.0]:.0f} ± "
-      f"{sds[2.0]:.0f})", (5, 10, 15, 20, 25, 30, 35, 40, 50, 60),
-      "temperature_sweep.seeds_by_size[1]")
+  inside = [t for t in means if 2.5 <= t <= 4.0]
+  best_in = min(inside, key=means.get, default=None)
+  best_out = min((t for t in means if t not in inside), key=means.get, default=None)
+  if best_in is not None and best_out is not None:  # A sweep with T on both sides.
+    add("small_student_temperature", lambda alpha: best_inside(means, sds, 2.5, 4.0, alpha),
+        verdicts.HOLDS, f"{tags[0]}: every T at the pilot's mean ± sd (T = {best_in:g} "
+        f"{means[best_in]:.0f} ± {sds[best_in]:.0f}, the best outside T = {best_out:g} "
+        f"{means[best_out]:.0f} ± {sds[best_out]:.0f})", (5, 10, 15, 20, 25, 30, 35, 40, 50, 60),
+        "temperature_sweep.seeds_by_size[1]")
   hot = [s["values"] for t, s in large.items() if float(t) > 8]
   pooled = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in hot])))
   add("large_student_alike", lambda alpha: alike(0.0, pooled, len(hot), margin, alpha),
