@@ -7,6 +7,7 @@ import pytest
 
 from kd_jax import configs
 from kd_jax.paper import power, verdicts
+from kd_jax.paper.figures import PAPER
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -51,3 +52,22 @@ def test_the_cpu_profile_reaches_its_committed_power_plan():
     assert entry["n"] is not None and sizes[entry["field"]] >= entry["n"], key
     assert entry["looks"] == config.earlier_looks[key] + 1
     assert entry["alpha"] == pytest.approx(power.level(entry["looks"]))
+
+
+def test_what_would_decide_the_claims_a_run_left_undecided():
+  """The committed cpu run as a pilot: an n per group for each undecided claim (and none for the
+  decided ones), at the level of one look more, and more seeds than that run had."""
+  results = json.loads((REPO_ROOT / "results/cpu/results.json").read_text())
+  config = configs.module("reproduce").get_config("cpu")
+  looks = dict(config.earlier_looks)
+  entries = power.to_decide(results, looks, config.temperature_sweep.alike_margin,
+                            PAPER["mythical"]["corrected_accuracy_on_class"], simulations=200)
+  undecided = {c["key"]: c for c in results["claims"] if c["verdict"] == verdicts.UNDECIDED}
+  assert set(entries) == set(undecided)
+  for key, entry in entries.items():
+    assert entry["looks"] == looks.get(key, 0) + 2
+    assert entry["alpha"] == pytest.approx(verdicts.ALPHA / entry["looks"])
+    if entry["n"] is not None:
+      assert entry["n"] > min(undecided[key]["last_epoch"]["n"])
+  assert power.to_decide({"claims": [{"key": "regulariser", "verdict": verdicts.HOLDS}]}, {},
+                         10.0, 0.986) == {}

@@ -471,9 +471,9 @@ def main(argv):
   results["claims"] = claim_verdicts(root, config, results["experiments"])
   results["code_versions"] = stages.code_versions(root)
   results["plan"] = power_plan(config)
-  results["to_decide"] = power.to_decide(
+  results["to_decide"] = power.to_decide(  # Sizes from a plan: say what a next plan would need.
       results, dict(config.get("earlier_looks", {})), config.temperature_sweep.alike_margin,
-      PAPER["mythical"]["corrected_accuracy_on_class"])
+      PAPER["mythical"]["corrected_accuracy_on_class"]) if results["plan"] else {}
   reporting.write_json(root / "results.json", results)
   (root / "RESULTS.md").write_text(report.render_markdown(results))
   write_plots(root, results["experiments"], config)
