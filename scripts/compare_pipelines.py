@@ -60,13 +60,15 @@ def main(argv):
   # pipelines alternated so that drift in the machine's speed falls on both.
   timing_epochs = 2
   steps_per_call = [int(k) for k in _STEPS_PER_CALL.value]
-  variants = {"memory": ("memory", {})} | {
-      "grain" if k == 1 else f"grain, {k} steps per call": ("grain", {"data.steps_per_call": k})
+  # name in timing.json -> (pipeline, config fields, run folder tag)
+  variants = {"memory": ("memory", {}, "memory")} | {
+      "grain" if k == 1 else f"grain, {k} steps per call":
+          ("grain", {"data.steps_per_call": k}, "grain" if k == 1 else f"grain_k{k}")
       for k in (steps_per_call if _TIMING_ONLY.value else [1])}
   timings = {name: [] for name in variants}
   for repeat in range(_REPEATS.value):
-    for name, (pipeline, fields) in variants.items():
-      workdir = root / f"teacher_epoch_{name.replace(', ', '_').replace(' ', '_')}_{repeat}"
+    for name, (pipeline, fields, tag) in variants.items():
+      workdir = root / f"teacher_epoch_{tag}_{repeat}"
       trainer.train_and_evaluate(config("teacher", pipeline, num_epochs=timing_epochs, **fields),
                                  workdir)
       timings[name].append(_epoch_times(workdir)[-1])

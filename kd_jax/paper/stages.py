@@ -40,17 +40,15 @@ def timed_stage(root: pathlib.Path, name: str) -> Iterator[None]:
   """Adds the wall time of the block to stage `name` in ROOT/timings.json, however it ends, and
   the code version and CPU it ran on to ROOT/code_versions.json (`record_code_version`) unless
   it was refused (a config or checkpoint error: that code trained nothing)."""
-  start = time.perf_counter()
+  start, refused = time.perf_counter(), False
   try:
     yield
   except (ConfigError, CheckpointError):
+    refused = True
     raise
-  except BaseException:  # A signal or a failure mid-run: the code worked on the stage.
-    record_code_version(root, name)
-    raise
-  else:
-    record_code_version(root, name)
   finally:  # A stage stopped by a signal resumes later: its time so far counts too.
+    if not refused:
+      record_code_version(root, name)
     timings = reporting.stage_timings(root)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
     root.mkdir(parents=True, exist_ok=True)
