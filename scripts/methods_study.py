@@ -29,11 +29,17 @@ TEACHER = {"model__name": "cnn", "model__conv_features": (16, 32), "model__hidde
 MLP = {"model__name": "mlp", "model__hidden_sizes": (800, 800)}
 METHODS = ("dkd", "dist", "fitnets", "at", "rkd")
 LOGIT_METHODS = ("dkd", "dist")
+# A screening of the number each method's result hangs on (one seed per value, one population):
+# the shipped values are mdistiller's for CIFAR, and the weights of fitnets and at dwarf MNIST's
+# cross-entropy.
+SWEEPS = {"fitnets": ("weight", (1.0, 10.0, 100.0)), "at": ("weight", (10.0, 100.0, 1000.0)),
+          "dkd": ("beta", (1.0, 2.0, 8.0))}
 
 
 def plan(root: pathlib.Path, epochs: int, seeds: int, tiny: dict[str, Any],
          methods: tuple[str, ...] = METHODS) -> dict[str, ml_collections.ConfigDict]:
-  """Every stage's config by name, the teacher first: each of `methods` beside alone and KD."""
+  """Every stage's config by name, the teacher first: each of `methods` beside alone and KD, then
+  the screening sweeps (`SWEEPS`) of those methods on the CNN."""
   common = {"num_epochs": epochs, "members": seeds, **tiny}
   teacher = str(root / "teacher")
   kd = {"alpha": 0.9, "temperature": 4.0}  # mdistiller's KD: T 4, 0.9 soft, 0.1 hard.
@@ -47,7 +53,17 @@ def plan(root: pathlib.Path, epochs: int, seeds: int, tiny: dict[str, Any],
   runs["mlp/kd"] = student(teacher_workdir=teacher, **kd, **MLP, **common)
   for name in (m for m in methods if m in LOGIT_METHODS):
     runs[f"mlp/{name}"] = kd_jax.configs.get(name, teacher_workdir=teacher, **MLP, **common)
+  for name in (m for m in methods if m in SWEEPS):
+    field, values = SWEEPS[name]
+    runs[sweep_stage(name)] = kd_jax.configs.get(
+        name, teacher_workdir=teacher, num_epochs=epochs, **tiny,
+        **{f"sweep__terms__{name}__{field}": values})
   return runs
+
+
+def sweep_stage(method: str) -> str:
+  """The stage of `method`'s screening sweep."""
+  return f"cnn/{method}_{SWEEPS[method][0]}"
 
 
 def _method_student_model() -> dict[str, Any]:
@@ -67,9 +83,17 @@ def epoch_seconds(run: pathlib.Path) -> float:
 def analyse(root: pathlib.Path, runs: dict[str, ml_collections.ConfigDict]) -> dict[str, Any]:
   """Per student: test errors (mean, sd, members), the test against KD of the same architecture,
   and the epoch time's ratio to KD's."""
-  students = {}
+  students, sweeps = {}, {}
+  sweep_stages = {sweep_stage(method): method for method in SWEEPS}
   for name in runs:
     if name == "teacher":
+      continue
+    if name in sweep_stages:
+      method = sweep_stages[name]
+      field = SWEEPS[method][0]
+      members = stages.member_reports(stages.evaluated(root / name))
+      sweeps[method] = {"field": field, "values": [m[f"terms.{method}.{field}"] for m in members],
+                        "test_errors": [m["test_errors"] for m in members]}
       continue
     arch, method = name.split("/")
     students[name] = {"architecture": arch, "method": method,
@@ -83,14 +107,16 @@ def analyse(root: pathlib.Path, runs: dict[str, ml_collections.ConfigDict]) -> d
       entry["against_kd"] = verdicts.lower(entry["test_errors"]["values"],
                                            kd["test_errors"]["values"])
   teacher = stages.evaluated(root / "teacher")
-  return {"teacher_test_errors": stages.member_errors(teacher), "students": students}
+  return {"teacher_test_errors": stages.member_errors(teacher), "students": students,
+          "sweeps": sweeps}
 
 
 def markdown(results: dict[str, Any]) -> str:
   machine = results["machine"]
   lines = [
       "# Distillation methods on MNIST", "",
-      f"A registry CNN teacher ({results['teacher']}, {results['teacher_test_errors']} test "
+      f"A registry CNN teacher ({results['teacher']}, "
+      f"{', '.join(map(str, results['teacher_test_errors']))} test "
       f"errors) distilled for {results['epochs']} epochs into a CNN (conv 8-16, dense 64) and the "
       f"2x800 MLP, {results['seeds']} seeds each (mean ± sd of test errors of 10,000). Each "
       "method is the shipped config (cross-entropy plus its term, the paper's soft term off); "
@@ -108,6 +134,13 @@ def markdown(results: dict[str, Any]) -> str:
                  f"{entry['epoch_time_ratio_to_kd']:.2f}"])
   lines += stages.markdown_table(["student/method", "test errors", "minus KD", "beats KD",
                                   "epoch (s)", "time / KD's"], rows)
+  if results["sweeps"]:
+    lines += ["", "Screening: the CNN student's test errors at each value of the number a method "
+              "hangs on (one seed, 0, per value; the shipped value last), same epochs.", ""]
+    lines += stages.markdown_table(["method", "swept", "values: test errors"], [
+        [name, sweep["field"], ", ".join(f"{v:g}: {e}" for v, e in zip(sweep["values"],
+                                                                      sweep["test_errors"]))]
+        for name, sweep in results["sweeps"].items()])
   return "\n".join(lines) + "\n"
 
 
