@@ -67,9 +67,8 @@ class Run(runs.Run):
   def evaluate(self, step: int | None = None, ensemble: str = "arithmetic") -> dict[str, Any]:
     """Scores the checkpoint (latest or `step`) on the test set; writes and returns eval.json's
     content (a population: every member and their `ensemble`, arithmetic or geometric)."""
-    with runtime.quiet_logs():
-      return evaluate.evaluate_checkpoint(self.workdir, step, ensemble=ensemble,
-                                          model=self.model, teacher_model=self.teacher_model)
+    return evaluate.evaluate_checkpoint(self.workdir, step, ensemble=ensemble, model=self.model,
+                                        teacher_model=self.teacher_model)
 
   def predict(self, images: Any, member: int | None = None) -> np.ndarray:
     """Class probabilities [B, num_classes] at T = 1 for images [B, H, W]: uint8 pixels as

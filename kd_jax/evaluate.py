@@ -16,10 +16,11 @@ import jax.numpy as jnp
 from absl import flags
 
 from kd_jax import (config_fields, data, evaluation, extensions, inputs, losses, parallelism,
-                    population, reporting, rundir, runs)
+                    population, reporting, rundir, runs, runtime)
 from kd_jax.errors import CheckpointError, ConfigError
 
 
+@runtime.quiet_logs()  # orbax's notices on opening a run read-only stay off the console.
 def evaluate_checkpoint(workdir: str | pathlib.Path, step: int | None = None,
                         mnist_dir: str | None = None, ensemble: str = "arithmetic",
                         report_name: str = rundir.EVAL_FILE, *, model=None,

@@ -82,7 +82,7 @@ def epoch_seconds(run: pathlib.Path) -> float:
 
 def analyse(root: pathlib.Path, runs: dict[str, ml_collections.ConfigDict]) -> dict[str, Any]:
   """Per student: test errors (mean, sd, members), the test against KD of the same architecture,
-  and the epoch time's ratio to KD's."""
+  and the epoch time's ratio to KD's; per screening sweep, each value swept and its errors."""
   students, sweeps = {}, {}
   sweep_stages = {sweep_stage(method): method for method in SWEEPS}
   for name in runs:

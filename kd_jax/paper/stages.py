@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from kd_jax import api, checkpointing, config_lib, evaluate, reporting, rundir, runtime
+from kd_jax import api, checkpointing, config_lib, evaluate, reporting, rundir
 from kd_jax.errors import CheckpointError, ConfigError
 from kd_jax.paper import bias_correction
 
@@ -228,8 +228,7 @@ def evaluated(run: pathlib.Path, ensemble: str = "arithmetic",
     report = json.loads(path.read_text())
     if report.get("step") == max(steps) and report.get("ensemble_mean", ensemble) == ensemble:
       return report
-  with runtime.quiet_logs():  # As the API and the commands: no orbax notices on the console.
-    return evaluate.evaluate_checkpoint(run, ensemble=ensemble, report_name=report_name)
+  return evaluate.evaluate_checkpoint(run, ensemble=ensemble, report_name=report_name)
 
 
 def metrics_curves(run: pathlib.Path) -> dict[str, np.ndarray]:
