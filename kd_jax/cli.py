@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -128,21 +128,40 @@ def run(main: Callable[[list[str]], None],
       std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     if _DETERMINISTIC.value:  # Read by XLA when the backend starts, which has not happened yet.
       runtime.use_deterministic_kernels()
-    try:
+
+    def initialized_main():
       if _DISTRIBUTED.value or _COORDINATOR.value:
         parallelism.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                            _PROCESS_ID.value)
       main(argv)
-    except KdJaxError as e:
-      _fail(e)
-    except (MemoryError, RuntimeError) as e:  # XLA's allocation failures are RuntimeErrors.
-      if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      _fail(OutOfMemoryError(f"out of memory ({one_line(e, 200)}). Lower batch_size, "
-                             "eval_batch_size, members or member_batch, or use a larger device."))
-    if preemption.signal_received():  # A signal the command outlived: still tell the scheduler.
-      _fail(preemption.Preempted(f"{preemption.signal_received()} during the command, which "
-                                 "finished its work first. Nothing is lost."))
+
+    _with_clear_errors(initialized_main)
 
   preemption.install()  # Before flags and configs are read (kd_jax's import did it for -m).
   app.run(main_with_clear_errors, flags_parser=_flags_parser(config_holders))
+
+
+def run_script(main: Callable[[], Any]) -> None:
+  """A study script's `__main__` (argparse, not absl): a command's signal handling and errors
+  without its flags. SIGTERM/SIGINT stop the stage in flight with a checkpoint (and any later
+  stage before it starts), and a KdJaxError, Preempted included, prints as one line and exits
+  with its code (75 for a stop: rerun to resume)."""
+  preemption.install()
+  _with_clear_errors(main)
+
+
+def _with_clear_errors(main: Callable[[], Any]) -> None:
+  """Runs `main`, turning KdJaxError and out-of-memory into one line and an exit code, and a
+  signal `main` outlived into Preempted's code."""
+  try:
+    main()
+  except KdJaxError as e:
+    _fail(e)
+  except (MemoryError, RuntimeError) as e:  # XLA's allocation failures are RuntimeErrors.
+    if not isinstance(e, MemoryError) and "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    _fail(OutOfMemoryError(f"out of memory ({one_line(e, 200)}). Lower batch_size, "
+                           "eval_batch_size, members or member_batch, or use a larger device."))
+  if preemption.signal_received():  # A signal the work outlived: still tell the scheduler.
+    _fail(preemption.Preempted(f"{preemption.signal_received()} during the command, which "
+                               "finished its work first. Nothing is lost."))

@@ -19,7 +19,7 @@ import statistics
 import time
 
 import kd_jax
-from kd_jax import benchmark, reporting
+from kd_jax import benchmark, cli, reporting
 from kd_jax.paper import stages
 
 CNN = {"model__name": "cnn", "model__conv_features": (16, 32), "model__hidden_sizes": (128,)}
@@ -93,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

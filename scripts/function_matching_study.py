@@ -4,13 +4,13 @@ budget affords, aimed at the teacher's own test errors.
 
   KD_JAX_MNIST_DIR=/path/to/mnist python scripts/function_matching_study.py \
       --workdir runs/function_matching --out results/function_matching \
-      --teachers_dir runs/teachers [--epochs 40] [--seeds 3] [--long_epochs 120]
+      --teachers_dir runs/teachers [--epochs 40] [--seeds 3] [--long_epochs 240]
 
-The teachers are the reproduction's (`configs/reproduce.py:cpu`: six of configs/teacher_ensemble.py's
-100-epoch teachers, shared under --teachers_dir, so a finished reproduction trains none here);
-members 0-2 are the ensemble, which is configs/teacher_ensemble.py's three. Each cell's seeds are
-one population sharing their batches (`data.shared_order`: the teacher runs once per batch for
-all of them), so a seed varies the initialisation and dropout, not the data order. Every stage is
+The teachers are configs/teacher_ensemble.py's three (100 epochs; the same runs as the
+reproduction's members 0-2 on the same machine), shared under --teachers_dir with any other study
+that trains that config; `--modes` picks the modes compared (default all four). Each cell's seeds
+are one population sharing their batches (`data.shared_order`: the teacher runs once per batch
+for all of them), so a seed varies the initialisation and dropout, not the data order. Every stage is
 a run directory under WORKDIR (`kd_jax.paper.stages.run_stages`): a killed study resumes where it
 stopped. Writes OUT/results.json (every cell's per-seed test errors and curves), OUT/RESULTS.md and
 OUT/curves.png. `--tiny` shrinks everything to seconds (the test).
@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 import kd_jax
-from kd_jax import data, plots, reporting
+from kd_jax import cli, data, plots, reporting
 from kd_jax.paper import stages, verdicts
 
 MODES = ("fixed", "consistent", "independent", "function_matching")
@@ -38,20 +38,21 @@ GOAL = 65  # Test errors: the student matching its 62-63-error teacher.
 
 
 def plan(root: pathlib.Path, epochs: int, seeds: int, long_epochs: int,
-         tiny: dict[str, Any]) -> dict[str, ml_collections.ConfigDict]:
-  """Every stage's config by name, the teachers first: each mode for `epochs`, then
+         tiny: dict[str, Any], modes: tuple[str, ...] = MODES
+         ) -> dict[str, ml_collections.ConfigDict]:
+  """Every stage's config by name, the teachers first: each of `modes` for `epochs`, then
   function matching for `long_epochs` (warm-up 2 epochs, evaluated every 5)."""
   if tiny:
     teachers = kd_jax.configs.get("quick_teacher", members=3, num_epochs=2,
                                   model__hidden_sizes=(32,), **tiny)
   else:
-    teachers = kd_jax.configs.module("reproduce").get_config("cpu").teacher
+    teachers = kd_jax.configs.get("teacher_ensemble")
   common = {"teacher_workdir": str(root / "teachers"), "teacher_members": TEACHER_MEMBERS,
             "members": seeds, "data__shared_order": True, **tiny}
   if tiny:
     common["model__hidden_sizes"] = (16,)
   runs = {"teachers": teachers}
-  for mode in MODES:
+  for mode in modes:
     runs[f"modes/{mode}"] = kd_jax.configs.get(mode, num_epochs=epochs, **common)
   if long_epochs:
     runs["long/function_matching"] = kd_jax.configs.get(
@@ -88,6 +89,8 @@ def analyse(root: pathlib.Path, runs: dict[str, ml_collections.ConfigDict]) -> d
                    "teacher_kl": last.get("test_teacher_kl")}
   comparisons = []
   for better, other in COMPARISONS:
+    if f"modes/{better}" not in cells or f"modes/{other}" not in cells:
+      continue
     a, b = cells[f"modes/{better}"], cells[f"modes/{other}"]
     comparisons.append({"claim": f"{better} makes fewer test errors than {other}",
                         **verdicts.lower(a["test_errors"]["values"], b["test_errors"]["values"])})
@@ -102,7 +105,7 @@ def markdown(results: dict[str, Any]) -> str:
   lines = [
       "# Teaching modes on MNIST", "",
       f"The 2x800 student of configs/distill_jittered.py (T = 20; function matching alpha = 1) "
-      f"taught by three of the reproduction's 100-epoch teachers ({teacher['members']} test "
+      f"taught by configs/teacher_ensemble.py's three 100-epoch teachers ({teacher['members']} test "
       f"errors; their ensemble {teacher['ensemble']}), in each mode for {results['epochs']} "
       f"epochs, {results['seeds']} seeds sharing their batches (mean ± sd of test errors of "
       "10,000 at the last epoch). Verdicts: Welch's test of the first minus the second "
@@ -152,13 +155,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       help="where shared teachers live (default: WORKDIR/../teachers)")
   parser.add_argument("--epochs", type=int, default=40)
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--long_epochs", type=int, default=120,
+  parser.add_argument("--long_epochs", type=int, default=240,
                       help="the long function-matching cell (0: none)")
+  parser.add_argument("--modes", default=",".join(MODES),
+                      help="the modes compared at --epochs, comma-separated (empty: none)")
   stages.add_tiny_argument(parser)
   args = parser.parse_args(argv)
+  modes = tuple(mode for mode in args.modes.split(",") if mode)
+  if set(modes) - set(MODES):
+    parser.error(f"--modes: unknown {sorted(set(modes) - set(MODES))}; choose from {MODES}")
   root, out = pathlib.Path(args.workdir), pathlib.Path(args.out)
   tiny = stages.tiny_overrides(args)
-  runs = plan(root, args.epochs, args.seeds, args.long_epochs, tiny)
+  runs = plan(root, args.epochs, args.seeds, args.long_epochs, tiny, modes)
   timings = stages.run_stages(runs, root, command="function_matching", shared=("teachers",),
                               teachers_dir=pathlib.Path(args.teachers_dir)
                               if args.teachers_dir else None)
@@ -176,4 +184,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

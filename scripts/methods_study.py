@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 
 import kd_jax
-from kd_jax import reporting, rundir
+from kd_jax import cli, reporting, rundir
 from kd_jax.configs import _method_student
 from kd_jax.paper import stages, verdicts
 
@@ -171,4 +171,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from kd_jax import benchmark, config_lib, parallelism, reporting, runtime
+from kd_jax import benchmark, cli, config_lib, parallelism, reporting, runtime
 
 
 def measure(members: list[int], repeats: int, quick: bool, teachers: int = 3) -> dict[str, Any]:
@@ -83,4 +83,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_script(main)
