@@ -10,10 +10,10 @@ The teachers are configs/teacher_ensemble.py's three (100 epochs; the same runs 
 reproduction's members 0-2 on the same machine), shared under --teachers_dir with any other study
 that trains that config; `--modes` picks the modes compared (default all four). Each cell's seeds
 are one population sharing their batches (`data.shared_order`: the teacher runs once per batch
-for all of them), so a seed varies the initialisation and dropout, not the data order. Every stage is
-a run directory under WORKDIR (`kd_jax.paper.stages.run_stages`): a killed study resumes where it
-stopped. Writes OUT/results.json (every cell's per-seed test errors and curves), OUT/RESULTS.md and
-OUT/curves.png. `--tiny` shrinks everything to seconds (the test).
+for all of them), so a seed varies the initialisation and dropout, not the data order. Every
+stage is a run directory under WORKDIR (`kd_jax.paper.stages.run_stages`): a killed study resumes
+where it stopped. Writes OUT/results.json (every cell's per-seed test errors and curves),
+OUT/RESULTS.md and OUT/curves.png. `--tiny` shrinks everything to seconds (the test).
 """
 
 from __future__ import annotations
@@ -80,13 +80,16 @@ def analyse(root: pathlib.Path, runs: dict[str, ml_collections.ConfigDict]) -> d
     if name == "teachers":
       continue
     curves = stages.metrics_curves(root / name)
-    last = kd_jax.load(root / name).metrics[-1]
+    metrics = kd_jax.load(root / name).metrics
+    last = metrics[-1]
     cells[name] = {"test_errors": stages.mean_sd(stages.member_errors(stages.evaluated(
                        root / name))),
                    "epochs": [int(e) for e in curves["epoch"]],
                    "mean_test_errors": [float(v) for v in curves["test_errors"].mean(axis=1)],
                    "teacher_agreement": last.get("test_teacher_agreement"),
-                   "teacher_kl": last.get("test_teacher_kl")}
+                   "teacher_kl": last.get("test_teacher_kl"),
+                   "median_epoch_time_s": float(np.median([r["epoch_time_s"] for r in metrics
+                                                           if "epoch_time_s" in r]))}
   comparisons = []
   for better, other in COMPARISONS:
     if f"modes/{better}" not in cells or f"modes/{other}" not in cells:
@@ -105,9 +108,9 @@ def markdown(results: dict[str, Any]) -> str:
   lines = [
       "# Teaching modes on MNIST", "",
       f"The 2x800 student of configs/distill_jittered.py (T = 20; function matching alpha = 1) "
-      f"taught by configs/teacher_ensemble.py's three 100-epoch teachers ({teacher['members']} test "
-      f"errors; their ensemble {teacher['ensemble']}), in each mode for {results['epochs']} "
-      f"epochs, {results['seeds']} seeds sharing their batches (mean ± sd of test errors of "
+      f"taught by configs/teacher_ensemble.py's three 100-epoch teachers "
+      f"({teacher['members']} test errors; their ensemble {teacher['ensemble']}), in each mode "
+      f"for {results['epochs']} epochs, {results['seeds']} seeds sharing their batches (mean ± sd of test errors of "
       "10,000 at the last epoch). Verdicts: Welch's test of the first minus the second "
       "(negative: fewer errors), holding only where p < 0.05 in the claimed direction. Machine: "
       f"{reporting.describe_machine(machine)}; code "
@@ -115,10 +118,11 @@ def markdown(results: dict[str, Any]) -> str:
   rows = [[name, f"{c['test_errors']['mean']:.1f} ± {c['test_errors']['sd']:.1f} "
            f"({c['test_errors']['n']})", c["epochs"][-1],
            "" if c["teacher_agreement"] is None else f"{np.mean(c['teacher_agreement']):.4f}",
-           "" if c["teacher_kl"] is None else f"{np.mean(c['teacher_kl']):.4f}"]
+           "" if c["teacher_kl"] is None else f"{np.mean(c['teacher_kl']):.4f}",
+           f"{c['median_epoch_time_s']:.1f}"]
           for name, c in results["cells"].items()]
   lines += stages.markdown_table(["cell", "test errors", "epochs", "agreement with teacher",
-                                  "KL(teacher ‖ student)"], rows)
+                                  "KL(teacher ‖ student)", "s per epoch (median)"], rows)
   lines += ["", "| claim | difference | verdict |", "|---|---|---|"]
   lines += [f"| {c['claim']} | {verdicts.describe(c, brief=True)} | {c['verdict']} |"
             for c in results["comparisons"]]

@@ -27,6 +27,7 @@ def test_the_study_trains_every_mode_compares_them_and_resumes(tiny_mnist_dir, t
     assert cell["test_errors"]["n"] == 2 and len(cell["test_errors"]["values"]) == 2, name
     assert len(cell["mean_test_errors"]) == len(cell["epochs"]), name
     assert len(cell["teacher_agreement"]) == 2, name  # Fit to the teacher, per seed.
+    assert cell["median_epoch_time_s"] > 0, name
   assert results["cells"]["long/function_matching"]["epochs"] == [2]  # Evaluated at the end.
   assert [c["verdict"] in (verdicts.HOLDS, verdicts.FAILS, verdicts.UNDECIDED)
           for c in results["comparisons"]] == [True] * len(script.COMPARISONS)
