@@ -20,7 +20,7 @@ import importlib.util
 import os
 import pathlib
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chex
 import jax
@@ -28,6 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.errors import ConfigError, DataError, one_line
+
+if TYPE_CHECKING:  # For the annotation only; the functions import records where they use it.
+  from kd_jax.data import records
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
