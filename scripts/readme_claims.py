@@ -14,12 +14,14 @@ import re
 from kd_jax.paper import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULTS = {"path": "results/cpu/results.json", "fidelity": "results/fidelity/results.json"}
+DEFAULTS = {"path": "results/cpu/results.json", "fidelity": "results/fidelity/results.json",
+            "teaching": "results/function_matching/results.json"}
 # Each block: its markers and how to render it from the files its begin marker names.
 BLOCKS = {
     "results": (report.RESULTS_BEGIN, report.RESULTS_END,
                 lambda files: report.readme_results(_load(files["path"]), files["path"],
-                                                    _load(files["fidelity"]), files["fidelity"])),
+                                                    _load(files["fidelity"]), files["fidelity"],
+                                                    _load(files["teaching"]), files["teaching"])),
     "claims": (report.README_BEGIN, report.README_END,
                lambda files: report.readme_claims(_load(files["path"]), files["path"])),
 }
@@ -34,7 +36,7 @@ def current_block(readme: str, name: str) -> re.Match:
   none)."""
   begin, end, _ = BLOCKS[name]
   pattern = re.escape(begin)
-  for field in ("path", "fidelity"):
+  for field in ("path", "fidelity", "teaching"):
     pattern = pattern.replace(re.escape("{" + field + "}"), f"(?P<{field}>[^ ]+)")
   match = re.search(f"{pattern}.*?{re.escape(end)}", readme, flags=re.S)
   if match is None:
