@@ -112,7 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
       f"({teacher['members']} test errors; their ensemble {teacher['ensemble']}), in each mode "
       f"for {results['epochs']} epochs, {results['seeds']} seeds sharing their batches (mean "
       "± sd of test errors of 10,000 at the last epoch). Verdicts: Welch's test of the first "
-      "minus the second (negative: fewer errors), holding only where p < 0.05 in the claimed direction. Machine: "
+      "minus the second (negative: fewer errors), holding only where p < 0.05 in the claimed "
+      "direction. Machine: "
       f"{reporting.describe_machine(machine)}; code "
       f"{results['code_version']}.", ""]
   rows = [[name, f"{c['test_errors']['mean']:.1f} ± {c['test_errors']['sd']:.1f} "
