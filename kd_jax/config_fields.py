@@ -283,8 +283,9 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
           "share)", added=True),
     Field("data.grain_workers", 0, int, at_least_0("0: threads"),
           "grain: worker processes decoding and batching (0: threads of this process)", added=True),
-    Field("data.prefetch", 2, int, POSITIVE, "grain: batches read ahead of the step", added=True),
-    Field("data.steps_per_call", 1, int, POSITIVE, "grain: streamed batches one compiled call "
+    Field("data.prefetch", 16, int, POSITIVE, "grain: batches read ahead of the step (at least "
+          "data.steps_per_call: a call waits for all of its batches)", added=True),
+    Field("data.steps_per_call", 8, int, POSITIVE, "grain: streamed batches one compiled call "
           "steps through (a scan over them: one dispatch for several steps; checkpoints and "
           "signal checks still fall on their steps)", added=True),
     Field("data.shared_order", False, bool, BOOL, "a population's members share their batches "

@@ -295,10 +295,9 @@ class StreamedEpochs:
   checkpoints within epochs every `checkpoint.every_steps` with the iterators' state and the
   epoch's running metric sums, so a run killed mid-epoch resumes exactly."""
 
-  step_fn: Any  # steps.population_step, jitted: the step and the epoch's sums in one call.
-  steps_fn: Any  # _population_steps, jitted: several steps in one call.
+  steps_fn: Any  # streamed_steps, jitted: steps and the epoch's sums in one call.
   iterators: list[Any]
-  feed: Callable[[int | None], dict[str, jax.Array]]  # streaming.next_batches on the iterators.
+  feed: Callable[[int], dict[str, jax.Array]]  # streaming.next_batches on the iterators.
   args: tuple[Any, ...]  # (hparams, teacher variables)
   steps_per_epoch: int
   every_steps: int
@@ -331,7 +330,7 @@ class StreamedEpochs:
         paths=tuple(run_inputs.prepared.paths("train")),
         image_shape=run_inputs.prepared.image_shape, example_records=run_inputs.train_records,
         seed=seed, batch_size=config.batch_size,
-        num_epochs=config.num_epochs, max_shift=config.data.jitter,
+        num_epochs=config.num_epochs,
         process_index=jax.process_index(), process_count=jax.process_count(),
         teacher_logits=logits) for seed in seeds]
     children_before = frozenset(streaming.worker_processes())
@@ -343,12 +342,13 @@ class StreamedEpochs:
     except BaseException:
       streaming.close_iterators(iterators, children_before)
       raise
-    step_settings = dict(member_batch=members.member_batch, step_fn=step_fn, shared=shared)
+    step_settings = dict(member_batch=members.member_batch, step_fn=step_fn, shared=shared,
+                         max_shift=config.data.jitter,
+                         independent_views=run_objective.independent_views)
     compile_call = functools.partial(jax.jit, out_shardings=parallelism.replicated(mesh),
                                      donate_argnums=(0, 1))
     sums = position.get("sums")
-    return cls(step_fn=compile_call(functools.partial(steps.population_step, **step_settings)),
-               steps_fn=compile_call(functools.partial(_population_steps, **step_settings)),
+    return cls(steps_fn=compile_call(functools.partial(streamed_steps, **step_settings)),
                iterators=iterators,
                feed=functools.partial(streaming.next_batches, iterators, mesh, shared is not None),
                args=(members.hparams, run_objective.teacher.variables),
@@ -377,7 +377,6 @@ class StreamedEpochs:
     """
     start, sums = self.resume_step, self.resume_sums
     self.resume_step, self.resume_sums = 0, None
-    chunked = self.steps_per_call > 1
     # SIGNAL_CHECK_STEPS rounded up to a multiple of steps_per_call.
     check_every = self.every_steps or -(-SIGNAL_CHECK_STEPS // self.steps_per_call) * (
         self.steps_per_call)
@@ -385,14 +384,12 @@ class StreamedEpochs:
     while done < self.steps_per_epoch:
       count = min(self.steps_per_call, self.steps_per_epoch - done,
                   check_every - done % check_every)
-      batch = self.feed(count if chunked else None)
-      if sums is None:  # Zeros shaped like the step's sums: one compiled step for every call.
-        one_batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-                                 batch) if chunked else batch
-        sums = steps.zero_sums(jax.eval_shape(self.step_fn, state, None, one_batch, *self.args,
+      batches = self.feed(count)
+      if sums is None:  # Zeros shaped like the steps' sums: one compiled program per k.
+        sums = steps.zero_sums(jax.eval_shape(self.steps_fn, state, None, batches, *self.args,
                                               jnp.int32(epoch), jnp.int32(done))[1])
-      state, sums = (self.steps_fn if chunked else self.step_fn)(
-          state, sums, batch, *self.args, jnp.int32(epoch), jnp.int32(done))
+      state, sums = self.steps_fn(state, sums, batches, *self.args, jnp.int32(epoch),
+                                  jnp.int32(done))
       done, calls = done + count, calls + 1
       if calls % CALLS_IN_FLIGHT == 0:
         jax.block_until_ready(sums)
@@ -429,18 +426,80 @@ class StreamedEpochs:
     return {"stream": stream}
 
 
-def _population_steps(states: steps.TrainState, sums: dict[str, jax.Array],
-                      batches: dict[str, jax.Array], hparams: dict[str, jax.Array],
-                      teacher_variables: Any, epoch: jax.Array, first_step: jax.Array,
-                      **step_settings) -> tuple[steps.TrainState, dict[str, jax.Array]]:
-  """`steps.population_step` over streamed batches stacked [k, ...], steps `first_step` ... in
-  one compiled call (a scan): a call per step pays the dispatch each step, the scanned epoch
-  does not (`data.steps_per_call`)."""
-  def one_step(carry, batch_and_step):
-    batch, step_in_epoch = batch_and_step
-    return steps.population_step(*carry, batch, hparams, teacher_variables, epoch, step_in_epoch,
-                                 **step_settings), None
+def streamed_steps(states: steps.TrainState, sums: dict[str, jax.Array] | None,
+                   batches: dict[str, jax.Array], hparams: dict[str, jax.Array],
+                   teacher_variables: Any, epoch: jax.Array, first_step: jax.Array, *,
+                   member_batch: int, step_fn: Callable, max_shift: int,
+                   independent_views: bool = False, shared: dict[str, Any] | None = None
+                   ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+  """Steps `first_step`, ... of every member on k streamed batches in one compiled call (the grain
+  pipeline's), their metrics added to the epoch's running `sums` (`steps.accumulate_metrics`;
+  None: from zero).
 
+  `batches` hold uint8 images as read: each member's, stacked [k, P, B, ...], or with `shared`
+  (`steps.shared_step`'s views_rng, targets_fn and mixup_p, where `step_fn` takes given targets)
+  one batch all members share, [k, B, ...], viewed, mixed up and labelled by the teacher once.
+  Jitter and dropout keys are those of `steps.train_epoch` (member key, epoch, step in epoch).
+  The members are the outer loop and each carries its state through a scan of its k steps, as
+  the compiled epoch does: with the steps outside, XLA:CPU copied every parameter and moment at
+  each step (1.25x the compiled epoch's time on device-resident batches, measured). Metrics come
+  back per member, [P].
+  """
   count = jax.tree.leaves(batches)[0].shape[0]
-  step_numbers = first_step + jnp.arange(count, dtype=jnp.int32)
-  return jax.lax.scan(one_step, (states, sums), (batches, step_numbers))[0]
+  views = dict(max_shift=max_shift, independent_views=independent_views)
+  batch_targets = None  # [k, ...]: the teacher's on shared batches.
+  if shared is not None:
+    def shared_view(batch, step_in_epoch):
+      jitter_key = steps.epoch_keys(shared["views_rng"], epoch)[1]
+      batch = steps.view_images(batch, jitter_key, step_in_epoch, **views)
+      return steps.shared_targets(batch, step_in_epoch, teacher_variables, epoch, **shared)
+    batches, batch_targets = _over_steps(shared_view, batches, first_step)
+    members = (states, hparams, sums)
+  else:
+    members = (states, hparams, sums, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batches))
+
+  def one_member(member):
+    state, member_hparams, member_sums, member_batches = (*member, batches)[:4]
+
+    def one_step(state, step_in_epoch):
+      index = step_in_epoch - first_step
+      batch, step_targets = jax.tree.map(lambda a: a[index], (member_batches, batch_targets))
+      _, jitter_key, dropout_key = steps.epoch_keys(state.rng, epoch)
+      if shared is None:  # Shared batches were viewed once, for every member.
+        batch = steps.view_images(batch, jitter_key, step_in_epoch, **views)
+      return step_fn(state, batch, jax.random.fold_in(dropout_key, step_in_epoch), member_hparams,
+                     teacher_variables if shared is None else step_targets)
+
+    def body(step_in_epoch, carry):
+      state, metrics = one_step(carry[0], step_in_epoch)
+      return state, steps.accumulate_metrics(carry[1], metrics, step_in_epoch)
+
+    if member_sums is None:  # Zeros shaped like the sums of the first step's metrics.
+      member_sums = steps.zero_sums(jax.eval_shape(
+          lambda: steps.accumulate_metrics(None, one_step(state, first_step)[1], first_step)))
+    return _steps_loop(first_step, count, body, (state, member_sums))
+
+  return parallelism.map_members(one_member, members, member_batch)
+
+
+def _steps_loop(first_step: jax.Array, count: int, body: Callable, carry: Any) -> Any:
+  """`body(step, carry)` for steps first_step ... first_step + count - 1, in a loop whose trip
+  count XLA cannot read (it starts at a traced step): what a step computes compiles alike in calls
+  of every length (XLA inlines a loop of one trip and fuses it otherwise: calls of 1 step and of 4
+  differed in the last bits, measured), so a run trains bit for bit alike however its steps fall
+  into calls."""
+  return jax.lax.fori_loop(first_step, first_step + count, body, carry)
+
+
+def _over_steps(fn: Callable, xs: Any, first_step: jax.Array) -> Any:
+  """`fn(x, step)` for each step's slice of `xs` ([k, ...]), stacked [k, ...] (`_steps_loop`)."""
+  count = jax.tree.leaves(xs)[0].shape[0]
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], xs), first_step)
+  outputs = jax.tree.map(lambda s: jnp.zeros((count, *s.shape), s.dtype), shapes)
+
+  def body(step, outputs):
+    index = step - first_step
+    values = fn(jax.tree.map(lambda a: a[index], xs), step)
+    return jax.tree.map(lambda out, value: out.at[index].set(value), outputs, values)
+
+  return _steps_loop(first_step, count, body, outputs)

@@ -198,7 +198,7 @@ def _teacher(config: ml_collections.ConfigDict, run_inputs: inputs.Inputs,
   teacher_features = tuple(dict.fromkeys(t for pairs in feature_pairs.values() for _, t in pairs))
   adapter_shapes = (_check_features(config, student_model, teacher, feature_pairs)
                     if teacher_features else {})
-  cached = _cached(config, run_inputs.streamed, bool(teacher_features))
+  cached = _cached(config, bool(teacher_features))
   if run_inputs.streamed and cached:
     return Teacher(targets.cached_targets, None, None, provenance, teacher)
   if run_inputs.streamed:
@@ -238,7 +238,7 @@ def _check_teacher_fits(teacher: runs.Run, input_shape: tuple[int, ...], num_cla
         f"{'gives ' + classes if out else classes}). Distil from a teacher of the same dataset.")
 
 
-def _cached(config: ml_collections.ConfigDict, streamed: bool, features: bool) -> bool:
+def _cached(config: ml_collections.ConfigDict, features: bool) -> bool:
   """Whether the teacher's logits are computed once (on the un-augmented transfer set) rather
   than in the step, by `config.teaching`: always for fixed, for consistent when the views are
   the images themselves (no jitter), never for independent and function_matching views; a
@@ -248,9 +248,8 @@ def _cached(config: ml_collections.ConfigDict, streamed: bool, features: bool) -
   if teaching == "fixed" and (not config.cache_teacher_logits or features):
     raise refuse("caches the teacher's logits: it needs cache_teacher_logits=True and no "
                  "feature terms (their features come from the teacher in the step)")
-  if teaching == "independent" and (not config.data.jitter or streamed):
-    raise refuse("gives the teacher a jitter of its own: it needs data.jitter > 0 and the "
-                 "memory pipeline (the grain pipeline jitters once, on the host)")
+  if teaching == "independent" and not config.data.jitter:
+    raise refuse("gives the teacher a jitter of its own: it needs data.jitter > 0")
   if teaching in ("independent", "function_matching") and config.teacher_dropout_masks:
     raise refuse("runs the teacher in the step: teacher_dropout_masks needs cached logits")
   if teaching == "fixed":

@@ -231,13 +231,20 @@ def indexed_step(state: TrainState, train_data: dict[str, jax.Array],
 def view_batch(train_data: dict[str, jax.Array], indices: jax.Array, jitter_key: jax.Array,
                step_in_epoch: jax.Array, *, max_shift: int, batch_sharding: jax.sharding.Sharding,
                independent_views: bool = False) -> dict[str, jax.Array]:
-  """The examples `indices` of `train_data`, their images jittered by up to `max_shift` pixels
-  (key: `jitter_key` folded with the step) and normalised; with `independent_views` the teacher's
-  own jitter of the same images as 'teacher_image' (from a stream of its own)."""
+  """The examples `indices` of `train_data`, viewed (`view_images`)."""
   indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
-  batch = {name: array[indices] for name, array in train_data.items()}
+  return view_images({name: array[indices] for name, array in train_data.items()}, jitter_key,
+                     step_in_epoch, max_shift=max_shift, independent_views=independent_views)
+
+
+def view_images(batch: dict[str, jax.Array], jitter_key: jax.Array, step_in_epoch: jax.Array, *,
+                max_shift: int, independent_views: bool = False) -> dict[str, jax.Array]:
+  """A batch with its uint8 images jittered by up to `max_shift` pixels (key: `jitter_key` folded
+  with the step) and normalised; with `independent_views` the teacher's own jitter of the same
+  images as 'teacher_image' (from a stream of its own)."""
   view = lambda key: data.normalize(data.jitter(jax.random.fold_in(key, step_in_epoch),
                                                 batch["image"], max_shift))
+  batch = dict(batch)
   if independent_views:
     batch["teacher_image"] = view(jax.random.fold_in(jitter_key, TEACHER_VIEW_STREAM))
   batch["image"] = view(jitter_key)
@@ -301,6 +308,18 @@ def population_epoch(states: TrainState, train_data: dict[str, jax.Array],
   return parallelism.map_members(one_member, (states, hparams), member_batch)
 
 
+def shared_targets(batch: dict[str, jax.Array], step_in_epoch: jax.Array, teacher_variables: Any,
+                   epoch: jax.Array, *, views_rng: jax.Array, targets_fn: targets.TargetsFn,
+                   mixup_p: float = 0.0) -> tuple[dict[str, jax.Array], Any]:
+  """A batch the members share, mixed up with `views_rng`'s key for the step when `mixup_p`, and
+  the teacher's targets on it: (batch, targets), computed once for every member."""
+  if mixup_p:
+    step_key = jax.random.fold_in(epoch_keys(views_rng, epoch)[2], step_in_epoch)
+    batch = {**batch, **data.mixup(jax.random.fold_in(step_key, MIXUP_STREAM), batch["image"],
+                                   batch["label"], mixup_p)}
+  return batch, targets_fn(teacher_variables, batch)
+
+
 def shared_step(states: TrainState, batch: dict[str, jax.Array], hparams: dict[str, jax.Array],
                 teacher_variables: Any, epoch: jax.Array, step_in_epoch: jax.Array, *,
                 views_rng: jax.Array, step_fn: Callable, targets_fn: targets.TargetsFn,
@@ -312,11 +331,9 @@ def shared_step(states: TrainState, batch: dict[str, jax.Array], hparams: dict[s
   steps are then exactly its single run's); each member keeps its own dropout. `step_fn` takes the
   targets where it would take teacher variables (`targets.given_targets`). Metrics [P] (and with
   `return_targets` the batch's targets, for `shared_epoch` to store)."""
-  if mixup_p:
-    step_key = jax.random.fold_in(epoch_keys(views_rng, epoch)[2], step_in_epoch)
-    batch = {**batch, **data.mixup(jax.random.fold_in(step_key, MIXUP_STREAM), batch["image"],
-                                   batch["label"], mixup_p)}
-  batch_targets = targets_fn(teacher_variables, batch)
+  batch, batch_targets = shared_targets(batch, step_in_epoch, teacher_variables, epoch,
+                                        views_rng=views_rng, targets_fn=targets_fn,
+                                        mixup_p=mixup_p)
 
   def one_member(member):
     state, member_hparams = member
@@ -418,37 +435,6 @@ def population_indexed_step(states: TrainState, sums: dict[str, jax.Array],
 
   states, metrics = parallelism.map_members(one_member, (states, hparams, batch_indices),
                                             member_batch, unroll=True)
-  return states, accumulate_metrics(sums, metrics, step_in_epoch)
-
-
-def population_step(states: TrainState, sums: dict[str, jax.Array] | None,
-                    batch: dict[str, jax.Array],
-                    hparams: dict[str, jax.Array], teacher_variables: Any, epoch: jax.Array,
-                    step_in_epoch: jax.Array, *, member_batch: int, step_fn: Callable,
-                    shared: dict[str, Any] | None = None
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of every member on a streamed batch (the grain pipeline's one compiled call per
-  step), its metrics added to the epoch's running `sums` (`accumulate_metrics`).
-
-  `batch` holds uint8 images, already jittered on the host: one per member, stacked [P, B, ...],
-  or with `shared` (`shared_step`'s views_rng, targets_fn and mixup_p, where `step_fn` takes given
-  targets) one batch all members share. Dropout keys are those of `train_epoch` (member key,
-  epoch, step in epoch). Metrics come back per member, [P].
-  """
-  if shared is not None:
-    batch = {**batch, "image": data.normalize(batch["image"])}
-    states, metrics = shared_step(states, batch, hparams, teacher_variables, epoch, step_in_epoch,
-                                  step_fn=step_fn, member_batch=member_batch, **shared)
-    return states, accumulate_metrics(sums, metrics, step_in_epoch)
-
-  def one_member(member):
-    state, member_hparams, member_data = member
-    member_data = {**member_data, "image": data.normalize(member_data["image"])}
-    dropout_key = epoch_keys(state.rng, epoch)[2]
-    return step_fn(state, member_data, jax.random.fold_in(dropout_key, step_in_epoch),
-                   member_hparams, teacher_variables)
-
-  states, metrics = parallelism.map_members(one_member, (states, hparams, batch), member_batch)
   return states, accumulate_metrics(sums, metrics, step_in_epoch)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import (checkpointing, data, evaluate, losses, models, parallelism, steps, targets,
-                    trainer)
+from kd_jax import (checkpointing, data, epochs, evaluate, losses, models, parallelism, steps,
+                    targets, trainer)
 from conftest import TINY_OVERRIDES, run_command, signal_after_epoch, tiny_config
 
 MESH = parallelism.make_mesh(jax.devices()[:1])
@@ -154,6 +154,46 @@ def test_shared_order_runs_the_teacher_once_per_batch_for_the_population():
   teacher_forward = 2 * 32 * (784 * 512 + 512 * 512 + 512 * 10)
   saved = epoch_flops(3, shared=False) - epoch_flops(3, shared=True)
   assert saved == pytest.approx(2 * teacher_forward, rel=0.02)  # Of three forwards, one is left.
+
+
+def test_streamed_steps_of_a_member_are_the_same_alone_shared_or_in_a_population():
+  """The grain pipeline's call (`epochs.streamed_steps`, 3 steps, jitter 1, a teacher in the
+  step): member 1 of a population streaming its own batches, the same member alone, and alone
+  on a shared stream keyed by its own seed (a streamed single run's path: viewed and labelled by
+  the teacher once) train bit for bit alike; member 0 of the population is another run."""
+  teacher, student = models.MLP((16,)), models.MLP((8,))
+  teacher_variables = steps.stack_members([models.init_variables(teacher, jax.random.key(1),
+                                                                 data.IMAGE_SHAPE)])
+  teacher_targets = targets.make_teacher_targets(teacher)
+  rng = np.random.default_rng(0)
+  batches = {"image": jnp.asarray(rng.integers(0, 256, (3, 2, 8, 28, 28)), jnp.uint8),
+             "label": jnp.asarray(rng.integers(0, 10, (3, 2, 8)), jnp.int32)}
+  tx = optax.adam(1e-3)
+  states = steps.stack_members([steps.create_train_state(jax.random.PRNGKey(seed), student, tx)
+                                for seed in (0, 1)])  # Their keys: run_rng(0), run_rng(1).
+  hparams = {name: jnp.full(2, value)
+             for name, value in (("learning_rate", 1e-3), ("temperature", 4.0), ("alpha", 0.7))}
+  member = lambda tree, i: jax.tree.map(lambda a: a[i:i + 1], tree)
+  step_fn = lambda targets_fn: functools.partial(
+      steps.train_step, model=student, optimizer=optax.adam,
+      loss_fn=losses.make_distillation_loss(), targets_fn=targets_fn)
+  run = functools.partial(epochs.streamed_steps, teacher_variables=teacher_variables,
+                          epoch=jnp.int32(2), first_step=jnp.int32(5), member_batch=1,
+                          max_shift=1)
+  population, sums = run(states, None, batches, hparams, step_fn=step_fn(teacher_targets))
+  alone, alone_sums = run(member(states, 1), None, jax.tree.map(lambda a: a[:, 1:], batches),
+                          member(hparams, 1), step_fn=step_fn(teacher_targets))
+  shared, _ = run(member(states, 1), None, jax.tree.map(lambda a: a[:, 1], batches),
+                  member(hparams, 1), step_fn=step_fn(targets.given_targets),
+                  shared={"views_rng": steps.run_rng(1), "targets_fn": teacher_targets,
+                          "mixup_p": 0.0})
+  for stacked, one, one_shared, start in zip(*(jax.tree.leaves(s.params) for s in
+                                                (population, alone, shared, states))):
+    np.testing.assert_array_equal(stacked[1], one[0])
+    np.testing.assert_array_equal(one_shared[0], one[0])
+    assert not np.array_equal(stacked[0], start[0])  # Member 0 trained too, on its own batches.
+  np.testing.assert_array_equal(sums["loss"][1:], alone_sums["loss"])
+  assert sums["first_nonfinite_step"].tolist() == [-1, -1]
 
 
 @pytest.mark.slow  # Distillations with and without the cache, in-process.

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import kd_jax
-from kd_jax import data, losses, models, parallelism, steps
+from kd_jax import data, epochs, losses, models, parallelism, steps
 from kd_jax.errors import ConfigError
 from conftest import final_digests, make_tiny_mnist, tiny_config
 
@@ -40,9 +40,10 @@ def test_mixup_is_big_visions_and_a_function_of_its_key():
       float(expected), rel=1e-6)
 
 
-def _view_gap(independent: bool, mixup_p: float) -> dict[str, float]:
-  """One real indexed step whose targets are the images the teacher would read and whose loss
-  logs their largest difference from the student's."""
+def _view_gap(independent: bool, mixup_p: float, streamed: bool = False) -> float:
+  """One real step whose targets are the images the teacher would read and whose loss logs
+  their largest difference from the student's: an indexed step of the memory pipeline, or with
+  `streamed` the grain pipeline's call on the same batch read from the host."""
   arrays = make_tiny_mnist(64, 8)
   train_data = {"image": jnp.asarray(arrays["train_images"]),
                 "label": jnp.asarray(arrays["train_labels"], jnp.int32)}
@@ -56,6 +57,13 @@ def _view_gap(independent: bool, mixup_p: float) -> dict[str, float]:
   step_fn = functools.partial(steps.train_step, model=model, optimizer=optax.sgd,
                               loss_fn=probe_loss, targets_fn=probe_targets, mixup_p=mixup_p)
   state = steps.create_train_state(jax.random.key(0), model, optax.sgd(0.1))
+  if streamed:  # One step of one member: batches [steps, members, B, ...].
+    batches = jax.tree.map(lambda a: a[None, None, :32], train_data)
+    _, sums = epochs.streamed_steps(steps.stack_members([state]), None, batches,
+                                   {"learning_rate": jnp.array([0.1])}, None, jnp.int32(0),
+                                   jnp.int32(0), member_batch=1, step_fn=step_fn, max_shift=2,
+                                   independent_views=independent)
+    return float(sums["view_gap"][0])
   mesh = parallelism.make_mesh(jax.devices()[:1])
   _, metrics = steps.indexed_step(state, train_data, {"learning_rate": 0.1}, None,
                                   jnp.int32(0), jnp.int32(0), jnp.arange(32), step_fn=step_fn,
@@ -64,10 +72,11 @@ def _view_gap(independent: bool, mixup_p: float) -> dict[str, float]:
   return float(metrics["view_gap"])
 
 
-def test_teacher_and_student_see_the_same_bytes_unless_independent():
-  assert _view_gap(independent=False, mixup_p=0.0) == 0.0  # consistent
-  assert _view_gap(independent=False, mixup_p=1.0) == 0.0  # function_matching: mixed, the same
-  assert _view_gap(independent=True, mixup_p=0.0) > 0.5  # independent: another jitter
+@pytest.mark.parametrize("streamed", [False, True])  # The memory and the grain pipelines.
+def test_teacher_and_student_see_the_same_bytes_unless_independent(streamed):
+  assert _view_gap(False, mixup_p=0.0, streamed=streamed) == 0.0  # consistent
+  assert _view_gap(False, mixup_p=1.0, streamed=streamed) == 0.0  # function_matching: the same
+  assert _view_gap(True, mixup_p=0.0, streamed=streamed) > 0.5  # independent: another jitter
 
 
 @pytest.fixture(scope="module")
