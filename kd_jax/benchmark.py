@@ -61,7 +61,12 @@ def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
   cached = config_lib.add_distillation(config_lib.base_config())  # Un-jittered: cached logits.
   bf16_teacher = configs.get("paper_teacher")
   bf16_teacher.model.compute_dtype = "bfloat16"
+  # The teacher less what its step does beyond the floor's matrix products, part by part.
+  no_dropout = {"model__input_dropout": 0.0, "model__hidden_dropout": 0.0}
   cases = [Case("teacher 2x1200", teacher), Case("teacher 2x1200 bf16", bf16_teacher),
+           Case("teacher 2x1200 without dropout", configs.get("paper_teacher", **no_dropout)),
+           Case("teacher 2x1200 without dropout, max-norm, jitter",
+                configs.get("paper_teacher", **no_dropout, model__max_norm=0.0, data__jitter=0)),
            Case("student 2x800 hard labels", student),
            Case("distill 2x800, teacher in step (jitter 2)", in_step),
            Case("distill 2x800, cached teacher logits", cached),
@@ -72,8 +77,9 @@ def _cases(batch_size: int, num_members: int, quick: bool) -> list[Case]:
   user_cnn = configs.override(config_lib.base_config(), model__name="kd_jax.benchmark:UserConvNet")
   cases += [Case("cnn 16-32 conv + 256 (registry)", cnn),
             Case("user convnet 16-32 + 256 (flax nn.Conv)", user_cnn)]
-  if quick:  # The variants run the same code paths with another dtype or member_batch.
-    cases = [c for c in cases if "bf16" not in c.name and not c.member_batch]
+  if quick:  # The variants run the same code paths with another dtype, model or member_batch.
+    cases = [c for c in cases if "bf16" not in c.name and "without" not in c.name
+             and not c.member_batch]
   for case in cases:
     case.config.batch_size = batch_size
   return cases

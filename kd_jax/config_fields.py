@@ -286,8 +286,9 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("data.prefetch", 16, int, POSITIVE, "grain: batches read ahead of the step (at least "
           "data.steps_per_call: a call waits for all of its batches)", added=True),
     Field("data.steps_per_call", 8, int, POSITIVE, "grain: streamed batches one compiled call "
-          "steps through (a scan over them: one dispatch for several steps; checkpoints and "
-          "signal checks still fall on their steps)", added=True),
+          "steps through (a loop over them: one dispatch for several steps; checkpoints and "
+          "signal checks still fall on their steps; 1 for a model the memory pipeline steps, "
+          "data.epoch_driver)", added=True),
     Field("data.shared_order", False, bool, BOOL, "a population's members share their batches "
           "(the order and views of the member seeded `seed`; grain: one stream), so each batch's "
           "mixup and teacher forward are computed once for all of them; each keeps its own "

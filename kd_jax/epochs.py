@@ -26,10 +26,9 @@ from kd_jax import (faults, inputs, models, objective, parallelism, population, 
 from kd_jax.errors import CheckpointError, ConfigError
 
 SIGNAL_CHECK_STEPS = 50  # Streamed runs: steps between checks for a signal (a collective).
-# Streamed runs: at most this many compiled calls dispatched and not finished. Without a bound
-# the host queues every batch it has read (40 batches of 49 MB, measured, once reads got fast),
-# and a dataset streamed because it does not fit in memory runs out of it; two keep the device
-# busy while the host puts the next batch.
+# Streamed runs: at most this many compiled calls dispatched and not finished. Unbounded, the
+# host queued every batch it had read (40 batches of 49 MB, measured): a dataset streamed because
+# it does not fit in memory runs out of it. Two keep the device busy.
 CALLS_IN_FLIGHT = 2
 
 
@@ -90,7 +89,7 @@ def build(config: ml_collections.ConfigDict, workdir: pathlib.Path, model: nn.Mo
     return CompiledEpochs(make_epoch_fn(step_fn, run_objective.sampler, config.batch_size, mesh,
                                         members.member_batch, **views), args)
   return StreamedEpochs.start(config, workdir, step_fn, run_objective, run_inputs, members, mesh,
-                              resumed, shared)
+                              resumed, shared, stepped=epoch_driver(config, model) == "steps")
 
 
 def shared_views(config: ml_collections.ConfigDict, run_objective: objective.Objective,
@@ -290,10 +289,9 @@ class SteppedEpochs:
 
 @dataclasses.dataclass
 class StreamedEpochs:
-  """The grain pipeline's epochs: the step the memory pipeline scans, compiled once per batch
-  streamed from the records (or scanned over `data.steps_per_call` of them in a row),
-  checkpoints within epochs every `checkpoint.every_steps` with the iterators' state and the
-  epoch's running metric sums, so a run killed mid-epoch resumes exactly."""
+  """The grain pipeline's epochs: `streamed_steps` over `data.steps_per_call` streamed batches a
+  call; checkpoints within epochs (`checkpoint.every_steps`) hold the iterators' state and the
+  epoch's metric sums, so a run killed mid-epoch resumes exactly."""
 
   steps_fn: Any  # streamed_steps, jitted: steps and the epoch's sums in one call.
   iterators: list[Any]
@@ -310,10 +308,12 @@ class StreamedEpochs:
   def start(cls, config: ml_collections.ConfigDict, workdir: pathlib.Path, step_fn: Callable,
             run_objective: objective.Objective, run_inputs: inputs.Inputs,
             members: population.Population, mesh: jax.sharding.Mesh,
-            resumed: dict[str, Any], shared: dict[str, Any] | None) -> StreamedEpochs:
+            resumed: dict[str, Any], shared: dict[str, Any] | None,
+            stepped: bool = False) -> StreamedEpochs:
     """Streams for the run (one the members share, with `shared_views`' settings, or one per
     member), positioned where the checkpoint it resumes from (its meta, `resumed`; {} when fresh)
-    left them."""
+    left them. `stepped` (a model the memory pipeline steps, `epoch_driver`): one step a call,
+    its members unrolled, no loop in the program."""
     from kd_jax.data import streaming  # pylint: disable=g-import-not-at-top  # grain: only here.
     seeds = [config.seed] if shared is not None else members.seeds
     position = resumed.get("stream", {})
@@ -344,7 +344,7 @@ class StreamedEpochs:
       raise
     step_settings = dict(member_batch=members.member_batch, step_fn=step_fn, shared=shared,
                          max_shift=config.data.jitter,
-                         independent_views=run_objective.independent_views)
+                         independent_views=run_objective.independent_views, unroll=stepped)
     compile_call = functools.partial(jax.jit, out_shardings=parallelism.replicated(mesh),
                                      donate_argnums=(0, 1))
     sums = position.get("sums")
@@ -354,7 +354,7 @@ class StreamedEpochs:
                args=(members.hparams, run_objective.teacher.variables),
                steps_per_epoch=streams[0].steps_per_epoch,
                every_steps=config.checkpoint.every_steps,
-               steps_per_call=config.data.steps_per_call,
+               steps_per_call=1 if stepped else config.data.steps_per_call,
                resume_step=position.get("step_in_epoch", 0), children_before=children_before,
                resume_sums=None if sums is None else {
                    name: jnp.asarray(values, jnp.int32 if name == "first_nonfinite_step"
@@ -367,14 +367,11 @@ class StreamedEpochs:
   def train(self, state: steps.TrainState, epoch: int, loop: Checkpointer,
             guard: Guard) -> tuple[steps.TrainState, dict[str, Any]]:
     """Steps through the rest of epoch `epoch`; returns epoch-mean metrics as the compiled epoch
-    does (stopping early, before any save, once a loss is non-finite).
-
-    Every `every_steps` steps it checkpoints; every `every_steps` (else about
-    SIGNAL_CHECK_STEPS) steps it asks whether any process was signalled, and if so checkpoints
-    and stops: an epoch of a large dataset is too long to finish inside a scheduler's grace
-    period. A call of several steps ends at each of those points, so they fall where they would
-    step by step.
-    """
+    does (stopping early, before any save, once a loss is non-finite). Every `every_steps` steps
+    it checkpoints; every `every_steps` (else about SIGNAL_CHECK_STEPS) steps it asks whether any
+    process was signalled, and if so checkpoints and stops (an epoch of a large dataset outlasts
+    a scheduler's grace period). Calls end at those points, so they fall where they would step
+    by step."""
     start, sums = self.resume_step, self.resume_sums
     self.resume_step, self.resume_sums = 0, None
     # SIGNAL_CHECK_STEPS rounded up to a multiple of steps_per_call.
@@ -430,30 +427,24 @@ def streamed_steps(states: steps.TrainState, sums: dict[str, jax.Array] | None,
                    batches: dict[str, jax.Array], hparams: dict[str, jax.Array],
                    teacher_variables: Any, epoch: jax.Array, first_step: jax.Array, *,
                    member_batch: int, step_fn: Callable, max_shift: int,
-                   independent_views: bool = False, shared: dict[str, Any] | None = None
-                   ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
-  """Steps `first_step`, ... of every member on k streamed batches in one compiled call (the grain
-  pipeline's), their metrics added to the epoch's running `sums` (`steps.accumulate_metrics`;
-  None: from zero).
-
-  `batches` hold uint8 images as read: each member's, stacked [k, P, B, ...], or with `shared`
-  (`steps.shared_step`'s views_rng, targets_fn and mixup_p, where `step_fn` takes given targets)
-  one batch all members share, [k, B, ...], viewed, mixed up and labelled by the teacher once.
-  Jitter and dropout keys are those of `steps.train_epoch` (member key, epoch, step in epoch).
-  The members are the outer loop and each carries its state through a scan of its k steps, as
-  the compiled epoch does: with the steps outside, XLA:CPU copied every parameter and moment at
-  each step (1.25x the compiled epoch's time on device-resident batches, measured). Metrics come
-  back per member, [P].
-  """
+                   independent_views: bool = False, shared: dict[str, Any] | None = None,
+                   unroll: bool = False) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+  """Steps `first_step`, ... of every member on k streamed batches (uint8 images as read), in
+  one compiled call: each member's, stacked [k, P, B, ...], or with `shared` (`steps.shared_step`'s
+  settings) one batch all members share, [k, B, ...], viewed, mixed up and labelled by the teacher
+  once. Keys as `steps.train_epoch`'s; metrics added to the epoch's `sums` (None: from zero), [P].
+  Members outside, steps inside, as the compiled epoch: with the steps outside XLA:CPU copied
+  every parameter and moment each step (1.25x the compiled epoch's time). `unroll`: no loop in
+  the program, as the stepped epoch (lax's convolutions run ~8x slower in a loop on XLA:CPU: a
+  flax nn.Conv convnet took 187 s an epoch looped, 22 s unrolled)."""
   count = jax.tree.leaves(batches)[0].shape[0]
-  views = dict(max_shift=max_shift, independent_views=independent_views)
-  batch_targets = None  # [k, ...]: the teacher's on shared batches.
-  if shared is not None:
+  views, batch_targets = dict(max_shift=max_shift, independent_views=independent_views), None
+  if shared is not None:  # batch_targets: the teacher's on the shared batches, [k, ...].
     def shared_view(batch, step_in_epoch):
       jitter_key = steps.epoch_keys(shared["views_rng"], epoch)[1]
       batch = steps.view_images(batch, jitter_key, step_in_epoch, **views)
       return steps.shared_targets(batch, step_in_epoch, teacher_variables, epoch, **shared)
-    batches, batch_targets = _over_steps(shared_view, batches, first_step)
+    batches, batch_targets = _over_steps(shared_view, batches, first_step, unroll)
     members = (states, hparams, sums)
   else:
     members = (states, hparams, sums, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batches))
@@ -477,21 +468,25 @@ def streamed_steps(states: steps.TrainState, sums: dict[str, jax.Array] | None,
     if member_sums is None:  # Zeros shaped like the sums of the first step's metrics.
       member_sums = steps.zero_sums(jax.eval_shape(
           lambda: steps.accumulate_metrics(None, one_step(state, first_step)[1], first_step)))
-    return _steps_loop(first_step, count, body, (state, member_sums))
+    return _steps_loop(first_step, count, body, (state, member_sums), unroll)
 
-  return parallelism.map_members(one_member, members, member_batch)
+  return parallelism.map_members(one_member, members, member_batch, unroll=unroll)
 
 
-def _steps_loop(first_step: jax.Array, count: int, body: Callable, carry: Any) -> Any:
+def _steps_loop(first_step: jax.Array, count: int, body: Callable, carry: Any,
+                unroll: bool = False) -> Any:
   """`body(step, carry)` for steps first_step ... first_step + count - 1, in a loop whose trip
-  count XLA cannot read (it starts at a traced step): what a step computes compiles alike in calls
-  of every length (XLA inlines a loop of one trip and fuses it otherwise: calls of 1 step and of 4
-  differed in the last bits, measured), so a run trains bit for bit alike however its steps fall
-  into calls."""
+  count XLA cannot read (a traced start), so a step compiles alike in calls of every length (a
+  one-trip loop was inlined and fused otherwise: last-bit differences, measured) and a run trains
+  bit for bit alike however its steps fall into calls; with `unroll`, one after another."""
+  if unroll:
+    for index in range(count):
+      carry = body(first_step + index, carry)
+    return carry
   return jax.lax.fori_loop(first_step, first_step + count, body, carry)
 
 
-def _over_steps(fn: Callable, xs: Any, first_step: jax.Array) -> Any:
+def _over_steps(fn: Callable, xs: Any, first_step: jax.Array, unroll: bool = False) -> Any:
   """`fn(x, step)` for each step's slice of `xs` ([k, ...]), stacked [k, ...] (`_steps_loop`)."""
   count = jax.tree.leaves(xs)[0].shape[0]
   shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], xs), first_step)
@@ -502,4 +497,4 @@ def _over_steps(fn: Callable, xs: Any, first_step: jax.Array) -> Any:
     values = fn(jax.tree.map(lambda a: a[index], xs), step)
     return jax.tree.map(lambda out, value: out.at[index].set(value), outputs, values)
 
-  return _steps_loop(first_step, count, body, outputs)
+  return _steps_loop(first_step, count, body, outputs, unroll)

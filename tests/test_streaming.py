@@ -4,6 +4,7 @@ resume, teacher logits on disk, and a dataset larger than the process may addres
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from kd_jax import (checkpointing, data, evaluate, inputs, models, parallelism, 
                     runs, trainer)
 from kd_jax.data import records, streaming
 from kd_jax.errors import ConfigError, DataError
-from conftest import REPO_ROOT, TINY_OVERRIDES, make_tiny_mnist, run_command, tiny_config
+from conftest import (REPO_ROOT, TINY_OVERRIDES, final_digests, make_tiny_mnist, run_command,
+                      tiny_config)
 
 GRAIN = ["--config.data.pipeline=grain"]
 
@@ -205,6 +207,33 @@ def test_steps_scanned_several_to_a_call_are_the_steps_one_to_a_call(tiny_mnist_
   assert _records_of(tmp_path / "one") == [dict(r, epoch_time_s=k["epoch_time_s"]) for r, k in
                                            zip(_records_of(tmp_path / "four"),
                                                _records_of(tmp_path / "one"))]
+
+
+@pytest.mark.slow  # Four small convnet trainings.
+def test_a_convnet_streams_a_step_a_call_unrolled_and_resumes_bitwise(tiny_mnist_dir,
+                                                                      tiny_records, tmp_path,
+                                                                      capsys):
+  """A model with lax convolutions (the memory pipeline steps it on a CPU) streams one step a
+  call, its members unrolled, whatever data.steps_per_call says: member 1 of a population is the
+  single run with seed 1, bit for bit, and a run resumed from a checkpoint mid-epoch ends as the
+  uninterrupted one."""
+  common = dict(data__pipeline="grain", data__records_dir=str(tiny_records), data__jitter=1,
+                num_epochs=2, model__name="kd_jax.benchmark:UserConvNet",
+                checkpoint__every_steps=6, checkpoint__max_to_keep=10)
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, members=2, **common), tmp_path / "pop")
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, seed=1, data__steps_per_call=4,
+                                         **common), tmp_path / "one")
+  for stacked, alone in zip(jax.tree.leaves(_params(tmp_path / "pop")[0]),
+                            jax.tree.leaves(_params(tmp_path / "one")[0])):
+    np.testing.assert_array_equal(stacked[1], alone[0])
+  resumed = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "one", resumed)
+  for step in (30, 27):  # The end and step 12 of epoch 2: it resumes at step 6 of epoch 2.
+    shutil.rmtree(resumed / "checkpoints" / str(step))
+  capsys.readouterr()
+  trainer.train_and_evaluate(tiny_config(tiny_mnist_dir, seed=1, **common), resumed)
+  assert "from checkpoint step 21 (epoch 1, step 6 of epoch 2)" in capsys.readouterr().out
+  assert final_digests(resumed) == final_digests(tmp_path / "one")
 
 
 @pytest.mark.slow  # Two trainings: the full suite's.
