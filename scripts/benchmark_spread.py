@@ -1,7 +1,7 @@
 """The spread of several `python -m kd_jax.benchmark` runs, as a markdown table.
 
-  python scripts/benchmark_spread.py results/benchmark/run1.json results/benchmark/run2.json \
-      > results/benchmark/RESULTS.md
+  python scripts/benchmark_spread.py results/benchmark/intel_xeon/run1.json ... \
+      > results/benchmark/intel_xeon/RESULTS.md
 
 Per case: each run's epoch time and ratio to its floor (the fastest way the case's bare
 operations ran in that run), and the floor's way; the runs must have been made on one machine.
