@@ -96,8 +96,8 @@ def shared_views(config: ml_collections.ConfigDict, run_objective: objective.Obj
                  members: population.Population, streamed: bool) -> dict[str, Any] | None:
   """`steps.shared_step`'s settings when the members share their batches (`data.shared_order`,
   a streamed run of one member, or a run storing its teacher's outputs on its views, which one
-  member shares with itself): the views of the member seeded `config.seed`, and the
-  teacher's targets and mixup computed once per batch; None when each member has its own."""
+  member shares with itself): the views of the member seeded `config.seed`, and the teacher's
+  targets and mixup computed once per batch; None when each member has its own."""
   if not (config.data.shared_order or (streamed and members.size == 1)
           or run_objective.teacher.views_store is not None):
     return None
@@ -450,7 +450,8 @@ def streamed_steps(states: steps.TrainState, sums: dict[str, jax.Array] | None,
     members = (states, hparams, sums, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batches))
 
   def one_member(member):
-    state, member_hparams, member_sums, member_batches = (*member, batches)[:4]
+    state, member_hparams, member_sums = member[:3]
+    member_batches = batches if shared is not None else member[3]
 
     def one_step(state, step_in_epoch):
       index = step_in_epoch - first_step
@@ -480,17 +481,15 @@ def _steps_loop(first_step: jax.Array, count: int, body: Callable, carry: Any,
   one-trip loop was inlined and fused otherwise: last-bit differences, measured) and a run trains
   bit for bit alike however its steps fall into calls; with `unroll`, one after another."""
   if unroll:
-    for index in range(count):
-      carry = body(first_step + index, carry)
-    return carry
+    return functools.reduce(lambda carry, i: body(first_step + i, carry), range(count), carry)
   return jax.lax.fori_loop(first_step, first_step + count, body, carry)
 
 
 def _over_steps(fn: Callable, xs: Any, first_step: jax.Array, unroll: bool = False) -> Any:
   """`fn(x, step)` for each step's slice of `xs` ([k, ...]), stacked [k, ...] (`_steps_loop`)."""
   count = jax.tree.leaves(xs)[0].shape[0]
-  shapes = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], xs), first_step)
-  outputs = jax.tree.map(lambda s: jnp.zeros((count, *s.shape), s.dtype), shapes)
+  outputs = jax.tree.map(lambda s: jnp.zeros((count, *s.shape), s.dtype), jax.eval_shape(
+      fn, jax.tree.map(lambda a: a[0], xs), first_step))
 
   def body(step, outputs):
     index = step - first_step
