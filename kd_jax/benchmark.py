@@ -403,6 +403,8 @@ def table(results: dict[str, Any]) -> str:
     if "ratio_to_single_runs" in r:
       lines.append(f"{r['case']}, batch {r['batch_size']}: {r['ratio_to_single_runs']:.2f}x the "
                    f"time of {r['members']} single runs")
+  if "evaluation" not in results:  # Only some cases timed (--cases).
+    return "\n".join(lines)
   for name, memory in results["population_memory"].items():
     lines.append(f"2x1200 teacher population, {name}: "
                  f"{memory['bytes_per_member'] / 2**20:.0f} MB per member; fits "
@@ -428,6 +430,8 @@ def define_flags() -> None:
   flags.DEFINE_list("batch_sizes", ["128", "1024"], "Global batch sizes to time.")
   flags.DEFINE_integer("repeats", 3, "Timed epochs per case, after a warm-up epoch.")
   flags.DEFINE_integer("members", 10, "Size of the student population case.")
+  flags.DEFINE_list("cases", [], "Only the cases whose name contains one of these texts (e.g. "
+                    "'teacher'); evaluation and memory are then skipped. Default: every case.")
 
 
 def main(argv):
@@ -442,7 +446,7 @@ def main(argv):
     parallelism.check_batch_divides(batch_size, mesh, "--batch_sizes")
   scratch = pathlib.Path(tempfile.mkdtemp(prefix="kd_jax_benchmark_"))
   try:
-    results = _measure(quick, repeats, batch_sizes, num_members, mesh, scratch)
+    results = _measure(quick, repeats, batch_sizes, num_members, mesh, scratch, f.cases)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   out = pathlib.Path(f.out)
@@ -453,7 +457,7 @@ def main(argv):
 
 
 def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int, mesh,
-             scratch: pathlib.Path) -> dict[str, Any]:
+             scratch: pathlib.Path, only: list[str] = ()) -> dict[str, Any]:
   folder, source = data_folder(quick, scratch)
   with runtime.quiet_logs():
     teacher = random_teacher(scratch / "teacher", mesh)
@@ -464,15 +468,19 @@ def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int
              "training": []}
   for batch_size in batch_sizes:
     for case in _cases(batch_size, num_members, quick):
+      if only and not any(text in case.name for text in only):
+        continue
       result = time_training(case, folder, teacher, mesh, repeats)
       print(f"{result['case']}, batch {batch_size}: {result['epoch_s']:.3f}s per epoch, "
             f"{result['ratio']:.2f}x its floor ({result['floor_way']})", file=sys.stderr, flush=True)
       results["training"].append(result)
   for record in results["training"]:
-    if record["members"] > 1:  # Against that many single runs at the same batch size.
-      single = next(r for r in results["training"] if r["batch_size"] == record["batch_size"]
-                    and r["case"] == "student 2x800 hard labels")
+    single = next((r for r in results["training"] if r["batch_size"] == record["batch_size"]
+                   and r["case"] == "student 2x800 hard labels"), None)
+    if record["members"] > 1 and single:  # Against that many single runs at that batch size.
       record["ratio_to_single_runs"] = record["epoch_s"] / (record["members"] * single["epoch_s"])
+  if only:
+    return results
   results["evaluation"] = time_evaluation(folder, teacher, mesh, repeats)
   results["population_memory"] = population_memory(folder, teacher, mesh, num_members, quick)
   results["memory"] = peak_memory()

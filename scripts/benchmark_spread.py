@@ -33,9 +33,10 @@ def main(paths: list[str]) -> None:
     assert all(r["case"] == case["case"] for r in records), "the runs' cases differ"
     print(f"| {case['case']} | {case['batch_size']} | {_each(records, 'epoch_s', '.2f')} | "
           f"{_each(records, 'ratio', '.2f')} | {' / '.join(r['floor_way'] for r in records)} |")
-  evaluations = [run["evaluation"] for run in runs]
-  print(f"| {evaluations[0]['case']} | {evaluations[0]['batch_size']} | "
-        f"{_each(evaluations, 'seconds', '.3f')} | {_each(evaluations, 'ratio', '.2f')} | scan |")
+  if all("evaluation" in run for run in runs):  # Not with --cases.
+    evaluations = [run["evaluation"] for run in runs]
+    print(f"| {evaluations[0]['case']} | {evaluations[0]['batch_size']} | "
+          f"{_each(evaluations, 'seconds', '.3f')} | {_each(evaluations, 'ratio', '.2f')} | scan |")
   print()
   print("Large GEMM (GFLOP/s, float32 / bfloat16): " + "; ".join(
       f"{run['gemm_gflops']['float32']:.0f} / {run['gemm_gflops']['bfloat16']:.0f}"

@@ -42,6 +42,17 @@ def test_quick_benchmark_writes_every_case_with_its_floor(tmp_path):
   assert "examples/s" in result.stdout and "ratio" in result.stdout  # The table.
 
 
+def test_benchmark_cases_flag_times_only_the_named_cases(tmp_path):
+  out = tmp_path / "bench.json"
+  result = run_command("benchmark", "--quick", "--cases=teacher 2x1200,cached", f"--out={out}",
+                       timeout=600)
+  report = json.loads(out.read_text())
+  assert [r["case"] for r in report["training"]] == [
+      "teacher 2x1200", "distill 2x800, cached teacher logits"]
+  assert "evaluation" not in report and "population_memory" not in report
+  assert "teacher 2x1200" in result.stdout and "Written:" in result.stdout
+
+
 @pytest.mark.slow  # Compiles three populations distilled from a 3-teacher ensemble.
 def test_shared_teacher_timing_times_own_and_shared_batches_against_single_runs(tmp_path,
                                                                                monkeypatch):

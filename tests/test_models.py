@@ -59,7 +59,7 @@ def test_describe_names_the_architecture():
 
 def test_dropout_keeps_units_at_the_configured_rate_and_preserves_the_mean():
   x = jnp.ones((512, 1200))
-  for rate in (0.1, 0.2, 0.5):
+  for rate in (0.1, 0.2, 0.25, 0.5):
     out = models.dropout(jax.random.PRNGKey(3), x, rate)
     threshold = models.keep_threshold(rate)
     assert abs(threshold / 256 - (1 - rate)) <= 1 / 512
@@ -69,10 +69,15 @@ def test_dropout_keeps_units_at_the_configured_rate_and_preserves_the_mean():
     assert abs(kept.mean() - threshold / 256) < 5 * sd
     np.testing.assert_allclose(np.asarray(out)[kept], 256 / threshold, rtol=1e-6)
     assert abs(float(out.mean()) - 1.0) < 5 * sd * 256 / threshold
-  # Every byte of a 32-bit draw is used: neighbouring units get independent decisions.
-  kept = np.asarray(models.dropout(jax.random.PRNGKey(4), x, 0.5) != 0)
-  agreement = (kept[:, 0::4] == kept[:, 1::4]).mean()
-  assert abs(agreement - 0.5) < 0.01
+  # A decision takes the fewest bits that draw its probability exactly (a byte for 0.2), and
+  # every bit of a 32-bit draw is used: neighbouring units get independent decisions.
+  assert [models.unit_bits(rate) for rate in (0.5, 0.25, 0.125, 0.2)] == [1, 2, 4, 8]
+  for rate in (0.5, 0.25, 0.2):
+    kept = np.asarray(models.dropout(jax.random.PRNGKey(4), x, rate) != 0)
+    keep = models.keep_threshold(rate) / 256
+    for offset in (1, 32 // models.unit_bits(rate)):  # In the same draw, and in the next one.
+      agreement = (kept[:, :-offset] == kept[:, offset:]).mean()
+      assert abs(agreement - (keep ** 2 + (1 - keep) ** 2)) < 0.01
   # Odd widths (not a multiple of 4 units) work, and the mask is a function of the key.
   odd = jnp.ones((3, 7))
   np.testing.assert_array_equal(models.dropout(jax.random.PRNGKey(5), odd, 0.5),
