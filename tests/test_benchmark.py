@@ -64,3 +64,13 @@ def test_shared_teacher_timing_times_own_and_shared_batches_against_single_runs(
   assert results["cases"][0]["ratio_to_single_runs"] == 1.0
   assert all(c["epoch_s"] > 0 for c in results["cases"]) and results["teachers"] == 3
   assert "| 2 | shared |" in (tmp_path / "timing.md").read_text()
+
+
+def test_optimizer_cost_script_times_the_teachers_update_three_ways(tmp_path):
+  script = load_script("optimizer_cost")
+  out = tmp_path / "cost.json"
+  results = script.main(["--steps", "4", "--repeats", "1", f"--out={out}"])
+  assert json.loads(out.read_text()) == results
+  assert results["parameters"] == 784 * 1200 + 1200 * 1200 + 1200 * 10 + 1200 + 1200 + 10
+  assert set(results["seconds"]) == {"gradients only", "optimizer", "optimizer and max-norm"}
+  assert all(math.isfinite(s) and s > 0 for s in results["seconds"].values())
