@@ -165,7 +165,7 @@ def time_floor(step: Callable, weights: Any, num_steps: int, num_members: int, m
                                    unroll=True)
 
   if "scan" in ways:
-    seconds["scan"] = _time(jax.jit(scanned), (stacked,), repeats,
+    seconds["scan"] = time_calls(jax.jit(scanned), (stacked,), repeats,
                             lambda out, args, i: (out,))["seconds"]
   if "per_step" in ways:
     per_step = jax.jit(one_step, donate_argnums=(0,))
@@ -212,7 +212,8 @@ def case_floor(config: ml_collections.ConfigDict, teacher_sizes: list[int] | Non
   return ways
 
 
-def _time(fn: Callable, args: tuple, repeats: int, advance: Callable | None = None) -> dict:
+def time_calls(fn: Callable, args: tuple, repeats: int,
+               advance: Callable | None = None) -> dict:
   """Compiles `fn`, runs it once to warm up, then times `repeats` calls (median)."""
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
@@ -354,7 +355,8 @@ def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> d
   evaluate_fn = jax.jit(functools.partial(
       evaluation.evaluate, model=run.model, batch_size=run.inputs.eval_batch, member_batch=1,
       batch_sharding=parallelism.batch_sharded(mesh)))
-  timing = _time(evaluate_fn, (state.variables, split.images, split.labels, split.mask), repeats)
+  timing = time_calls(evaluate_fn, (state.variables, split.images, split.labels, split.mask),
+                      repeats)
   sizes = _layer_sizes(config.model)
   weights = [jnp.ones((m, n)) * 0.01 for m, n in zip(sizes[:-1], sizes[1:])]
   num_batches = split.images.shape[0] // run.inputs.eval_batch
@@ -367,7 +369,7 @@ def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> d
     return jax.lax.scan(body, None, xs)[1]
 
   xs = jnp.ones((num_batches, run.inputs.eval_batch, sizes[0]))
-  floor = _time(jax.jit(forward), (weights, xs), repeats)
+  floor = time_calls(jax.jit(forward), (weights, xs), repeats)
   return {"case": "evaluate teacher 2x1200 on the test set", "batch_size": run.inputs.eval_batch,
           "examples": split.num_examples, "seconds": timing["seconds"],
           "examples_per_s": split.num_examples / timing["seconds"], "floor_s": floor["seconds"],
@@ -378,7 +380,7 @@ def gemm_rate(size: int, dtype, repeats: int) -> float:
   """GFLOP/s of a compiled square matmul chain: the device's large-GEMM rate."""
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
   chain = jax.jit(lambda a: jax.lax.fori_loop(0, 4, lambda _, x: (x @ a) * 1e-3, a))
-  seconds = _time(chain, (a,), repeats)["seconds"]
+  seconds = time_calls(chain, (a,), repeats)["seconds"]
   return 4 * 2 * size**3 / seconds / 1e9
 
 
@@ -475,9 +477,10 @@ def _measure(quick: bool, repeats: int, batch_sizes: list[int], num_members: int
             f"{result['ratio']:.2f}x its floor ({result['floor_way']})", file=sys.stderr, flush=True)
       results["training"].append(result)
   for record in results["training"]:
-    single = next((r for r in results["training"] if r["batch_size"] == record["batch_size"]
-                   and r["case"] == "student 2x800 hard labels"), None)
-    if record["members"] > 1 and single:  # Against that many single runs at that batch size.
+    single = record["members"] > 1 and next(
+        (r for r in results["training"] if r["batch_size"] == record["batch_size"]
+         and r["case"] == "student 2x800 hard labels"), None)
+    if single:  # Against that many single runs at that batch size.
       record["ratio_to_single_runs"] = record["epoch_s"] / (record["members"] * single["epoch_s"])
   if only:
     return results

@@ -14,24 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from kd_jax import configs, models, reporting, steps
-
-
-def _timed(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from kd_jax import benchmark, configs, models, reporting, steps
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
       return (params, opt_state), None
     return jax.lax.scan(one_step, (params, optimizer.init(params)), jnp.arange(args.steps))[0]
 
-  seconds = {name: _timed(jax.jit(lambda p, u=update, m=max_norm: epoch(p, u, m)), params,
-                          repeats=args.repeats)
+  seconds = {name: benchmark.time_calls(jax.jit(lambda p, u=update, m=max_norm: epoch(p, u, m)),
+                                        (params,), args.repeats)["seconds"]
              for name, update, max_norm in (("gradients only", False, 0.0),
                                             ("optimizer", True, 0.0),
                                             ("optimizer and max-norm", True,
