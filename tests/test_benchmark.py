@@ -74,3 +74,8 @@ def test_optimizer_cost_script_times_the_teachers_update_three_ways(tmp_path):
   assert results["parameters"] == 784 * 1200 + 1200 * 1200 + 1200 * 10 + 1200 + 1200 + 10
   assert set(results["seconds"]) == {"gradients only", "optimizer", "optimizer and max-norm"}
   assert all(math.isfinite(s) and s > 0 for s in results["seconds"].values())
+  assert results["floor_s"] > 0
+  gradients_pass = results["seconds"]["gradients only"]
+  assert results["fused_update_bound_s"] == pytest.approx(gradients_pass * 7 / 3)
+  assert results["best_ratio"] == pytest.approx(
+      (results["floor_s"] + results["fused_update_bound_s"]) / results["floor_s"])
