@@ -124,6 +124,9 @@ def bare_step(model_config: ml_collections.ConfigDict, teacher_sizes: list[int] 
   teacher_weights = layers(teacher_sizes) if teacher_sizes else []
   images = jax.random.normal(key, (batch_size, 28, 28, 1), dtype)
 
+  # As the models form them: narrower dtypes through models.matmul, summed in float32.
+  product = jnp.matmul if dtype == jnp.float32 else models.matmul
+
   def forward(weights, batch):
     kernels, dense = weights
     x = batch
@@ -131,7 +134,7 @@ def bare_step(model_config: ml_collections.ConfigDict, teacher_sizes: list[int] 
       x = conv(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[:, ::2, ::2]
     x = x.reshape(batch.shape[0], -1)
     for w in dense:
-      x = x @ w
+      x = product(x, w)
     return x
 
   def step(weights, step_index):
@@ -140,7 +143,7 @@ def bare_step(model_config: ml_collections.ConfigDict, teacher_sizes: list[int] 
     if teacher_weights:  # The teacher's forward pass, which the gradient then depends on.
       teacher_logits = batch.reshape(batch_size, -1)
       for w in teacher_weights:
-        teacher_logits = teacher_logits @ w
+        teacher_logits = product(teacher_logits, w)
       logits = logits - teacher_logits
     grads = backward(logits)[0]
     return jax.tree.map(lambda w, g: w - 1e-6 * g, weights, grads)
@@ -377,9 +380,10 @@ def time_evaluation(folder: str, teacher: pathlib.Path, mesh, repeats: int) -> d
 
 
 def gemm_rate(size: int, dtype, repeats: int) -> float:
-  """GFLOP/s of a compiled square matmul chain: the device's large-GEMM rate."""
+  """GFLOP/s of a compiled square matmul chain: the device's large-GEMM rate (summed in float32,
+  as `models.matmul` sums bfloat16)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
-  chain = jax.jit(lambda a: jax.lax.fori_loop(0, 4, lambda _, x: (x @ a) * 1e-3, a))
+  chain = jax.jit(lambda a: jax.lax.fori_loop(0, 4, lambda _, x: models.matmul(x, a) * 1e-3, a))
   seconds = time_calls(chain, (a,), repeats)["seconds"]
   return 4 * 2 * size**3 / seconds / 1e9
 

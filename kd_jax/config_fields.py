@@ -235,7 +235,7 @@ FIELDS: dict[str, Field] = {f.name: f for f in (
           (lambda v: is_num(v) and v >= 0, "a number >= 0 (0 disables it)"),
           "max-norm of each hidden unit's incoming weights (0: off)"),
     Field("model.compute_dtype", "float32", str, one_of(models.COMPUTE_DTYPES),
-          "float32, or bfloat16 matmuls (parameters stay float32)", added=True),
+          "float32, or bfloat16 matmuls summed in float32 (parameters stay float32)", added=True),
     Field("model.input_shape", data.IMAGE_SHAPE, tuple,
           (lambda v: SIZES(v) and len(v) in (2, 3),
            "the dataset's image shape, (H, W) or (H, W, C)"),

@@ -1,8 +1,11 @@
 """The MLP and its max-norm constraint."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kd_jax import config_lib, models
 
@@ -100,3 +103,44 @@ def test_bfloat16_matmuls_keep_float32_parameters_and_logits():
   np.testing.assert_allclose(low, full, atol=0.05 * float(jnp.abs(full).max()))
   assert not np.array_equal(low, full)  # The matmuls really ran in bfloat16.
   assert models.describe(config.model) == "MLP 784-64-10, bfloat16 matmuls"
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_matmul_gradient_is_the_float32_sums_gradient(dtype):
+  keys = jax.random.split(jax.random.PRNGKey(2), 3)
+  x = jax.random.normal(keys[0], (2, 6, 40)).astype(dtype)  # Leading dims flattened for dW.
+  w = jax.random.normal(keys[1], (40, 24)).astype(dtype)
+  weights = jax.random.normal(keys[2], (2, 6, 24))
+  loss = lambda product: lambda x, w: jnp.sum(product(x, w).astype(jnp.float32) * weights)
+  reference = lambda x, w: jnp.matmul(x.astype(jnp.float32), w.astype(jnp.float32))
+  grads = jax.jit(jax.grad(loss(models.matmul), argnums=(0, 1)))(x, w)
+  expected = jax.grad(loss(reference), argnums=(0, 1))(x, w)
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  for got, want, primal in zip(grads, expected, (x, w)):
+    assert got.dtype == primal.dtype and got.shape == primal.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                               rtol=tolerance, atol=tolerance * float(jnp.abs(want).max()))
+  assert models.matmul(x, w).dtype == dtype
+  # A population's member axis (vmap) gives each member its own gradient.
+  members = jnp.stack([w, w * 2])
+  per_member = jax.vmap(jax.grad(loss(models.matmul), argnums=1), in_axes=(None, 0))(x, members)
+  for member, member_w in zip(per_member, members):
+    np.testing.assert_array_equal(member, jax.grad(loss(models.matmul), argnums=1)(x, member_w))
+
+
+def test_bfloat16_mlp_products_run_on_bfloat16_operands_on_cpu():
+  """Every product of a bfloat16 MLP's training gradient (forward, dX and dW) takes bfloat16
+  operands after XLA:CPU's passes: none was converted to float32 (what makes them no faster than
+  float32 there)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("XLA:CPU's conversions are what this checks")
+  model = models.MLP((64, 32), dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 784))
+  params = model.init(jax.random.PRNGKey(1), x, train=False)["params"]
+  loss = lambda params: jnp.sum(model.apply({"params": params}, x, train=False) ** 2)
+  text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+  dtypes = dict(re.findall(r"%?([\w.-]+) = (\w+)\[", text))  # Instructions' result types ...
+  dtypes.update(re.findall(r"([\w.-]+): (\w+)\[", text))  # ... and computations' parameters'.
+  dots = re.findall(r"\bdot\(%?([\w.-]+), %?([\w.-]+)\)", text)
+  assert len(dots) == 3 + 2 + 3  # Three layers' forward products, dX for two, dW for three.
+  assert all(dtypes[lhs] == dtypes[rhs] == "bf16" for lhs, rhs in dots), dots
