@@ -68,11 +68,13 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [..., K] @ w [K, N] summed in float32 whatever the operands' dtype, returned in x's dtype,
   with a gradient whose two products are formed the same way: the bfloat16 `compute_dtype`.
 
-  XLA:CPU runs a bfloat16 product on the CPU's bfloat16 units (AMX, AVX512-BF16) only when asked
-  for a float32 result, with both operands row-major; otherwise it converts them to float32 first
-  and the product runs no faster than in float32 (on the 2-core Xeon with AMX, 128x1200x1200 at
-  1,240 GFLOP/s against 330). jax's own gradient breaks both conditions (a float32 x bfloat16
-  product, and the input transposed for dW), hence this rule.
+  XLA:CPU runs a bfloat16 product on the CPU's bfloat16 units (measured with AMX) only when asked
+  for a float32 result, with both operands row-major in memory; otherwise it converts them to
+  float32 first and the product runs no faster than in float32 (on the 2-core Xeon with AMX, a
+  large GEMM at 1,092 GFLOP/s against 290: results/benchmark/intel_xeon). jax's own gradient breaks
+  both conditions (a float32 x bfloat16 product, and the input transposed for dW), hence this rule.
+  Reverse mode only (no jvp). On a sharded batch the appended zero example (below) leaves the
+  batch axis uneven: the gradient is the same, with some extra communication.
   """
   return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
@@ -99,8 +101,13 @@ matmul.defvjp(_matmul_forward, _matmul_backward)
 
 def dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
                       precision: Any = None, preferred_element_type: Any = None) -> jax.Array:
-  """`nn.Dense`'s `dot_general` (always [..., K] x [K, N]) through `matmul`."""
-  del dimension_numbers, precision, preferred_element_type
+  """`nn.Dense`'s `dot_general` ([..., K] x [K, N], the only contraction Dense asks for) through
+  `matmul`; any other contraction is refused rather than computed wrongly."""
+  del precision, preferred_element_type
+  (lhs_contracting, rhs_contracting), batch = dimension_numbers
+  if (tuple(lhs_contracting) != (lhs.ndim - 1,) or tuple(rhs_contracting) != (0,)
+      or any(map(len, batch)) or rhs.ndim != 2):
+    raise ValueError(f"dense_dot_general takes [..., K] x [K, N] only, not {dimension_numbers}")
   return matmul(lhs, rhs)
 
 

@@ -6,14 +6,16 @@ The teacher's 2.4 M parameters updated `steps` times in one compiled scan with n
 pass that only makes each step's gradients (a scaled copy of fixed ones, so XLA cannot hoist the
 update out of the loop), then that plus the config's optimizer (Adam), then plus max-norm. The
 differences are what the update and the constraint cost inside `kd_jax.benchmark`'s teacher epoch,
-whose goal of 1.15x its matmul floor leaves about 0.36 s on a 2.43 s floor for all of it.
+whose goal of 1.15x its matmul floor leaves about 0.4 s on a floor of about 2.5 s for all of it.
 
 It also measures that floor (`benchmark.case_floor`, the fastest way the epoch's matrix products
-run) and bounds what any Adam could cost: the gradients-only pass moves three parameter-sized
-arrays a step (reads the fixed gradients and the parameters, writes the parameters), and Adam
-fused into one kernel moving data at that pass's speed would still move seven (reads gradients,
-parameters and both moments, writes the last three). `best_ratio` is (floor + that bound) / floor:
-the teacher's epoch with a perfect optimizer kernel and no dropout, max-norm, jitter or loss.
+run) and estimates what a float32-state Adam fused into one kernel would cost: the gradients-only
+pass moves three parameter-sized arrays a step (reads the fixed gradients and the parameters,
+writes the parameters); a fused Adam moves seven (reads gradients, parameters and both moments,
+writes the last three), so at that pass's data rate it takes 7/3 of its time (an estimate: time
+taken as proportional to bytes moved). `fused_adam_ratio` is (floor + that estimate) / floor, the
+epoch with a perfect Adam kernel and nothing else; `with_max_norm_ratio` adds max-norm's measured
+cost, which the paper teacher also pays.
 """
 
 from __future__ import annotations
@@ -60,19 +62,22 @@ def main(argv: list[str] | None = None) -> dict:
                                             ("optimizer and max-norm", True,
                                              config.model.max_norm))}
   floor = min(benchmark.case_floor(config, None, args.steps, 1, 1, args.repeats).values())
-  fused_update_bound = seconds["gradients only"] * 7 / 3
+  fused_adam = seconds["gradients only"] * 7 / 3
+  max_norm = seconds["optimizer and max-norm"] - seconds["optimizer"]
   results = {"machine": reporting.machine(), "steps": args.steps,
              "parameters": sum(p.size for p in jax.tree.leaves(params)),
              "optimizer": config.get("optimizer", "adam"), "seconds": seconds,
-             "floor_s": floor, "fused_update_bound_s": fused_update_bound,
-             "best_ratio": (floor + fused_update_bound) / floor}
+             "floor_s": floor, "fused_adam_estimate_s": fused_adam,
+             "fused_adam_ratio": (floor + fused_adam) / floor,
+             "with_max_norm_ratio": (floor + fused_adam + max_norm) / floor}
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=2) + "\n")
   for name, value in seconds.items():
     print(f"{name:<24} {value:.3f} s per {args.steps} steps")
-  print(f"matmul floor {floor:.3f} s; a fused Adam moves 7/3 of the gradients-only pass: "
-        f">= {fused_update_bound:.3f} s, so the epoch is >= {results['best_ratio']:.3f}x its floor")
+  print(f"matmul floor {floor:.3f} s; a fused Adam at the gradients-only pass's data rate: about "
+        f"{fused_adam:.3f} s ({results['fused_adam_ratio']:.3f}x the floor), with max-norm "
+        f"{results['with_max_norm_ratio']:.3f}x")
   return results
 
 

@@ -121,11 +121,25 @@ def test_matmul_gradient_is_the_float32_sums_gradient(dtype):
     np.testing.assert_allclose(np.asarray(got, np.float32), want,
                                rtol=tolerance, atol=tolerance * float(jnp.abs(want).max()))
   assert models.matmul(x, w).dtype == dtype
-  # A population's member axis (vmap) gives each member its own gradient.
-  members = jnp.stack([w, w * 2])
-  per_member = jax.vmap(jax.grad(loss(models.matmul), argnums=1), in_axes=(None, 0))(x, members)
-  for member, member_w in zip(per_member, members):
-    np.testing.assert_array_equal(member, jax.grad(loss(models.matmul), argnums=1)(x, member_w))
+  # A population's member axis (vmap, over the weights or both) gives each member its own.
+  grad_w = jax.grad(loss(models.matmul), argnums=1)
+  members, inputs = jnp.stack([w, w * 2]), jnp.stack([x, x * 3])
+  for in_axes, member_x in (((None, 0), lambda i: x), ((0, 0), lambda i: inputs[i])):
+    per_member = jax.vmap(grad_w, in_axes=in_axes)(x if in_axes[0] is None else inputs, members)
+    for i in range(2):  # Batched products may sum in another order: equal to rounding.
+      np.testing.assert_allclose(np.asarray(per_member[i], np.float32),
+                                 np.asarray(grad_w(member_x(i), members[i]), np.float32),
+                                 rtol=tolerance, atol=tolerance)
+
+
+def test_matmul_sums_bfloat16_in_float32():
+  """Ones summed in bfloat16 stall at 256 (257 is not a bfloat16); in float32 they reach the
+  count, in the product and in both gradients (dW sums over the 512 examples)."""
+  x, w = jnp.ones((512, 600), jnp.bfloat16), jnp.ones((600, 8), jnp.bfloat16)
+  out, backward = jax.vjp(models.matmul, x, w)
+  grad_x, grad_w = backward(jnp.ones_like(out))
+  assert out.dtype == jnp.bfloat16 and bool(jnp.all(out == 600))
+  assert bool(jnp.all(grad_x == 8)) and bool(jnp.all(grad_w == 512))
 
 
 def test_bfloat16_mlp_products_run_on_bfloat16_operands_on_cpu():
