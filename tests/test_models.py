@@ -123,12 +123,14 @@ def test_matmul_gradient_is_the_float32_sums_gradient(dtype):
   assert models.matmul(x, w).dtype == dtype
   # A population's member axis (vmap, over the weights or both) gives each member its own.
   grad_w = jax.grad(loss(models.matmul), argnums=1)
-  members, inputs = jnp.stack([w, w * 2]), jnp.stack([x, x * 3])
-  for in_axes, member_x in (((None, 0), lambda i: x), ((0, 0), lambda i: inputs[i])):
-    per_member = jax.vmap(grad_w, in_axes=in_axes)(x if in_axes[0] is None else inputs, members)
+  members = jnp.stack([w, w * 2])
+  for batched in (False, True):  # Inputs shared by the members, then each member its own.
+    inputs = jnp.stack([x, x * 3]) if batched else x
+    per_member = jax.vmap(grad_w, in_axes=(0 if batched else None, 0))(inputs, members)
     for i in range(2):  # Batched products may sum in another order: equal to rounding.
       np.testing.assert_allclose(np.asarray(per_member[i], np.float32),
-                                 np.asarray(grad_w(member_x(i), members[i]), np.float32),
+                                 np.asarray(grad_w(inputs[i] if batched else x, members[i]),
+                                            np.float32),
                                  rtol=tolerance, atol=tolerance)
 
 
